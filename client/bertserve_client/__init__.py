@@ -1,0 +1,29 @@
+"""Python client of bertserve, the gRPC server for BERT-family encoders.
+
+    from bertserve_client import Client
+
+    with Client("localhost:50051") as client:
+        result = client.embed(["first text", "second text"], pooling="mean", normalize=True)
+        result.embeddings          # numpy float32, shape [2, hidden_size]
+        client.answer(("Where is the tower?", "The tower is in Paris."))[0][0].text
+
+`AsyncClient` takes the same arguments and its methods are awaited. Failed calls raise
+`BertserveError` (with `.code`, `.message` and `.retry_after_s`). The generated stubs of the
+contract are in `bertserve_client.v1`.
+"""
+
+from bertserve_client._client import AsyncClient, Client
+from bertserve_client._errors import BertserveError
+from bertserve_client._types import Answer, Answers, EmbedResult, ModelInfo, Tokenization, Usage
+
+__all__ = [
+    "Answer",
+    "Answers",
+    "AsyncClient",
+    "BertserveError",
+    "Client",
+    "EmbedResult",
+    "ModelInfo",
+    "Tokenization",
+    "Usage",
+]

@@ -1,0 +1,307 @@
+"""Client (blocking, grpc) and AsyncClient (grpc.aio): the same calls on two channel kinds.
+
+Requests are built and responses parsed in _convert; each class only says how a stub is called
+and turns grpc.RpcError into BertserveError.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Literal, TypeAlias
+
+import grpc
+import grpc.aio
+from google.protobuf.message import Message
+
+from bertserve_client._convert import (
+    answer_request,
+    embed_request,
+    parse_answer,
+    parse_embed,
+    parse_model,
+    parse_models,
+    parse_tokenize,
+    tokenize_request,
+)
+from bertserve_client._errors import from_rpc_error
+from bertserve_client._types import Answers, EmbedResult, ModelInfo, Tokenization
+from bertserve_client.v1 import encoder_service_pb2_grpc, model_service_pb2, model_service_pb2_grpc
+
+
+class _Default(enum.Enum):
+    TIMEOUT = enum.auto()
+
+
+# Per-call `timeout`: seconds, None for no deadline, or left out for the client's default.
+Timeout: TypeAlias = float | Literal[_Default.TIMEOUT] | None
+_DEFAULT = _Default.TIMEOUT
+
+# Token embeddings of a batch easily pass gRPC's 4 MiB default.
+_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+_DEFAULT_OPTIONS: dict[str, Any] = {
+    "grpc.max_send_message_length": _MAX_MESSAGE_BYTES,
+    "grpc.max_receive_message_length": _MAX_MESSAGE_BYTES,
+}
+
+
+def _channel_options(options: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    return list({**_DEFAULT_OPTIONS, **dict(options)}.items())
+
+
+class _Base:
+    """The stubs and the default deadline; a channel passed in stays the caller's to close."""
+
+    def __init__(self, channel: grpc.Channel | grpc.aio.Channel, *, owns_channel: bool, timeout: float | None) -> None:
+        self._owns_channel = owns_channel
+        self._timeout = timeout
+        self._encoder = encoder_service_pb2_grpc.EncoderServiceStub(channel)
+        self._models = model_service_pb2_grpc.ModelServiceStub(channel)
+
+    def _deadline(self, timeout: Timeout) -> float | None:
+        return self._timeout if timeout is _DEFAULT else timeout
+
+
+class Client(_Base):
+    """A blocking client. Every call raises BertserveError when the server answers with an error."""
+
+    def __init__(
+        self,
+        target: str = "localhost:50051",
+        *,
+        timeout: float | None = 30.0,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        """Connect to `target` (TLS when `credentials` are given) or use `channel` as is.
+
+        `timeout` is the default deadline in seconds of every call (None: none); `options` are
+        gRPC channel arguments, laid over a 64 MiB message size limit each way.
+        """
+        owns_channel = channel is None
+        if channel is None:
+            opts = _channel_options(options)
+            if credentials is None:
+                channel = grpc.insecure_channel(target, opts)
+            else:
+                channel = grpc.secure_channel(target, credentials, opts)
+        self._channel = channel
+        super().__init__(channel, owns_channel=owns_channel, timeout=timeout)
+
+    def _call(self, rpc: Any, request: Message, timeout: Timeout) -> Any:
+        try:
+            return rpc(request, timeout=self._deadline(timeout))
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+
+    def embed(
+        self,
+        inputs: str | Sequence[str],
+        *,
+        model: str = "",
+        pooling: str | None = None,
+        normalize: bool = False,
+        truncate: bool = False,
+        return_token_embeddings: bool = False,
+        timeout: Timeout = _DEFAULT,
+    ) -> EmbedResult:
+        """One vector per input (a lone string is a batch of one).
+
+        `pooling` is "cls", "mean", "pooler" or None for the model's default; `truncate` cuts
+        over-long inputs instead of failing; `model` "" is the server's default model.
+        """
+        request = embed_request(
+            inputs,
+            model=model,
+            pooling=pooling,
+            normalize=normalize,
+            truncate=truncate,
+            return_token_embeddings=return_token_embeddings,
+        )
+        return parse_embed(self._call(self._encoder.Embed, request, timeout))
+
+    def tokenize(
+        self,
+        inputs: str | Sequence[str],
+        *,
+        pairs: str | Sequence[str] | None = None,
+        model: str = "",
+        add_special_tokens: bool = True,
+        timeout: Timeout = _DEFAULT,
+    ) -> list[Tokenization]:
+        """The model's tokenization of each input, with its pair (one per input) when given."""
+        request = tokenize_request(inputs, pairs=pairs, model=model, add_special_tokens=add_special_tokens)
+        return parse_tokenize(self._call(self._encoder.Tokenize, request, timeout))
+
+    def answer(
+        self,
+        questions: Sequence[tuple[str, str]] | tuple[str, str],
+        *,
+        model: str = "",
+        top_k: int | None = None,
+        doc_stride: int | None = None,
+        max_seq_len: int | None = None,
+        max_question_len: int | None = None,
+        max_answer_len: int | None = None,
+        handle_impossible_answer: bool | None = None,
+        align_to_words: bool | None = None,
+        timeout: Timeout = _DEFAULT,
+    ) -> Answers:
+        """The best answers (top_k, best first) for each (question, context) pair.
+
+        A lone pair is a batch of one. Options left None take the server's defaults. The result
+        is a list of lists that also carries `.model` and `.usage`.
+        """
+        request = answer_request(
+            questions,
+            model=model,
+            top_k=top_k,
+            doc_stride=doc_stride,
+            max_seq_len=max_seq_len,
+            max_question_len=max_question_len,
+            max_answer_len=max_answer_len,
+            handle_impossible_answer=handle_impossible_answer,
+            align_to_words=align_to_words,
+        )
+        return parse_answer(self._call(self._encoder.Answer, request, timeout))
+
+    def models(self, *, timeout: Timeout = _DEFAULT) -> list[ModelInfo]:
+        """Every configured model, in configuration order, whatever its state."""
+        return parse_models(self._call(self._models.ListModels, model_service_pb2.ListModelsRequest(), timeout))
+
+    def model(self, name: str = "", *, timeout: Timeout = _DEFAULT) -> ModelInfo:
+        """One model by name ("" for the default model); BertserveError NOT_FOUND if unknown."""
+        response = self._call(self._models.GetModel, model_service_pb2.GetModelRequest(name=name), timeout)
+        return parse_model(response.model)
+
+    def close(self) -> None:
+        """Close the channel, unless it was passed in."""
+        if self._owns_channel:
+            self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class AsyncClient(_Base):
+    """The asyncio twin of Client (grpc.aio): same arguments, same results, awaited.
+
+    Create it inside the event loop that uses it: a grpc.aio channel is bound to its loop.
+    """
+
+    def __init__(
+        self,
+        target: str = "localhost:50051",
+        *,
+        timeout: float | None = 30.0,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+        channel: grpc.aio.Channel | None = None,
+    ) -> None:
+        owns_channel = channel is None
+        if channel is None:
+            opts = _channel_options(options)
+            if credentials is None:
+                channel = grpc.aio.insecure_channel(target, opts)
+            else:
+                channel = grpc.aio.secure_channel(target, credentials, opts)
+        self._channel = channel
+        super().__init__(channel, owns_channel=owns_channel, timeout=timeout)
+
+    async def _call(self, rpc: Any, request: Message, timeout: Timeout) -> Any:
+        try:
+            return await rpc(request, timeout=self._deadline(timeout))
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+
+    async def embed(
+        self,
+        inputs: str | Sequence[str],
+        *,
+        model: str = "",
+        pooling: str | None = None,
+        normalize: bool = False,
+        truncate: bool = False,
+        return_token_embeddings: bool = False,
+        timeout: Timeout = _DEFAULT,
+    ) -> EmbedResult:
+        """See Client.embed."""
+        request = embed_request(
+            inputs,
+            model=model,
+            pooling=pooling,
+            normalize=normalize,
+            truncate=truncate,
+            return_token_embeddings=return_token_embeddings,
+        )
+        return parse_embed(await self._call(self._encoder.Embed, request, timeout))
+
+    async def tokenize(
+        self,
+        inputs: str | Sequence[str],
+        *,
+        pairs: str | Sequence[str] | None = None,
+        model: str = "",
+        add_special_tokens: bool = True,
+        timeout: Timeout = _DEFAULT,
+    ) -> list[Tokenization]:
+        """See Client.tokenize."""
+        request = tokenize_request(inputs, pairs=pairs, model=model, add_special_tokens=add_special_tokens)
+        return parse_tokenize(await self._call(self._encoder.Tokenize, request, timeout))
+
+    async def answer(
+        self,
+        questions: Sequence[tuple[str, str]] | tuple[str, str],
+        *,
+        model: str = "",
+        top_k: int | None = None,
+        doc_stride: int | None = None,
+        max_seq_len: int | None = None,
+        max_question_len: int | None = None,
+        max_answer_len: int | None = None,
+        handle_impossible_answer: bool | None = None,
+        align_to_words: bool | None = None,
+        timeout: Timeout = _DEFAULT,
+    ) -> Answers:
+        """See Client.answer."""
+        request = answer_request(
+            questions,
+            model=model,
+            top_k=top_k,
+            doc_stride=doc_stride,
+            max_seq_len=max_seq_len,
+            max_question_len=max_question_len,
+            max_answer_len=max_answer_len,
+            handle_impossible_answer=handle_impossible_answer,
+            align_to_words=align_to_words,
+        )
+        return parse_answer(await self._call(self._encoder.Answer, request, timeout))
+
+    async def models(self, *, timeout: Timeout = _DEFAULT) -> list[ModelInfo]:
+        """See Client.models."""
+        return parse_models(await self._call(self._models.ListModels, model_service_pb2.ListModelsRequest(), timeout))
+
+    async def model(self, name: str = "", *, timeout: Timeout = _DEFAULT) -> ModelInfo:
+        """See Client.model."""
+        response = await self._call(self._models.GetModel, model_service_pb2.GetModelRequest(name=name), timeout)
+        return parse_model(response.model)
+
+    async def close(self) -> None:
+        """Close the channel, unless it was passed in."""
+        if self._owns_channel:
+            await self._channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()

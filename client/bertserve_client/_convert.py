@@ -1,0 +1,171 @@
+"""Request builders and response parsers shared by Client and AsyncClient.
+
+Everything here is pure: the clients differ only in how they call a stub.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, cast
+
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+
+from bertserve_client._tensor import tensor_to_numpy
+from bertserve_client._types import Answer, Answers, EmbedResult, ModelInfo, Tokenization, Usage
+from bertserve_client.v1 import common_pb2, encoder_service_pb2, model_service_pb2
+
+_POOLINGS = {
+    "cls": common_pb2.POOLING_CLS,
+    "mean": common_pb2.POOLING_MEAN,
+    "pooler": common_pb2.POOLING_POOLER,
+}
+
+
+def _as_list(texts: str | Sequence[str]) -> list[str]:
+    # A lone string is a batch of one, not a sequence of characters.
+    return [texts] if isinstance(texts, str) else list(texts)
+
+
+def _short_name(enum: EnumTypeWrapper, value: int, prefix: str) -> str:
+    """POOLING_MEAN -> "mean"; a value newer than these stubs comes out as its number."""
+    try:
+        return enum.Name(value).removeprefix(prefix).lower()
+    except ValueError:
+        return str(value)
+
+
+def _usage(pb: common_pb2.Usage) -> Usage:
+    return Usage(
+        tokens=pb.tokens,
+        queue_time_ns=pb.queue_time_ns,
+        inference_time_ns=pb.inference_time_ns,
+        tokenization_time_ns=pb.tokenization_time_ns,
+    )
+
+
+def embed_request(
+    inputs: str | Sequence[str],
+    *,
+    model: str,
+    pooling: str | None,
+    normalize: bool,
+    truncate: bool,
+    return_token_embeddings: bool,
+) -> encoder_service_pb2.EmbedRequest:
+    if pooling is None:
+        pooling_pb = common_pb2.POOLING_UNSPECIFIED
+    elif pooling in _POOLINGS:
+        pooling_pb = _POOLINGS[pooling]
+    else:
+        raise ValueError(f"unknown pooling {pooling!r}: expected one of {sorted(_POOLINGS)} or None")
+    return encoder_service_pb2.EmbedRequest(
+        model=model,
+        inputs=_as_list(inputs),
+        pooling=pooling_pb,
+        normalize=normalize,
+        truncate=truncate,
+        return_token_embeddings=return_token_embeddings,
+    )
+
+
+def parse_embed(pb: encoder_service_pb2.EmbedResponse) -> EmbedResult:
+    return EmbedResult(
+        model=pb.model,
+        embeddings=tensor_to_numpy(pb.embeddings),
+        # The server sends token states only when asked, and then one per input (at least one).
+        token_embeddings=[tensor_to_numpy(t) for t in pb.token_embeddings] or None,
+        token_counts=list(pb.token_counts),
+        truncated_indices=list(pb.truncated_indices),
+        usage=_usage(pb.usage),
+    )
+
+
+def tokenize_request(
+    inputs: str | Sequence[str],
+    *,
+    pairs: str | Sequence[str] | None,
+    model: str,
+    add_special_tokens: bool,
+) -> encoder_service_pb2.TokenizeRequest:
+    return encoder_service_pb2.TokenizeRequest(
+        model=model,
+        inputs=_as_list(inputs),
+        pairs=_as_list(pairs) if pairs is not None else [],
+        add_special_tokens=add_special_tokens,
+    )
+
+
+def parse_tokenize(pb: encoder_service_pb2.TokenizeResponse) -> list[Tokenization]:
+    return [
+        Tokenization(
+            tokens=list(t.tokens),
+            ids=list(t.ids),
+            token_type_ids=list(t.token_type_ids),
+            attention_mask=list(t.attention_mask),
+            special_tokens_mask=list(t.special_tokens_mask),
+            offsets=[(span.start, span.end) for span in t.offsets],
+            sequence_ids=list(t.sequence_ids),
+        )
+        for t in pb.tokenizations
+    ]
+
+
+def answer_request(
+    questions: Sequence[tuple[str, str]] | tuple[str, str],
+    *,
+    model: str,
+    top_k: int | None,
+    doc_stride: int | None,
+    max_seq_len: int | None,
+    max_question_len: int | None,
+    max_answer_len: int | None,
+    handle_impossible_answer: bool | None,
+    align_to_words: bool | None,
+) -> encoder_service_pb2.AnswerRequest:
+    # A lone (question, context) pair is a batch of one.
+    pairs = cast(Sequence[tuple[str, str]], [questions] if questions and isinstance(questions[0], str) else questions)
+    # Unset optional fields let the server apply its documented defaults.
+    options: dict[str, Any] = {
+        "top_k": top_k,
+        "doc_stride": doc_stride,
+        "max_seq_len": max_seq_len,
+        "max_question_len": max_question_len,
+        "max_answer_len": max_answer_len,
+        "handle_impossible_answer": handle_impossible_answer,
+        "align_to_words": align_to_words,
+    }
+    return encoder_service_pb2.AnswerRequest(
+        model=model,
+        questions=[encoder_service_pb2.Question(question=q, context=c) for q, c in pairs],
+        **{name: value for name, value in options.items() if value is not None},
+    )
+
+
+def parse_answer(pb: encoder_service_pb2.AnswerResponse) -> Answers:
+    return Answers(
+        [[Answer(text=a.text, start=a.start, end=a.end, score=a.score) for a in r.answers] for r in pb.results],
+        model=pb.model,
+        usage=_usage(pb.usage),
+    )
+
+
+def parse_model(pb: model_service_pb2.Model) -> ModelInfo:
+    return ModelInfo(
+        name=pb.name,
+        plugin=pb.plugin,
+        source=pb.source,
+        devices=list(pb.devices),
+        dtype=pb.dtype,
+        capabilities=[_short_name(model_service_pb2.Capability, c, "CAPABILITY_") for c in pb.capabilities],
+        hidden_size=pb.hidden_size,
+        max_input_tokens=pb.max_input_tokens,
+        state=_short_name(model_service_pb2.ModelState, pb.state, "MODEL_STATE_"),
+        failure_reason=pb.failure_reason,
+        poolings=[_short_name(common_pb2.Pooling, p, "POOLING_") for p in pb.poolings],
+        default_pooling=_short_name(common_pb2.Pooling, pb.default_pooling, "POOLING_"),
+        is_default=pb.is_default,
+    )
+
+
+def parse_models(pb: model_service_pb2.ListModelsResponse) -> list[ModelInfo]:
+    return [parse_model(m) for m in pb.models]

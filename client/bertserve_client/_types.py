@@ -1,0 +1,95 @@
+"""The plain values the clients return: no protobuf type reaches the user.
+
+Enum values travel as lower-case short strings ("cls", "embed", "ready").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What one response cost the server."""
+
+    tokens: int
+    queue_time_ns: int
+    inference_time_ns: int
+    tokenization_time_ns: int
+
+
+# eq=False: comparing numpy arrays field by field would raise instead of answering.
+@dataclass(frozen=True, slots=True, eq=False)
+class EmbedResult:
+    """Pooled vectors of a batch, in input order. Arrays are read-only views of the response."""
+
+    model: str
+    embeddings: np.ndarray
+    """float32, shape [inputs, hidden_size]."""
+    token_embeddings: list[np.ndarray] | None
+    """float32, shape [tokens, hidden_size] per input; None unless asked for."""
+    token_counts: list[int]
+    truncated_indices: list[int]
+    usage: Usage
+
+
+@dataclass(frozen=True, slots=True)
+class Tokenization:
+    """One input as the model's tokenizer splits it; every list has one entry per token."""
+
+    tokens: list[str]
+    ids: list[int]
+    token_type_ids: list[int]
+    attention_mask: list[int]
+    special_tokens_mask: list[int]
+    offsets: list[tuple[int, int]]
+    """Half-open code point span in the token's own segment; (0, 0) for special tokens."""
+    sequence_ids: list[int]
+    """0 the input, 1 the pair, -1 a special token."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One answer span: text == context[start:end]; empty text means "no answer"."""
+
+    text: str
+    start: int
+    end: int
+    score: float
+
+
+class Answers(list[list[Answer]]):
+    """The answers of each (question, context) pair, best first, plus what they cost.
+
+    A plain list of lists, so the common case needs nothing else; `model` and `usage`
+    ride along as attributes.
+    """
+
+    def __init__(self, results: list[list[Answer]], *, model: str, usage: Usage) -> None:
+        super().__init__(results)
+        self.model = model
+        self.usage = usage
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """One model the server is configured with, whatever its state."""
+
+    name: str
+    plugin: str
+    source: str
+    devices: list[str]
+    dtype: str
+    capabilities: list[str]
+    """Of "tokenize", "embed", "answer"; empty until loaded."""
+    hidden_size: int
+    max_input_tokens: int
+    state: str
+    """"loading", "ready" or "failed"."""
+    failure_reason: str
+    poolings: list[str]
+    """Of "cls", "mean", "pooler"."""
+    default_pooling: str
+    is_default: bool

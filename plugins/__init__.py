@@ -1,0 +1,1 @@
+"""First-party plugins: one module per BERT variant, each registered as a ``bertserve.plugins`` entry point."""

@@ -1,0 +1,172 @@
+"""The plugin contract: what a BERT variant implements to be served by bertserve.
+
+A plugin is a subclass of :class:`EncoderPlugin` registered under the entry-point group
+``bertserve.plugins``. The server builds one instance per configured model, calls
+:meth:`EncoderPlugin.load` once on a worker thread, then calls ``tokenize``, ``embed`` and
+``answer_windows`` from worker threads only: every method here may block, and none of them
+ever sees protobuf or gRPC. This module imports neither.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from bertserve.errors import CapabilityNotSupported
+
+__all__ = [
+    "Capability",
+    "EmbedOutput",
+    "EncoderPlugin",
+    "Encoding",
+    "ModelInfo",
+    "ModelSpec",
+    "Pooling",
+    "QAWindowLogits",
+]
+
+
+class Pooling(enum.Enum):
+    """How per-token hidden states become one vector per input."""
+
+    CLS = "cls"
+    MEAN = "mean"
+    POOLER = "pooler"
+
+
+class Capability(enum.Enum):
+    """A kind of work a loaded model can do."""
+
+    TOKENIZE = "tokenize"
+    EMBED = "embed"
+    ANSWER = "answer"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model as the configuration describes it."""
+
+    name: str
+    plugin: str
+    source: str  # a hub id, a local directory, or "pkg:<package>/<dir>" inside an installed package
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto | float32 | float16 | bfloat16
+    revision: str | None = None
+    max_input_tokens: int | None = None  # None: the model's own limit
+    default_pooling: Pooling | None = None  # None: the plugin's default
+    allow_pickle: bool = False  # load .bin (pickle) weights; off means safetensors only
+    max_batch_tokens: int = 16384
+    max_batch_size: int = 64
+    max_queue_tokens: int = 262144
+    max_queue_requests: int = 1024
+    options: dict[str, Any] = field(default_factory=dict)  # plugin-specific extras
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model reports about itself once loaded."""
+
+    capabilities: frozenset[Capability]
+    devices: tuple[str, ...]
+    dtype: str
+    hidden_size: int
+    max_input_tokens: int
+    poolings: tuple[Pooling, ...]
+    default_pooling: Pooling
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """One tokenized input (or input pair), unpadded. All lists have one entry per token."""
+
+    ids: list[int]
+    tokens: list[str]
+    type_ids: list[int]
+    special_tokens_mask: list[int]
+    offsets: list[tuple[int, int]]
+    sequence_ids: list[int]  # 0 first text, 1 pair, -1 special token
+    word_ids: list[int]  # index of the word each token belongs to in its segment, -1 for special tokens
+    full_length: int  # tokens before truncation; equals len(ids) when nothing was cut
+
+    @property
+    def truncated(self) -> bool:
+        return self.full_length > len(self.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
+class EmbedOutput:
+    """Embeddings of one batch, in batch order."""
+
+    pooled: np.ndarray  # [batch, hidden] float32
+    token_states: list[np.ndarray] | None  # per input [tokens, hidden] float32, when asked for
+
+
+@dataclass(frozen=True)
+class QAWindowLogits:
+    """Start and end logits of one question-answering window, unpadded, as float32."""
+
+    start: np.ndarray  # [tokens]
+    end: np.ndarray  # [tokens]
+
+
+class EncoderPlugin(abc.ABC):
+    """One BERT variant.
+
+    Methods are synchronous and may block; the server calls them on the model's worker
+    thread (tokenization on a shared tokenizer thread), never on the event loop.
+    """
+
+    #: The entry-point name users put in ``plugin:`` of the configuration.
+    variant: ClassVar[str]
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+
+    @abc.abstractmethod
+    def load(self) -> ModelInfo:
+        """Load weights and tokenizer, place them on the device(s), and report capabilities."""
+
+    @abc.abstractmethod
+    def tokenize(
+        self,
+        texts: Sequence[str],
+        *,
+        pairs: Sequence[str] | None = None,
+        add_special_tokens: bool = True,
+        max_length: int | None = None,
+    ) -> list[Encoding]:
+        """Tokenize texts (and optional second segments); cut to max_length tokens when given."""
+
+    @abc.abstractmethod
+    def embed(self, batch: Sequence[Encoding], *, pooling: Pooling, with_token_states: bool) -> EmbedOutput:
+        """Run one forward pass over a batch of encodings and pool each."""
+
+    def answer_windows(self, batch: Sequence[Encoding]) -> list[QAWindowLogits]:
+        """Run the question-answering head over a batch of (question, context) windows."""
+        raise CapabilityNotSupported(f"model {self.spec.name!r} has no question-answering head")
+
+    def tokenize_windows(
+        self, question: str, context: str, *, max_seq_len: int, doc_stride: int, max_question_len: int
+    ) -> list[Encoding]:
+        """Split (question, context) into overlapping windows of at most max_seq_len tokens.
+
+        The question (cut to max_question_len tokens) is the first segment (sequence id 0), the
+        context the second (1), and context offsets index into ``context``. Consecutive windows
+        overlap by doc_stride tokens, lowered when it leaves no room to advance. Raises
+        InvalidRequest when the question leaves no room for context in a window.
+        """
+        raise CapabilityNotSupported(f"model {self.spec.name!r} has no question-answering head")
+
+    def health(self) -> None:
+        """Touch the device; raise if the model can no longer serve."""
+
+    def unload(self) -> None:
+        """Free the model's memory."""

@@ -1,0 +1,121 @@
+"""Assemble and run the server: models, servicers, health, reflection, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from bertserve_client.v1 import encoder_service_pb2, encoder_service_pb2_grpc, model_service_pb2, model_service_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from bertserve.config import ServerConfig
+from bertserve.discovery import PluginRegistry, discover_plugins
+from bertserve.model_host import ModelHost, ModelState
+from bertserve.router import Router
+from bertserve.servicers import EncoderServicer, ModelServicer
+
+__all__ = ["BertServer"]
+
+log = logging.getLogger(__name__)
+
+_SERVICES = (
+    encoder_service_pb2.DESCRIPTOR.services_by_name["EncoderService"].full_name,
+    model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
+)
+_MESSAGE_LIMIT = 64 * 1024 * 1024  # token embeddings of a large batch run to megabytes
+
+
+class BertServer:
+    """One bertserve process: start() binds and begins loading models in the background."""
+
+    def __init__(self, config: ServerConfig, registry: PluginRegistry | None = None) -> None:
+        self.config = config
+        registry = registry or discover_plugins()
+        self._tokenizer_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tokenize")
+        hosts = []
+        for spec in config.models:
+            try:
+                factory = registry.get(spec.plugin)
+            except KeyError as e:
+                hosts.append(ModelHost(spec, None, self._tokenizer_pool, failure=str(e.args[0])))
+            else:
+                hosts.append(ModelHost(spec, factory, self._tokenizer_pool))
+        self.router = Router(hosts, config.default_model)
+        self.health = health.aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._loading: asyncio.Task[None] | None = None
+        self._health_tasks: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    async def start(self) -> int:
+        """Bind, serve, and load every model concurrently; returns the bound port."""
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", _MESSAGE_LIMIT),
+                ("grpc.max_send_message_length", _MESSAGE_LIMIT),
+            ]
+        )
+        encoder_service_pb2_grpc.add_EncoderServiceServicer_to_server(EncoderServicer(self.router), server)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.router), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection((*_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        self.port = server.add_insecure_port(self.config.bind)
+        if self.port == 0:
+            raise OSError(f"cannot bind {self.config.bind}")
+        await server.start()
+        self._server = server
+        for host in self.router:
+            host.on_state_change = self._publish_health
+            await self._refresh_health(host)
+        self._loading = asyncio.create_task(self._load_all(), name="load-models")
+        log.info("bertserve listening on %s (port %d)", self.config.bind, self.port)
+        return self.port
+
+    async def _load_all(self) -> None:
+        await asyncio.gather(*(host.load() for host in self.router))
+
+    async def wait_until_loaded(self) -> None:
+        if self._loading is not None:
+            await asyncio.shield(self._loading)
+
+    def _publish_health(self, host: ModelHost) -> None:
+        self._health_tasks.add(task := asyncio.get_running_loop().create_task(self._refresh_health(host)))
+        task.add_done_callback(self._health_tasks.discard)
+
+    async def _refresh_health(self, host: ModelHost) -> None:
+        """Each model has its own entry; the server and its services are SERVING while any model is."""
+        await self.health.set(host.name, _health_status(host.state is ModelState.READY))
+        overall = _health_status(any(h.state is ModelState.READY for h in self.router))
+        for service in ("", *_SERVICES):
+            await self.health.set(service, overall)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Refuse new calls, let in-flight calls finish within grace seconds, then free the models."""
+        grace = self.config.grace_period_s if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+        if self._loading is not None and not self._loading.done():
+            self._loading.cancel()
+        await asyncio.gather(*(host.stop() for host in self.router), return_exceptions=True)
+        self._tokenizer_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def serve_forever(self) -> None:
+        """Run until SIGTERM or SIGINT, then drain in-flight calls and exit."""
+        await self.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down: draining in-flight calls for up to %.0fs", self.config.grace_period_s)
+        await self.stop()
+        log.info("bertserve stopped")
+
+
+def _health_status(serving: bool) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
+    return health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING

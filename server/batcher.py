@@ -1,0 +1,206 @@
+"""Per-model dynamic batching: many small calls become few well-packed forward passes.
+
+Work arrives as sequences (one Embed input, one Answer window), each with its own future.
+One loop per model takes the oldest pending sequence, adds the pending sequences of the same
+operation whose lengths are nearest to it until the token budget (longest x count) or the
+size cap is reached, runs that batch on the model's worker thread, and resolves each future.
+There is no timer: a lone request on an idle model goes straight through, and requests that
+arrive while the device is busy wait exactly as long as the batch in flight, then share the
+next pass. The queue is bounded in sequences and tokens; a request that would overflow it is
+refused at once. Sequences whose caller went away (cancelled, deadline passed) are dropped
+before they reach the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from bertserve.errors import ModelUnavailable, Overloaded
+
+__all__ = ["BatchLimits", "BatchStats", "Batcher", "Completed"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")  # one sequence of work
+
+#: Runs one batch on the worker thread: (operation key, sequences) -> one result per sequence.
+RunBatch = Callable[[Hashable, Sequence[Any]], Sequence[Any]]
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    max_batch_tokens: int = 16384  # longest sequence x count, the padded cost of a pass
+    max_batch_size: int = 64
+    max_queue_tokens: int = 262144
+    max_queue_requests: int = 1024
+
+
+@dataclass
+class BatchStats:
+    """Counters of what the batcher did, for usage reports, logs and tests."""
+
+    forward_passes: int = 0
+    sequences: int = 0
+    dropped: int = 0
+    refused: int = 0
+
+
+@dataclass(frozen=True)
+class Completed:
+    """The result of one sequence and what it cost."""
+
+    value: Any
+    queue_ns: int  # from submit to the start of its forward pass
+    pass_id: int  # which forward pass carried it (passes are shared between requests)
+    pass_ns: int  # how long that whole pass took
+
+
+@dataclass(eq=False)
+class _Pending(Generic[T]):
+    op: Hashable
+    item: T
+    cost: int
+    future: asyncio.Future[Completed]
+    deadline: float | None
+    enqueued_ns: int = field(default_factory=time.monotonic_ns)
+
+
+class Batcher:
+    """The batching loop of one model; start() on the serving event loop, stop() to drain."""
+
+    def __init__(self, name: str, run_batch: RunBatch, executor: Executor, limits: BatchLimits) -> None:
+        self.name = name
+        self.limits = limits
+        self.stats = BatchStats()
+        self._run_batch = run_batch
+        self._executor = executor
+        self._pending: list[_Pending[Any]] = []
+        self._queued_tokens = 0
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._tokens_per_s = 0.0  # smoothed throughput, for retry hints
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher:{self.name}")
+
+    async def stop(self) -> None:
+        """Refuse new work, let queued work finish, then end the loop."""
+        self._closed = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+
+    async def submit(
+        self, op: Hashable, items: Sequence[T], costs: Sequence[int], *, deadline: float | None = None
+    ) -> list[Completed]:
+        """Queue the sequences of one request; return the result of each, in order.
+
+        deadline is a time.monotonic() value after which the work is dropped unrun.
+        """
+        if self._closed:
+            raise ModelUnavailable(f"model {self.name!r} is shutting down")
+        total = sum(costs)
+        limits = self.limits
+        if (
+            len(self._pending) + len(items) > limits.max_queue_requests
+            or self._queued_tokens + total > limits.max_queue_tokens
+        ):
+            self.stats.refused += 1
+            retry = self._retry_after_s()
+            raise Overloaded(
+                f"model {self.name!r} is at capacity: {len(self._pending)} sequences / {self._queued_tokens} tokens "
+                f"queued (limits {limits.max_queue_requests} / {limits.max_queue_tokens}); retry in {retry:.2f}s",
+                retry_after_s=retry,
+            )
+        loop = asyncio.get_running_loop()
+        pending = [
+            _Pending(op, item, cost, loop.create_future(), deadline) for item, cost in zip(items, costs, strict=True)
+        ]
+        self._pending.extend(pending)
+        self._queued_tokens += total
+        self._wakeup.set()
+        try:
+            return list(await asyncio.gather(*(p.future for p in pending)))
+        except BaseException:
+            for p in pending:  # the caller went away or one part failed: drop what has not run
+                p.future.cancel()
+            raise
+
+    def _retry_after_s(self) -> float:
+        rate = self._tokens_per_s or 1000.0
+        return max(0.05, self._queued_tokens / rate)
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._pending:
+                if self._closed:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch = self._take_batch()
+            if not batch:
+                continue
+            pass_id = self.stats.forward_passes
+            started = time.monotonic_ns()
+            try:
+                results = await loop.run_in_executor(
+                    self._executor, self._run_batch, batch[0].op, [p.item for p in batch]
+                )
+            except Exception as e:  # the batch failed: every caller in it gets the error
+                log.debug("batch of %d on %r failed: %r", len(batch), self.name, e)
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(e)
+                continue
+            elapsed = time.monotonic_ns() - started
+            self._observe(sum(p.cost for p in batch), elapsed)
+            for p, result in zip(batch, results, strict=True):
+                if not p.future.done():
+                    p.future.set_result(Completed(result, started - p.enqueued_ns, pass_id, elapsed))
+
+    def _take_batch(self) -> list[_Pending[Any]]:
+        """Remove and return the next batch: the oldest live sequence plus its nearest-length peers."""
+        now = time.monotonic()
+        live = []
+        for p in self._pending:
+            if p.future.done() or (p.deadline is not None and now >= p.deadline):
+                self._queued_tokens -= p.cost
+                self.stats.dropped += 1
+                if not p.future.done():
+                    p.future.cancel()
+            else:
+                live.append(p)
+        self._pending = live
+        if not live:
+            return []
+        anchor = live[0]
+        peers = sorted((p for p in live[1:] if p.op == anchor.op), key=lambda p: abs(p.cost - anchor.cost))
+        batch, longest = [anchor], anchor.cost
+        for p in peers:
+            if len(batch) >= self.limits.max_batch_size:
+                break
+            width = max(longest, p.cost)
+            if width * (len(batch) + 1) > self.limits.max_batch_tokens:
+                continue
+            batch.append(p)
+            longest = width
+        taken = set(map(id, batch))
+        self._pending = [p for p in live if id(p) not in taken]
+        self._queued_tokens -= sum(p.cost for p in batch)
+        self.stats.forward_passes += 1
+        self.stats.sequences += len(batch)
+        batch.sort(key=lambda p: p.cost)
+        return batch
+
+    def _observe(self, tokens: int, elapsed_ns: int) -> None:
+        rate = tokens / max(elapsed_ns, 1) * 1e9
+        self._tokens_per_s = rate if not self._tokens_per_s else 0.8 * self._tokens_per_s + 0.2 * rate

@@ -1,0 +1,170 @@
+"""The ``bertserve`` command: ``serve`` runs the server; ``embed``, ``tokenize``, ``answer`` and
+``models`` call a running one, for quick use from a shell."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bertserve", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the gRPC server")
+    serve.add_argument("--config", help="YAML config (env BERTSERVE_CONFIG; default: the packaged config)")
+    serve.add_argument("--address", help="address to bind (env BERTSERVE_ADDRESS; default 0.0.0.0)")
+    serve.add_argument("--port", type=int, help="port to bind, 0 for any free one (env BERTSERVE_PORT; default 50051)")
+    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="env BERTSERVE_LOG_LEVEL")
+    serve.set_defaults(run=_serve)
+
+    def client_command(name: str, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help)
+        sub.add_argument("--target", default=os.environ.get("BERTSERVE_TARGET", "localhost:50051"))
+        sub.add_argument("--model", default="", help="model name (default: the server's default model)")
+        sub.add_argument("--timeout", type=float, default=60.0, help="deadline in seconds")
+        return sub
+
+    embed = client_command("embed", help="embed texts and print the vectors as JSON")
+    embed.add_argument("texts", nargs="+")
+    embed.add_argument("--pooling", choices=("cls", "mean", "pooler"))
+    embed.add_argument("--normalize", action="store_true")
+    embed.add_argument("--truncate", action="store_true")
+    embed.set_defaults(run=_embed)
+
+    tokenize = client_command("tokenize", help="tokenize texts and print tokens, ids and offsets as JSON")
+    tokenize.add_argument("texts", nargs="+")
+    tokenize.add_argument("--pair", action="append", help="second segment, once per text")
+    tokenize.add_argument("--no-special-tokens", action="store_true")
+    tokenize.set_defaults(run=_tokenize)
+
+    answer = client_command("answer", help="answer a question from a context and print the answers as JSON")
+    answer.add_argument("--question", required=True)
+    source = answer.add_mutually_exclusive_group(required=True)
+    source.add_argument("--context", help="the context text")
+    source.add_argument("--context-file", type=Path, help="a UTF-8 file holding the context ('-' for stdin)")
+    answer.add_argument("--top-k", type=int)
+    answer.add_argument("--handle-impossible-answer", action="store_true", default=None)
+    answer.set_defaults(run=_answer)
+
+    models = client_command("models", help="list the server's models as JSON")
+    models.set_defaults(run=_models)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from bertserve.app import BertServer
+    from bertserve.config import load_config
+    from bertserve.errors import ConfigError
+    from bertserve.runtime import configure_runtime
+
+    try:
+        config = load_config(
+            args.config, overrides={"address": args.address, "port": args.port, "log_level": args.log_level}
+        )
+    except ConfigError as e:
+        print(f"bertserve: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    configure_runtime(config)
+    asyncio.run(BertServer(config).serve_forever())
+    return 0
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from bertserve_client import Client
+
+    return Client(args.target, timeout=args.timeout)
+
+
+def _print(value: Any) -> int:
+    print(json.dumps(value, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _call(fn: Any) -> int:
+    from bertserve_client import BertserveError
+
+    try:
+        return _print(fn())
+    except BertserveError as e:
+        print(f"bertserve: {e}", file=sys.stderr)
+        return 1
+
+
+def _embed(args: argparse.Namespace) -> int:
+    def run() -> Any:
+        with _client(args) as client:
+            result = client.embed(
+                args.texts, model=args.model, pooling=args.pooling, normalize=args.normalize, truncate=args.truncate
+            )
+        return {
+            "model": result.model,
+            "embeddings": result.embeddings.tolist(),
+            "token_counts": result.token_counts,
+            "truncated_indices": result.truncated_indices,
+        }
+
+    return _call(run)
+
+
+def _tokenize(args: argparse.Namespace) -> int:
+    def run() -> Any:
+        with _client(args) as client:
+            tokenizations = client.tokenize(
+                args.texts, pairs=args.pair, model=args.model, add_special_tokens=not args.no_special_tokens
+            )
+        return [asdict(t) for t in tokenizations]
+
+    return _call(run)
+
+
+def _answer(args: argparse.Namespace) -> int:
+    if args.context_file is not None:
+        context = sys.stdin.read() if str(args.context_file) == "-" else args.context_file.read_text(encoding="utf-8")
+    else:
+        context = args.context
+
+    def run() -> Any:
+        with _client(args) as client:
+            answers = client.answer(
+                (args.question, context),
+                model=args.model,
+                top_k=args.top_k,
+                handle_impossible_answer=args.handle_impossible_answer,
+            )
+        return [asdict(a) for a in answers[0]]
+
+    return _call(run)
+
+
+def _models(args: argparse.Namespace) -> int:
+    def run() -> Any:
+        with _client(args) as client:
+            return [asdict(m) for m in client.models()]
+
+    return _call(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Domain errors of bertserve, mapped to gRPC status codes in one place (``bertserve.status``).
+
+    BertserveError
+    ├── InvalidRequest            INVALID_ARGUMENT: malformed request, empty input, bad option
+    │   └── InputTooLong          INVALID_ARGUMENT: an input over the model's token limit
+    ├── ModelNotFound             NOT_FOUND: no model of that name is configured
+    ├── CapabilityNotSupported    UNIMPLEMENTED: the model cannot do what was asked
+    ├── ModelUnavailable          UNAVAILABLE: the model is loading, failed to load, or unhealthy
+    ├── Overloaded                RESOURCE_EXHAUSTED: queue full, device out of memory
+    └── ConfigError               (at start-up, never a call) a configuration or model that cannot load
+
+Anything else raised while serving a call is INTERNAL and logged with a request id. Messages
+name the model, the limit and the offending input index: they reach the caller verbatim.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BertserveError",
+    "CapabilityNotSupported",
+    "ConfigError",
+    "InputTooLong",
+    "InvalidRequest",
+    "ModelNotFound",
+    "ModelUnavailable",
+    "Overloaded",
+]
+
+
+class BertserveError(Exception):
+    """Base of every error whose message is meant for the caller."""
+
+
+class InvalidRequest(BertserveError):
+    """The request itself is wrong; retrying it unchanged cannot succeed."""
+
+
+class InputTooLong(InvalidRequest):
+    """One input has more tokens than the model accepts and truncation was not asked for."""
+
+    def __init__(self, model: str, index: int, tokens: int, limit: int) -> None:
+        super().__init__(
+            f"input {index} has {tokens} tokens, over the limit of {limit} tokens of model {model!r}; "
+            "shorten it or set truncate"
+        )
+        self.index = index
+        self.tokens = tokens
+        self.limit = limit
+
+
+class ModelNotFound(BertserveError):
+    """No model of the requested name is configured."""
+
+
+class CapabilityNotSupported(BertserveError):
+    """The model exists but cannot do what was asked (a pooling it lacks, Answer without a QA head)."""
+
+
+class ModelUnavailable(BertserveError):
+    """The model is configured but cannot serve now: loading, failed, unhealthy or shutting down."""
+
+
+class Overloaded(BertserveError):
+    """The model cannot take more work now; the caller may retry after ``retry_after_s``."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class ConfigError(BertserveError):
+    """The configuration is wrong or names a model that cannot be loaded as configured."""

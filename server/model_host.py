@@ -1,0 +1,165 @@
+"""One configured model at run time: its plugin, its state, its worker thread and its batcher."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from bertserve.api import Capability, EncoderPlugin, Encoding, ModelInfo, ModelSpec
+from bertserve.batcher import Batcher, BatchLimits, Completed
+from bertserve.errors import BertserveError, CapabilityNotSupported, ModelUnavailable, Overloaded
+
+__all__ = ["ModelHost", "ModelState"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class ModelState(enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class ModelHost:
+    """Owns a plugin instance; every call into it runs off the event loop.
+
+    Forward passes run on the model's single worker thread (one device, one stream of work);
+    tokenization runs on the shared tokenizer pool so the next batch is tokenized while the
+    current one computes.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        plugin_factory: Callable[[ModelSpec], EncoderPlugin] | None,
+        tokenizer_pool: Executor,
+        *,
+        failure: str | None = None,
+    ) -> None:
+        self.spec = spec
+        self.state = ModelState.FAILED if failure else ModelState.LOADING
+        self.failure_reason = failure or ""
+        self.info: ModelInfo | None = None
+        self._factory = plugin_factory
+        self._plugin: EncoderPlugin | None = None
+        self._tokenizer_pool = tokenizer_pool
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{spec.name}")
+        self.batcher = Batcher(
+            spec.name,
+            self._run_batch,
+            self._worker,
+            BatchLimits(spec.max_batch_tokens, spec.max_batch_size, spec.max_queue_tokens, spec.max_queue_requests),
+        )
+        self.on_state_change: Callable[[ModelHost], None] = lambda host: None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    async def load(self) -> None:
+        """Build and load the plugin on the worker thread; a failure marks this model failed, nothing else."""
+        if self.state is ModelState.FAILED or self._factory is None:
+            self.on_state_change(self)
+            return
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        try:
+            self._plugin = self._factory(self.spec)
+            self.info = await loop.run_in_executor(self._worker, self._plugin.load)
+        except Exception as e:
+            self.state = ModelState.FAILED
+            self.failure_reason = _reason(e)
+            self._plugin = None
+            log.error("model %r failed to load from %r: %s", self.name, self.spec.source, self.failure_reason)
+        else:
+            self.batcher.start()
+            self.state = ModelState.READY
+            log.info(
+                "model %r ready in %.1fs on %s (%s)",
+                self.name,
+                time.monotonic() - started,
+                ",".join(self.info.devices),
+                self.info.dtype,
+            )
+        self.on_state_change(self)
+
+    def require(self, capability: Capability) -> ModelInfo:
+        """The model's info when it is ready and offers capability; raise the matching error otherwise."""
+        if self.state is ModelState.LOADING:
+            raise ModelUnavailable(f"model {self.name!r} is still loading")
+        if self.state is ModelState.FAILED or self.info is None:
+            raise ModelUnavailable(f"model {self.name!r} failed to load: {self.failure_reason}")
+        if capability not in self.info.capabilities:
+            raise CapabilityNotSupported(_missing(self.name, capability))
+        return self.info
+
+    @property
+    def plugin(self) -> EncoderPlugin:
+        if self._plugin is None:
+            raise ModelUnavailable(f"model {self.name!r} is not loaded")
+        return self._plugin
+
+    async def off_loop(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking call (tokenization, span search) on the tokenizer pool."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._tokenizer_pool, lambda: fn(*args, **kwargs))
+
+    async def run(
+        self, op: Hashable, encodings: Sequence[Encoding], *, deadline: float | None
+    ) -> list[Completed]:
+        """Send encodings through the batcher; one result per encoding, in order."""
+        return await self.batcher.submit(op, encodings, [len(e) for e in encodings], deadline=deadline)
+
+    def _run_batch(self, op: Hashable, batch: Sequence[Encoding]) -> Sequence[Any]:
+        """On the worker thread: one forward pass of the operation op over the batch."""
+        kind, *args = op  # type: ignore[misc]
+        try:
+            if kind == "embed":
+                pooling, with_states = args
+                out = self.plugin.embed(batch, pooling=pooling, with_token_states=with_states)
+                states = out.token_states or [None] * len(batch)
+                return list(zip(out.pooled, states, strict=True))
+            if kind == "answer":
+                return self.plugin.answer_windows(batch)
+        except BertserveError:
+            raise
+        except Exception as e:
+            if _is_out_of_memory(e):
+                raise Overloaded(f"model {self.name!r} ran out of device memory on a batch of {len(batch)}") from e
+            raise
+        raise ValueError(f"unknown operation {kind!r}")
+
+    async def health(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._worker, self.plugin.health)
+
+    async def stop(self) -> None:
+        if self.state is ModelState.READY:
+            await self.batcher.stop()
+            plugin = self.plugin
+            await asyncio.get_running_loop().run_in_executor(self._worker, plugin.unload)
+        self._worker.shutdown(wait=False, cancel_futures=True)
+
+
+def _missing(name: str, capability: Capability) -> str:
+    if capability is Capability.ANSWER:
+        return f"model {name!r} has no question-answering head; serve a checkpoint fine-tuned for QA for Answer"
+    return f"model {name!r} does not offer {capability.value}"
+
+
+def _reason(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    if len(text) > 500:
+        text = text[:497] + "..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _is_out_of_memory(e: Exception) -> bool:
+    return type(e).__name__ == "OutOfMemoryError" or "out of memory" in str(e).lower()

@@ -1,0 +1,47 @@
+"""Resolve a model's configured device and dtype against the hardware actually present."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from bertserve.errors import ConfigError
+
+__all__ = ["resolve_device", "resolve_dtype"]
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_CUDA = re.compile(r"^cuda(?::(\d+))?$")
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` takes the first GPU when one is present, else the CPU; ``cuda:N`` must exist."""
+    if device == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    match = _CUDA.match(device)
+    if match is None:
+        raise ConfigError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for, but no CUDA device is present")
+    index = int(match.group(1) or 0)
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return torch.device("cuda", index)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` is float32 on the CPU and bfloat16 (float16 where unsupported) on a GPU."""
+    if dtype == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    try:
+        return _DTYPES[dtype]
+    except KeyError:
+        raise ConfigError(f"dtype {dtype!r} is not one of auto, {', '.join(_DTYPES)}") from None
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")

@@ -1,0 +1,76 @@
+"""The one place where errors become gRPC status codes.
+
+Every servicer method is wrapped by :func:`grpc_errors`: domain errors keep their message
+and get the status code of their class; anything else is INTERNAL, logged with a request id
+that the caller also receives, so the two can be matched.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from bertserve.errors import (
+    BertserveError,
+    CapabilityNotSupported,
+    InvalidRequest,
+    ModelNotFound,
+    ModelUnavailable,
+    Overloaded,
+)
+
+__all__ = ["STATUS_OF", "grpc_errors"]
+
+log = logging.getLogger(__name__)
+
+STATUS_OF: dict[type[BertserveError], grpc.StatusCode] = {
+    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    CapabilityNotSupported: grpc.StatusCode.UNIMPLEMENTED,
+    ModelUnavailable: grpc.StatusCode.UNAVAILABLE,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+
+
+def _status_of(error: BertserveError) -> grpc.StatusCode:
+    for cls in type(error).__mro__:
+        if cls in STATUS_OF:
+            return STATUS_OF[cls]  # type: ignore[index]
+    return grpc.StatusCode.INTERNAL
+
+
+def grpc_errors(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """Turn what a unary servicer method raises into a gRPC status with a clear message."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        try:
+            return await handler(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except BertserveError as e:
+            await abort_with(context, e)
+        except Exception:
+            request_id = uuid.uuid4().hex[:12]
+            log.exception("internal error in %s (request id %s)", handler.__name__, request_id)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})")
+        raise AssertionError("unreachable: context.abort raises")
+
+    return wrapper
+
+
+async def abort_with(context: grpc.aio.ServicerContext, error: BertserveError) -> None:
+    """Abort the call with the status of error; an Overloaded error carries a retry-after-ms hint."""
+    retry = getattr(error, "retry_after_s", None)
+    if retry is not None:
+        context.set_trailing_metadata((("retry-after-ms", str(max(1, round(retry * 1000)))),))
+    await context.abort(_status_of(error), str(error))

@@ -1,0 +1,300 @@
+"""The shared transformers-backed plugin: everything BERT variants have in common.
+
+A variant subclasses :class:`TransformersPlugin` and states only what differs: the model
+types it accepts, its default checkpoint, whether it has token types. Third-party plugins
+may subclass it too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForQuestionAnswering, AutoTokenizer
+
+from bertserve.api import (
+    Capability,
+    EmbedOutput,
+    EncoderPlugin,
+    Encoding,
+    ModelInfo,
+    ModelSpec,
+    Pooling,
+    QAWindowLogits,
+)
+from bertserve.errors import CapabilityNotSupported, ConfigError, InvalidRequest
+from bertserve.placement import dtype_name, resolve_device, resolve_dtype
+from bertserve.sources import resolve_source
+
+__all__ = ["TransformersPlugin"]
+
+log = logging.getLogger(__name__)
+
+# Tokenizers report "no limit" as a huge sentinel instead of None.
+_NO_LIMIT = 1_000_000
+
+
+class TransformersPlugin(EncoderPlugin):
+    """A BERT-family encoder loaded with ``from_pretrained`` from a hub id or a local directory."""
+
+    #: ``config.model_type`` values this variant serves; a checkpoint of another type fails to load.
+    model_types: ClassVar[frozenset[str]]
+    #: The checkpoint used when the configuration gives no source.
+    default_source: ClassVar[str]
+    #: Positions the model reserves before the first token (RoBERTa offsets by padding_idx + 1).
+    position_offset: ClassVar[int] = 0
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__(spec)
+        self._tokenizer: Any = None
+        self._model: Any = None  # the full model: a base encoder or a ...ForQuestionAnswering
+        self._encoder: Any = None  # the base encoder inside it
+        self._device = torch.device("cpu")
+        self._uses_token_types = False
+        self._max_tokens = 0
+        self._pad_id = 0
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def load(self) -> ModelInfo:
+        source = resolve_source(self.spec.source or self.default_source)
+        self._device = resolve_device(self.spec.device)
+        dtype = resolve_dtype(self.spec.dtype, self._device)
+        common: dict[str, Any] = {"revision": self.spec.revision, "trust_remote_code": False}
+
+        config = AutoConfig.from_pretrained(source, **common)
+        if config.model_type not in self.model_types:
+            raise ConfigError(
+                f"checkpoint {source!r} is a {config.model_type!r} model; "
+                f"plugin {self.variant!r} serves {sorted(self.model_types)}"
+            )
+        self._tokenizer = AutoTokenizer.from_pretrained(source, **common)
+        if not self._tokenizer.is_fast:
+            raise ConfigError(f"checkpoint {source!r} has no fast tokenizer; character offsets need one")
+
+        has_qa_head = any(a.endswith("ForQuestionAnswering") for a in config.architectures or ())
+        model_class = AutoModelForQuestionAnswering if has_qa_head else AutoModel
+        model, loading = model_class.from_pretrained(
+            source,
+            config=config,
+            dtype=dtype,
+            use_safetensors=None if self.spec.allow_pickle else True,
+            output_loading_info=True,
+            **common,
+        )
+        self._model = model.to(self._device).eval()
+        self._encoder = self._model.base_model
+        self._uses_token_types = "token_type_ids" in self._tokenizer.model_input_names
+        self._pad_id = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else 0
+        self._max_tokens = self._token_limit(config)
+
+        poolings = [Pooling.CLS, Pooling.MEAN]
+        missing = set(loading.get("missing_keys", ()))
+        if getattr(self._encoder, "pooler", None) is not None and not any("pooler" in k for k in missing):
+            poolings.append(Pooling.POOLER)
+        default_pooling = self.spec.default_pooling or self._checkpoint_pooling(source) or Pooling.MEAN
+        if default_pooling not in poolings:
+            raise ConfigError(f"default pooling {default_pooling.value!r} is not offered by {source!r}")
+        capabilities = {Capability.TOKENIZE, Capability.EMBED}
+        if has_qa_head:
+            capabilities.add(Capability.ANSWER)
+        return ModelInfo(
+            capabilities=frozenset(capabilities),
+            devices=(str(self._device),),
+            dtype=dtype_name(dtype),
+            hidden_size=int(config.hidden_size),
+            max_input_tokens=self._max_tokens,
+            poolings=tuple(poolings),
+            default_pooling=default_pooling,
+        )
+
+    def _token_limit(self, config: Any) -> int:
+        limits = [int(config.max_position_embeddings) - self.position_offset]
+        if 0 < self._tokenizer.model_max_length < _NO_LIMIT:
+            limits.append(int(self._tokenizer.model_max_length))
+        if self.spec.max_input_tokens:
+            limits.append(self.spec.max_input_tokens)
+        return min(limits)
+
+    @staticmethod
+    def _checkpoint_pooling(source: str) -> Pooling | None:
+        """The pooling a sentence-transformers checkpoint declares in 1_Pooling/config.json."""
+        path = Path(source) / "1_Pooling" / "config.json"
+        if not path.is_file():
+            return None
+        modes = json.loads(path.read_text())
+        if modes.get("pooling_mode_mean_tokens"):
+            return Pooling.MEAN
+        if modes.get("pooling_mode_cls_token"):
+            return Pooling.CLS
+        return None
+
+    # -- tokenization ------------------------------------------------------------------------
+
+    def tokenize(
+        self,
+        texts: Sequence[str],
+        *,
+        pairs: Sequence[str] | None = None,
+        add_special_tokens: bool = True,
+        max_length: int | None = None,
+    ) -> list[Encoding]:
+        encodings = self._encode(texts, pairs, add_special_tokens, truncate_to=None)
+        if max_length is None:
+            return encodings
+        # Over-long inputs are rare: tokenize those alone a second time, with truncation.
+        long = [i for i, e in enumerate(encodings) if len(e) > max_length]
+        if long:
+            cut = self._encode(
+                [texts[i] for i in long],
+                [pairs[i] for i in long] if pairs is not None else None,
+                add_special_tokens,
+                truncate_to=max_length,
+            )
+            for i, encoding in zip(long, cut, strict=True):
+                encodings[i] = replace(encoding, full_length=len(encodings[i]))
+        return encodings
+
+    def _encode(
+        self,
+        texts: Sequence[str],
+        pairs: Sequence[str] | None,
+        add_special_tokens: bool,
+        truncate_to: int | None,
+    ) -> list[Encoding]:
+        batch = self._tokenizer(
+            list(texts),
+            list(pairs) if pairs is not None else None,
+            add_special_tokens=add_special_tokens,
+            truncation="longest_first" if truncate_to is not None else False,
+            max_length=truncate_to,
+            return_token_type_ids=True,
+            return_attention_mask=False,
+            return_special_tokens_mask=True,
+            return_offsets_mapping=True,
+        )
+        return _to_encodings(batch)
+
+    def tokenize_windows(
+        self, question: str, context: str, *, max_seq_len: int, doc_stride: int, max_question_len: int
+    ) -> list[Encoding]:
+        self._require_qa_head()
+        question = self._cut_question(question, max_question_len)
+        question_tokens = len(self._tokenizer(question, add_special_tokens=False)["input_ids"])
+        room = max_seq_len - question_tokens - self._tokenizer.num_special_tokens_to_add(pair=True)
+        if room < 2:
+            raise InvalidRequest(
+                f"the question takes {question_tokens} tokens, leaving no room for context in a "
+                f"{max_seq_len}-token window of model {self.spec.name!r}; shorten it or raise max_seq_len"
+            )
+        if doc_stride >= room:  # the tokenizer must advance by at least one token per window
+            doc_stride = room // 2
+        batch = self._tokenizer(
+            question,
+            context,
+            truncation="only_second",
+            max_length=max_seq_len,
+            stride=doc_stride,
+            return_overflowing_tokens=True,
+            return_token_type_ids=True,
+            return_attention_mask=False,
+            return_special_tokens_mask=True,
+            return_offsets_mapping=True,
+        )
+        return _to_encodings(batch)
+
+    def _cut_question(self, question: str, max_question_len: int) -> str:
+        """Keep the question's first max_question_len tokens, as the classic pipeline's query limit does."""
+        offsets = self._tokenizer(question, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        if len(offsets) <= max_question_len:
+            return question
+        return question[: offsets[max_question_len - 1][1]]
+
+    # -- forward passes ----------------------------------------------------------------------
+
+    def _inputs(self, batch: Sequence[Encoding]) -> dict[str, torch.Tensor]:
+        """Right-pad a batch into tensors on the model's device."""
+        width = max(len(e) for e in batch)
+        ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
+        mask = np.zeros((len(batch), width), dtype=np.int64)
+        types = np.zeros((len(batch), width), dtype=np.int64)
+        for row, encoding in enumerate(batch):
+            n = len(encoding)
+            ids[row, :n] = encoding.ids
+            mask[row, :n] = 1
+            types[row, :n] = encoding.type_ids
+        inputs = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+        if self._uses_token_types:
+            inputs["token_type_ids"] = torch.from_numpy(types)
+        return {k: v.to(self._device, non_blocking=True) for k, v in inputs.items()}
+
+    def embed(self, batch: Sequence[Encoding], *, pooling: Pooling, with_token_states: bool) -> EmbedOutput:
+        inputs = self._inputs(batch)
+        with torch.inference_mode():
+            out = self._encoder(**inputs)
+            hidden = out.last_hidden_state
+            if pooling is Pooling.CLS:
+                pooled = hidden[:, 0]
+            elif pooling is Pooling.MEAN:
+                mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+            elif pooling is Pooling.POOLER:
+                if out.pooler_output is None:
+                    raise CapabilityNotSupported(f"model {self.spec.name!r} has no pooler head")
+                pooled = out.pooler_output
+            pooled_np = pooled.float().cpu().numpy()
+            token_states = None
+            if with_token_states:
+                states = hidden.float().cpu().numpy()
+                token_states = [states[row, : len(e)] for row, e in enumerate(batch)]
+        return EmbedOutput(pooled=pooled_np, token_states=token_states)
+
+    def answer_windows(self, batch: Sequence[Encoding]) -> list[QAWindowLogits]:
+        self._require_qa_head()
+        inputs = self._inputs(batch)
+        with torch.inference_mode():
+            out = self._model(**inputs)
+            start = out.start_logits.float().cpu().numpy()
+            end = out.end_logits.float().cpu().numpy()
+        return [QAWindowLogits(start=start[row, : len(e)], end=end[row, : len(e)]) for row, e in enumerate(batch)]
+
+    def _require_qa_head(self) -> None:
+        if not hasattr(self._model, "qa_outputs"):
+            raise CapabilityNotSupported(f"model {self.spec.name!r} has no question-answering head")
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def health(self) -> None:
+        if self._model is None:
+            raise RuntimeError("model is not loaded")
+        torch.zeros(1, device=self._device).add_(1)
+
+    def unload(self) -> None:
+        self._model = self._encoder = None
+        if self._device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _to_encodings(batch: Any) -> list[Encoding]:
+    """Split a transformers BatchEncoding (offsets, special-tokens mask, type ids) into Encodings."""
+    encodings = []
+    for i, ids in enumerate(batch["input_ids"]):
+        encodings.append(
+            Encoding(
+                ids=ids,
+                tokens=batch.tokens(i),
+                type_ids=batch["token_type_ids"][i],
+                special_tokens_mask=batch["special_tokens_mask"][i],
+                offsets=[(int(s), int(e)) for s, e in batch["offset_mapping"][i]],
+                sequence_ids=[-1 if s is None else s for s in batch.sequence_ids(i)],
+                word_ids=[-1 if w is None else w for w in batch.word_ids(i)],
+                full_length=len(ids),
+            )
+        )
+    return encodings
