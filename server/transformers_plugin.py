@@ -7,6 +7,7 @@ may subclass it too.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from collections.abc import Sequence
@@ -90,15 +91,19 @@ class TransformersPlugin(EncoderPlugin):
         )
         self._model = model.to(self._device).eval()
         self._encoder = self._model.base_model
-        self._uses_token_types = "token_type_ids" in self._tokenizer.model_input_names
+        # Token types go in only where the tokenizer makes them and the encoder takes them (not DistilBERT).
+        self._uses_token_types = "token_type_ids" in self._tokenizer.model_input_names and (
+            "token_type_ids" in inspect.signature(self._encoder.forward).parameters
+        )
         self._pad_id = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else 0
-        self._max_tokens = self._token_limit(config)
+        st_pooling, st_limit = _sentence_transformers_settings(source)
+        self._max_tokens = self._token_limit(config, st_limit)
 
         poolings = [Pooling.CLS, Pooling.MEAN]
         missing = set(loading.get("missing_keys", ()))
         if getattr(self._encoder, "pooler", None) is not None and not any("pooler" in k for k in missing):
             poolings.append(Pooling.POOLER)
-        default_pooling = self.spec.default_pooling or self._checkpoint_pooling(source) or Pooling.MEAN
+        default_pooling = self.spec.default_pooling or st_pooling or Pooling.MEAN
         if default_pooling not in poolings:
             raise ConfigError(f"default pooling {default_pooling.value!r} is not offered by {source!r}")
         capabilities = {Capability.TOKENIZE, Capability.EMBED}
@@ -114,26 +119,15 @@ class TransformersPlugin(EncoderPlugin):
             default_pooling=default_pooling,
         )
 
-    def _token_limit(self, config: Any) -> int:
+    def _token_limit(self, config: Any, checkpoint_limit: int | None) -> int:
         limits = [int(config.max_position_embeddings) - self.position_offset]
+        if checkpoint_limit:
+            limits.append(checkpoint_limit)
         if 0 < self._tokenizer.model_max_length < _NO_LIMIT:
             limits.append(int(self._tokenizer.model_max_length))
         if self.spec.max_input_tokens:
             limits.append(self.spec.max_input_tokens)
         return min(limits)
-
-    @staticmethod
-    def _checkpoint_pooling(source: str) -> Pooling | None:
-        """The pooling a sentence-transformers checkpoint declares in 1_Pooling/config.json."""
-        path = Path(source) / "1_Pooling" / "config.json"
-        if not path.is_file():
-            return None
-        modes = json.loads(path.read_text())
-        if modes.get("pooling_mode_mean_tokens"):
-            return Pooling.MEAN
-        if modes.get("pooling_mode_cls_token"):
-            return Pooling.CLS
-        return None
 
     # -- tokenization ------------------------------------------------------------------------
 
@@ -279,6 +273,23 @@ class TransformersPlugin(EncoderPlugin):
         self._model = self._encoder = None
         if self._device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _sentence_transformers_settings(source: str) -> tuple[Pooling | None, int | None]:
+    """The pooling and input limit a local sentence-transformers checkpoint declares, if any."""
+    root = Path(source)
+    pooling, limit = None, None
+    pooling_file = root / "1_Pooling" / "config.json"
+    if pooling_file.is_file():
+        modes = json.loads(pooling_file.read_text())
+        if modes.get("pooling_mode_mean_tokens"):
+            pooling = Pooling.MEAN
+        elif modes.get("pooling_mode_cls_token"):
+            pooling = Pooling.CLS
+    settings_file = root / "sentence_bert_config.json"
+    if settings_file.is_file():
+        limit = json.loads(settings_file.read_text()).get("max_seq_length")
+    return pooling, limit
 
 
 def _to_encodings(batch: Any) -> list[Encoding]:

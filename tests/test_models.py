@@ -1,0 +1,64 @@
+"""ModelService, standard health and reflection."""
+
+from __future__ import annotations
+
+import grpc
+from bertserve_client import AsyncClient
+from conftest import TINY
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+
+async def test_list_models_reports_state_placement_and_capabilities(client: AsyncClient) -> None:
+    models = {m.name: m for m in await client.models()}
+    assert list(models)[:2] == ["minilm", "albert"]  # configuration order
+    minilm = models["minilm"]
+    assert minilm.state == "ready" and minilm.is_default
+    assert (minilm.plugin, minilm.devices, minilm.dtype) == ("bert", ["cpu"], "float32")
+    assert minilm.hidden_size == 384
+    assert minilm.max_input_tokens == 256  # sentence-transformers' max_seq_length for this checkpoint
+    assert minilm.default_pooling == "mean"
+    assert set(minilm.capabilities) == {"tokenize", "embed"}
+    for name in TINY:
+        assert models[name].state == "ready", models[name].failure_reason
+    assert "answer" in models["spanbert-qa"].capabilities
+    assert "answer" not in models["albert"].capabilities
+    assert models["electra"].poolings == ["cls", "mean"]
+    assert models["albert"].poolings == ["cls", "mean", "pooler"]
+    assert models["roberta"].max_input_tokens == 128
+    missing = models["missing"]
+    assert missing.state == "failed" and missing.failure_reason
+    assert missing.devices == [] and missing.capabilities == []
+
+
+async def test_get_model_default(client: AsyncClient) -> None:
+    model = await client.model()
+    assert model.name == "minilm" and model.is_default
+
+
+async def test_health_overall_and_per_model(channel: grpc.aio.Channel) -> None:
+    stub = health_pb2_grpc.HealthStub(channel)
+    serving = health_pb2.HealthCheckResponse.SERVING
+    for service in ("", "bertserve.v1.EncoderService", "minilm", "albert"):
+        response = await stub.Check(health_pb2.HealthCheckRequest(service=service))
+        assert response.status == serving, service
+    response = await stub.Check(health_pb2.HealthCheckRequest(service="missing"))
+    assert response.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    try:
+        await stub.Check(health_pb2.HealthCheckRequest(service="never-configured"))
+    except grpc.aio.AioRpcError as e:
+        assert e.code() is grpc.StatusCode.NOT_FOUND
+    else:
+        raise AssertionError("expected NOT_FOUND")
+
+
+async def test_reflection_lists_the_services(channel: grpc.aio.Channel) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+
+    async def requests():  # type: ignore[no-untyped-def]
+        yield reflection_pb2.ServerReflectionRequest(list_services="")
+
+    async for response in stub.ServerReflectionInfo(requests()):
+        names = {s.name for s in response.list_services_response.service}
+        break
+    assert {"bertserve.v1.EncoderService", "bertserve.v1.ModelService", "grpc.health.v1.Health"} <= names

