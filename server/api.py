@@ -64,6 +64,7 @@ class ModelSpec:
     max_batch_size: int = 64
     max_queue_tokens: int = 262144
     max_queue_requests: int = 1024
+    max_wait_ms: float = 0.0  # extra wait for more work after a busy pass; never when the model is idle
     options: dict[str, Any] = field(default_factory=dict)  # plugin-specific extras
 
 
@@ -165,8 +166,8 @@ class EncoderPlugin(abc.ABC):
         """
         raise CapabilityNotSupported(f"model {self.spec.name!r} has no question-answering head")
 
-    def health(self) -> None:
+    def health(self) -> None:  # noqa: B027 (optional hook: a plugin with nothing to check keeps it)
         """Touch the device; raise if the model can no longer serve."""
 
-    def unload(self) -> None:
+    def unload(self) -> None:  # noqa: B027 (optional hook)
         """Free the model's memory."""

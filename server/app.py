@@ -8,7 +8,6 @@ import signal
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
-from bertserve_client.v1 import encoder_service_pb2, encoder_service_pb2_grpc, model_service_pb2, model_service_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -17,6 +16,7 @@ from bertserve.discovery import PluginRegistry, discover_plugins
 from bertserve.model_host import ModelHost, ModelState
 from bertserve.router import Router
 from bertserve.servicers import EncoderServicer, ModelServicer
+from bertserve_client.v1 import encoder_service_pb2, encoder_service_pb2_grpc, model_service_pb2, model_service_pb2_grpc
 
 __all__ = ["BertServer"]
 
@@ -35,7 +35,7 @@ class BertServer:
     def __init__(self, config: ServerConfig, registry: PluginRegistry | None = None) -> None:
         self.config = config
         registry = registry or discover_plugins()
-        self._tokenizer_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tokenize")
+        self._tokenizer_pool = ThreadPoolExecutor(config.tokenizer_threads, thread_name_prefix="tokenize")
         hosts = []
         for spec in config.models:
             try:
@@ -59,7 +59,9 @@ class BertServer:
                 ("grpc.max_send_message_length", _MESSAGE_LIMIT),
             ]
         )
-        encoder_service_pb2_grpc.add_EncoderServiceServicer_to_server(EncoderServicer(self.router), server)
+        encoder_service_pb2_grpc.add_EncoderServiceServicer_to_server(
+            EncoderServicer(self.router, stream_max_in_flight=self.config.stream_max_in_flight), server
+        )
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.router), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((*_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

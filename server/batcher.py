@@ -4,11 +4,12 @@ Work arrives as sequences (one Embed input, one Answer window), each with its ow
 One loop per model takes the oldest pending sequence, adds the pending sequences of the same
 operation whose lengths are nearest to it until the token budget (longest x count) or the
 size cap is reached, runs that batch on the model's worker thread, and resolves each future.
-There is no timer: a lone request on an idle model goes straight through, and requests that
-arrive while the device is busy wait exactly as long as the batch in flight, then share the
-next pass. The queue is bounded in sequences and tokens; a request that would overflow it is
-refused at once. Sequences whose caller went away (cancelled, deadline passed) are dropped
-before they reach the model.
+A lone request on an idle model goes straight through; requests that arrive while the device
+is busy wait for the pass in flight, then share the next one. Under load, max_wait_ms lets the
+loop linger that much longer after a pass for a fuller batch; it never delays an idle model.
+The queue is bounded in sequences and tokens; a request that would overflow it is refused at
+once. Sequences whose caller went away (cancelled, deadline passed) are dropped before they
+reach the model.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class BatchLimits:
     max_batch_size: int = 64
     max_queue_tokens: int = 262144
     max_queue_requests: int = 1024
+    max_wait_ms: float = 0.0
 
 
 @dataclass
@@ -139,13 +141,17 @@ class Batcher:
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
+        busy = False  # a pass just ended: the device is under load
         while True:
             if not self._pending:
                 if self._closed:
                     return
+                busy = False
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
+            if busy and self.limits.max_wait_ms > 0:
+                await self._linger()
             batch = self._take_batch()
             if not batch:
                 continue
@@ -161,11 +167,25 @@ class Batcher:
                     if not p.future.done():
                         p.future.set_exception(e)
                 continue
+            busy = True
             elapsed = time.monotonic_ns() - started
             self._observe(sum(p.cost for p in batch), elapsed)
             for p, result in zip(batch, results, strict=True):
                 if not p.future.done():
                     p.future.set_result(Completed(result, started - p.enqueued_ns, pass_id, elapsed))
+
+    async def _linger(self) -> None:
+        """Wait up to max_wait_ms for a full batch's worth of pending sequences."""
+        until = time.monotonic() + self.limits.max_wait_ms / 1000
+        while len(self._pending) < self.limits.max_batch_size and not self._closed:
+            left = until - time.monotonic()
+            if left <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), left)
+            except TimeoutError:
+                return
 
     def _take_batch(self) -> list[_Pending[Any]]:
         """Remove and return the next batch: the oldest live sequence plus its nearest-length peers."""

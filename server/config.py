@@ -9,6 +9,9 @@ YAML file, built-in defaults. The file format::
       log_level: info
       default_model: minilm          # empty model names in requests reach this one
       grace_period_s: 10             # how long SIGTERM waits for in-flight calls
+      torch_threads: 0               # torch intra-op threads; 0 lets torch choose
+      tokenizer_threads: 2           # threads that tokenize off the event loop
+      stream_max_in_flight: 64       # items of one EmbedStream in flight at once
     models:
       - name: minilm
         plugin: bert                 # an entry point of group bertserve.plugins
@@ -17,6 +20,12 @@ YAML file, built-in defaults. The file format::
         dtype: auto                  # auto | float32 | float16 | bfloat16
         pooling: mean                # default pooling: cls | mean | pooler
         max_input_tokens: 256        # optional cap under the model's own limit
+        max_batch_tokens: 16384      # padded tokens (longest x count) in one forward pass
+        max_batch_size: 64           # sequences in one forward pass
+        max_queue_tokens: 262144     # queued tokens before calls are refused (RESOURCE_EXHAUSTED)
+        max_queue_requests: 1024     # queued sequences before calls are refused
+        max_wait_ms: 0               # under load, linger this long after a pass for a fuller batch
+        allow_pickle: false          # true also loads pickle (.bin) weights; safetensors only otherwise
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ import yaml
 from bertserve.api import ModelSpec, Pooling
 from bertserve.errors import ConfigError
 
-__all__ = ["ServerConfig", "load_config", "DEFAULT_CONFIG"]
+__all__ = ["DEFAULT_CONFIG", "ServerConfig", "load_config"]
 
 DEFAULT_CONFIG = "default_config.yaml"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -47,7 +56,9 @@ class ServerConfig:
     log_level: str = "info"
     default_model: str = ""
     grace_period_s: float = 10.0
-    torch_threads: int = 0  # 0: torch's own choice
+    torch_threads: int = 0  # torch intra-op threads; 0: torch's own choice (one per core)
+    tokenizer_threads: int = 2  # the pool that tokenizes and decodes answers off the event loop
+    stream_max_in_flight: int = 64  # items of one EmbedStream being worked on at once
     models: tuple[ModelSpec, ...] = field(default_factory=tuple)
 
     @property
@@ -131,6 +142,8 @@ def _model_spec(index: int, raw: Any) -> ModelSpec:
 def _check(config: ServerConfig) -> ServerConfig:
     if config.log_level.lower() not in _LOG_LEVELS:
         raise ConfigError(f"log_level {config.log_level!r} is not one of {', '.join(_LOG_LEVELS)}")
+    if config.tokenizer_threads < 1 or config.stream_max_in_flight < 1 or config.torch_threads < 0:
+        raise ConfigError("tokenizer_threads and stream_max_in_flight must be at least 1, torch_threads at least 0")
     if not 0 <= config.port <= 65535:
         raise ConfigError(f"port {config.port} is out of range")
     names = [m.name for m in config.models]

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from bertserve_client._tensor import numpy_to_tensor
-from bertserve_client.v1 import common_pb2, encoder_service_pb2, model_service_pb2
-
 from bertserve.api import Capability, Encoding, Pooling
 from bertserve.domain import (
     AnswerQuery,
@@ -17,6 +14,8 @@ from bertserve.domain import (
 )
 from bertserve.errors import InvalidRequest
 from bertserve.model_host import ModelHost, ModelState
+from bertserve_client._tensor import numpy_to_tensor
+from bertserve_client.v1 import common_pb2, encoder_service_pb2, model_service_pb2
 
 __all__ = [
     "answer_query",

@@ -20,7 +20,9 @@ async def tokenize(router: Router, query: TokenizeQuery) -> TokenizeResult:
     if not query.inputs:
         raise InvalidRequest("inputs is empty: send at least one text")
     if query.pairs is not None and len(query.pairs) != len(query.inputs):
-        raise InvalidRequest(f"pairs has {len(query.pairs)} entries for {len(query.inputs)} inputs: send none or one per input")
+        raise InvalidRequest(
+            f"pairs has {len(query.pairs)} entries for {len(query.inputs)} inputs: send none or one per input"
+        )
     encodings = await host.off_loop(
         host.plugin.tokenize, query.inputs, pairs=query.pairs, add_special_tokens=query.add_special_tokens
     )

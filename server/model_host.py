@@ -55,7 +55,13 @@ class ModelHost:
             spec.name,
             self._run_batch,
             self._worker,
-            BatchLimits(spec.max_batch_tokens, spec.max_batch_size, spec.max_queue_tokens, spec.max_queue_requests),
+            BatchLimits(
+                spec.max_batch_tokens,
+                spec.max_batch_size,
+                spec.max_queue_tokens,
+                spec.max_queue_requests,
+                spec.max_wait_ms,
+            ),
         )
         self.on_state_change: Callable[[ModelHost], None] = lambda host: None
 
@@ -72,22 +78,18 @@ class ModelHost:
         loop = asyncio.get_running_loop()
         try:
             self._plugin = self._factory(self.spec)
-            self.info = await loop.run_in_executor(self._worker, self._plugin.load)
+            info: ModelInfo = await loop.run_in_executor(self._worker, self._plugin.load)
         except Exception as e:
             self.state = ModelState.FAILED
             self.failure_reason = _reason(e)
             self._plugin = None
             log.error("model %r failed to load from %r: %s", self.name, self.spec.source, self.failure_reason)
         else:
+            self.info = info
             self.batcher.start()
             self.state = ModelState.READY
-            log.info(
-                "model %r ready in %.1fs on %s (%s)",
-                self.name,
-                time.monotonic() - started,
-                ",".join(self.info.devices),
-                self.info.dtype,
-            )
+            took = time.monotonic() - started
+            log.info("model %r ready in %.1fs on %s (%s)", self.name, took, ",".join(info.devices), info.dtype)
         self.on_state_change(self)
 
     def require(self, capability: Capability) -> ModelInfo:
@@ -111,18 +113,16 @@ class ModelHost:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._tokenizer_pool, lambda: fn(*args, **kwargs))
 
-    async def run(
-        self, op: Hashable, encodings: Sequence[Encoding], *, deadline: float | None
-    ) -> list[Completed]:
+    async def run(self, op: Hashable, encodings: Sequence[Encoding], *, deadline: float | None) -> list[Completed]:
         """Send encodings through the batcher; one result per encoding, in order."""
         return await self.batcher.submit(op, encodings, [len(e) for e in encodings], deadline=deadline)
 
     def _run_batch(self, op: Hashable, batch: Sequence[Encoding]) -> Sequence[Any]:
         """On the worker thread: one forward pass of the operation op over the batch."""
-        kind, *args = op  # type: ignore[misc]
+        kind: str = op[0]  # type: ignore[index]
         try:
             if kind == "embed":
-                pooling, with_states = args
+                pooling, with_states = op[1:]  # type: ignore[index]
                 out = self.plugin.embed(batch, pooling=pooling, with_token_states=with_states)
                 states = out.token_states or [None] * len(batch)
                 return list(zip(out.pooled, states, strict=True))

@@ -77,9 +77,7 @@ def _validate(query: AnswerQuery) -> None:
     if query.max_question_len < 1:
         raise InvalidRequest(f"max_question_len must be at least 1, got {query.max_question_len}")
     if query.doc_stride >= query.max_seq_len:
-        raise InvalidRequest(
-            f"doc_stride ({query.doc_stride}) must be smaller than max_seq_len ({query.max_seq_len})"
-        )
+        raise InvalidRequest(f"doc_stride ({query.doc_stride}) must be smaller than max_seq_len ({query.max_seq_len})")
 
 
 def best_spans(
@@ -162,8 +160,16 @@ def _to_chars(window: Encoding, start: int, end: int, context: str, align_to_wor
 
 
 def _word_starts(window: Encoding, word: int) -> list[int]:
-    return [o[0] for o, w, s in zip(window.offsets, window.word_ids, window.sequence_ids, strict=True) if s == 1 and w == word]
+    return [
+        o[0]
+        for o, w, s in zip(window.offsets, window.word_ids, window.sequence_ids, strict=True)
+        if s == 1 and w == word
+    ]
 
 
 def _word_ends(window: Encoding, word: int) -> list[int]:
-    return [o[1] for o, w, s in zip(window.offsets, window.word_ids, window.sequence_ids, strict=True) if s == 1 and w == word]
+    return [
+        o[1]
+        for o, w, s in zip(window.offsets, window.word_ids, window.sequence_ids, strict=True)
+        if s == 1 and w == word
+    ]

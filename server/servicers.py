@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import AsyncIterator
 
 import grpc
-from bertserve_client.v1 import encoder_service_pb2, encoder_service_pb2_grpc, model_service_pb2, model_service_pb2_grpc
 
 from bertserve import convert, embedding, qa
+from bertserve.errors import BertserveError
 from bertserve.router import Router
-from bertserve.status import grpc_errors
+from bertserve.status import grpc_errors, internal_error, status_of
+from bertserve_client.v1 import encoder_service_pb2, encoder_service_pb2_grpc, model_service_pb2, model_service_pb2_grpc
 
 __all__ = ["EncoderServicer", "ModelServicer"]
 
@@ -21,29 +24,76 @@ def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
 
 
 class EncoderServicer(encoder_service_pb2_grpc.EncoderServiceServicer):
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, *, stream_max_in_flight: int = 64) -> None:
         self._router = router
+        self._stream_max_in_flight = stream_max_in_flight
 
     @grpc_errors
-    async def Embed(  # noqa: N802 (gRPC method name)
+    async def Embed(
         self, request: encoder_service_pb2.EmbedRequest, context: grpc.aio.ServicerContext
     ) -> encoder_service_pb2.EmbedResponse:
         result = await embedding.embed(self._router, convert.embed_query(request), deadline=deadline_of(context))
         return convert.embed_response(result)
 
     @grpc_errors
-    async def Tokenize(  # noqa: N802
+    async def Tokenize(
         self, request: encoder_service_pb2.TokenizeRequest, context: grpc.aio.ServicerContext
     ) -> encoder_service_pb2.TokenizeResponse:
         result = await embedding.tokenize(self._router, convert.tokenize_query(request))
         return convert.tokenize_response(result)
 
     @grpc_errors
-    async def Answer(  # noqa: N802
+    async def Answer(
         self, request: encoder_service_pb2.AnswerRequest, context: grpc.aio.ServicerContext
     ) -> encoder_service_pb2.AnswerResponse:
         result = await qa.answer(self._router, convert.answer_query(request), deadline=deadline_of(context))
         return convert.answer_response(result)
+
+    async def EmbedStream(
+        self, request_iterator: AsyncIterator[encoder_service_pb2.EmbedStreamRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[encoder_service_pb2.EmbedStreamResponse]:
+        """Items run concurrently (so they batch with all other traffic) and are answered in order.
+
+        At most stream_max_in_flight items are in flight per stream; past that the stream stops
+        reading, and gRPC flow control pushes back on the sender.
+        """
+        deadline = deadline_of(context)
+        in_flight: asyncio.Queue[asyncio.Task[encoder_service_pb2.EmbedStreamResponse] | None] = asyncio.Queue(
+            maxsize=max(1, self._stream_max_in_flight - 1)  # the one being awaited is in flight too
+        )
+
+        async def read() -> None:
+            try:
+                async for item in request_iterator:
+                    await in_flight.put(asyncio.create_task(self._stream_item(item.request, deadline)))
+            finally:
+                await in_flight.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (task := await in_flight.get()) is not None:
+                yield await task
+            await reader  # surfaces a broken request stream
+        finally:  # the client went away or the stream ended: nothing of it may keep running
+            reader.cancel()
+            while not in_flight.empty():
+                if (task := in_flight.get_nowait()) is not None:
+                    task.cancel()
+
+    async def _stream_item(
+        self, request: encoder_service_pb2.EmbedRequest, deadline: float | None
+    ) -> encoder_service_pb2.EmbedStreamResponse:
+        try:
+            result = await embedding.embed(self._router, convert.embed_query(request), deadline=deadline)
+        except BertserveError as e:
+            error = encoder_service_pb2.ItemError(code=status_of(e).value[0], message=str(e))
+            return encoder_service_pb2.EmbedStreamResponse(error=error)
+        except Exception:
+            error = encoder_service_pb2.ItemError(
+                code=grpc.StatusCode.INTERNAL.value[0], message=internal_error("EmbedStream")
+            )
+            return encoder_service_pb2.EmbedStreamResponse(error=error)
+        return encoder_service_pb2.EmbedStreamResponse(response=convert.embed_response(result))
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
@@ -51,7 +101,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         self._router = router
 
     @grpc_errors
-    async def ListModels(  # noqa: N802
+    async def ListModels(
         self, request: model_service_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> model_service_pb2.ListModelsResponse:
         default = self._router.default_model
@@ -60,7 +110,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         )
 
     @grpc_errors
-    async def GetModel(  # noqa: N802
+    async def GetModel(
         self, request: model_service_pb2.GetModelRequest, context: grpc.aio.ServicerContext
     ) -> model_service_pb2.GetModelResponse:
         host = self._router.get(request.name)

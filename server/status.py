@@ -24,7 +24,7 @@ from bertserve.errors import (
     Overloaded,
 )
 
-__all__ = ["STATUS_OF", "grpc_errors"]
+__all__ = ["STATUS_OF", "abort_with", "grpc_errors", "internal_error", "status_of"]
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ Resp = TypeVar("Resp")
 Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
 
 
-def _status_of(error: BertserveError) -> grpc.StatusCode:
+def status_of(error: BertserveError) -> grpc.StatusCode:
     for cls in type(error).__mro__:
         if cls in STATUS_OF:
             return STATUS_OF[cls]  # type: ignore[index]
@@ -60,9 +60,7 @@ def grpc_errors(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
         except BertserveError as e:
             await abort_with(context, e)
         except Exception:
-            request_id = uuid.uuid4().hex[:12]
-            log.exception("internal error in %s (request id %s)", handler.__name__, request_id)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})")
+            await context.abort(grpc.StatusCode.INTERNAL, internal_error(handler.__name__))
         raise AssertionError("unreachable: context.abort raises")
 
     return wrapper
@@ -73,4 +71,11 @@ async def abort_with(context: grpc.aio.ServicerContext, error: BertserveError) -
     retry = getattr(error, "retry_after_s", None)
     if retry is not None:
         context.set_trailing_metadata((("retry-after-ms", str(max(1, round(retry * 1000)))),))
-    await context.abort(_status_of(error), str(error))
+    await context.abort(status_of(error), str(error))
+
+
+def internal_error(where: str) -> str:
+    """Log the exception being handled under a fresh request id; return the message for the caller."""
+    request_id = uuid.uuid4().hex[:12]
+    log.exception("internal error in %s (request id %s)", where, request_id)
+    return f"internal error (request id {request_id})"

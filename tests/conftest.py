@@ -10,11 +10,12 @@ from typing import Any
 import grpc
 import pytest
 import torch
-from bertserve_client import AsyncClient
-from tiny_models import build_tiny_models
 
 from bertserve.app import BertServer
 from bertserve.config import load_config
+from bertserve_client import AsyncClient
+
+from tiny_models import build_tiny_models
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("BERTSERVE_TEST_CACHE", ROOT / ".cache" / "tiny-models"))

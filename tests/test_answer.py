@@ -9,7 +9,9 @@ import grpc
 import numpy as np
 import pytest
 import torch
+
 from bertserve_client import AsyncClient, BertserveError
+
 from conftest import QA_MODELS, TINY
 
 SEED_QUESTION = "What is machine learning?"
@@ -101,21 +103,20 @@ async def test_answer_equals_brute_force(
 ) -> None:
     tokenizer, qa_model = _qa(hf, tiny_models, model)
     cases = [
-        (SEED_QUESTION, SEED_CONTEXT, {"max_seq_len": 128, "doc_stride": 32}),  # one window
-        ("Where does the Seine flow?", PLAIN * 6, {"max_seq_len": 48, "doc_stride": 16}),  # several windows
+        (SEED_QUESTION, SEED_CONTEXT, 128, 32),  # one window
+        ("Where does the Seine flow?", PLAIN * 6, 48, 16),  # several windows
     ]
-    for question, context, window in cases:
-        got = await client.answer(
-            (question, context), model=model, top_k=top_k, handle_impossible_answer=impossible, **window
-        )
-        expected = reference(
-            tokenizer, qa_model, question, context, top_k=top_k, handle_impossible_answer=impossible, **window
-        )
+    for question, context, seq_len, stride in cases:
+        options = {"top_k": top_k, "handle_impossible_answer": impossible, "max_seq_len": seq_len, "doc_stride": stride}
+        got = await client.answer((question, context), model=model, **options)  # type: ignore[arg-type]
+        expected = reference(tokenizer, qa_model, question, context, **options)  # type: ignore[arg-type]
         _check(got[0], expected)
 
 
 @pytest.mark.parametrize("model", QA_MODELS)
-async def test_align_to_words_off_equals_brute_force(client: AsyncClient, tiny_models: dict, hf: Any, model: str) -> None:
+async def test_align_to_words_off_equals_brute_force(
+    client: AsyncClient, tiny_models: dict, hf: Any, model: str
+) -> None:
     tokenizer, qa_model = _qa(hf, tiny_models, model)
     got = await client.answer((SEED_QUESTION, ODD), model=model, top_k=5, align_to_words=False, max_answer_len=4)
     expected = reference(tokenizer, qa_model, SEED_QUESTION, ODD, top_k=5, align_to_words=False, max_answer_len=4)
@@ -129,7 +130,11 @@ async def test_default_window_lowers_the_stride_to_fit(
     """Unset options: max_seq_len 384 capped at the model's 128 tokens; doc_stride 128 lowered to half the room."""
     tokenizer, qa_model = _qa(hf, tiny_models, model)
     question = "Where does the Seine flow?"
-    room = 128 - len(tokenizer(question, add_special_tokens=False)["input_ids"]) - tokenizer.num_special_tokens_to_add(True)
+    room = (
+        128
+        - len(tokenizer(question, add_special_tokens=False)["input_ids"])
+        - tokenizer.num_special_tokens_to_add(True)
+    )
     got = await client.answer((question, PLAIN * 8), model=model)
     expected = reference(tokenizer, qa_model, question, PLAIN * 8, max_seq_len=128, doc_stride=room // 2)
     _check(got[0], expected)
@@ -140,7 +145,11 @@ async def test_answers_slice_the_context_exactly(client: AsyncClient, model: str
     contexts = [ODD, SEED_CONTEXT, "  leading spaces, trailing spaces  ", "🙂 " * 30 + "end"]
     for align in (True, False):
         result = await client.answer(
-            [(SEED_QUESTION, c) for c in contexts], model=model, top_k=10, align_to_words=align, max_seq_len=40,
+            [(SEED_QUESTION, c) for c in contexts],
+            model=model,
+            top_k=10,
+            align_to_words=align,
+            max_seq_len=40,
             doc_stride=10,
         )
         for context, answers in zip(contexts, result, strict=True):

@@ -20,7 +20,9 @@ def test_generated_stubs_have_not_drifted(tmp_path: Path) -> None:
     gen = _gen_protos()
     written = gen.generate(tmp_path)
     assert written, "nothing generated"
-    committed = sorted(p.name for p in gen.STUB_DIR.iterdir() if p.suffix in (".py", ".pyi") and p.name != "__init__.py")
+    committed = sorted(
+        p.name for p in gen.STUB_DIR.iterdir() if p.suffix in (".py", ".pyi") and p.name != "__init__.py"
+    )
     assert sorted(p.name for p in written) == committed
     for path in written:
         assert path.read_text() == (gen.STUB_DIR / path.name).read_text(), (
@@ -33,7 +35,11 @@ def test_every_field_of_the_contract_is_commented() -> None:
         lines = proto.read_text().splitlines()
         for i, line in enumerate(lines):
             stripped = line.strip()
-            is_field = stripped.endswith(";") and "=" in stripped and not stripped.startswith(("option", "//", "syntax", "package", "import"))
+            is_field = (
+                stripped.endswith(";")
+                and "=" in stripped
+                and not stripped.startswith(("option", "//", "syntax", "package", "import"))
+            )
             is_decl = stripped.startswith(("message ", "enum ", "service ", "rpc "))
             if is_field or is_decl:
                 assert lines[i - 1].strip().startswith("//"), f"{proto.name}:{i + 1} has no comment: {stripped}"

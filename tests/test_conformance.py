@@ -8,10 +8,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from bertserve_client import AsyncClient
-from conftest import EMBED_MODELS, TINY
 
 from bertserve.discovery import discover_plugins
+from bertserve_client import AsyncClient
+
+from conftest import EMBED_MODELS, TINY
 
 TEXTS = [
     "Paris is a beautiful city",
@@ -110,7 +111,9 @@ async def test_embed_equals_direct_forward_pass(client: AsyncClient, tiny_models
         assert batched.token_counts == [s.shape[0] for s in states]
         for i, text in enumerate(TEXTS[:2]):
             single = await client.embed(text, model=model, pooling=pooling)
-            np.testing.assert_allclose(single.embeddings[0], expected[i], atol=1e-5, err_msg=f"{model} {pooling} single")
+            np.testing.assert_allclose(
+                single.embeddings[0], expected[i], atol=1e-5, err_msg=f"{model} {pooling} single"
+            )
 
 
 @pytest.mark.parametrize("model", ["bert", "roberta"])

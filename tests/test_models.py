@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import grpc
-from bertserve_client import AsyncClient
-from conftest import TINY
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from bertserve_client import AsyncClient
+
+from conftest import TINY
 
 
 async def test_list_models_reports_state_placement_and_capabilities(client: AsyncClient) -> None:

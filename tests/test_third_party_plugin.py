@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from bertserve_client import Client
 
 PLUGIN_SOURCE = '''
@@ -69,8 +70,18 @@ def _install_plugin_package(root: Path) -> Path:
     (package / "bertserve_distilbert.py").write_text(textwrap.dedent(PLUGIN_SOURCE))
     site = root / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(site),
-         str(package)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(package),
+        ],
         check=True,
     )
     return site

@@ -7,7 +7,7 @@ and turns grpc.RpcError into BertserveError.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Literal, TypeAlias
 
@@ -22,12 +22,13 @@ from bertserve_client._convert import (
     parse_embed,
     parse_model,
     parse_models,
+    parse_stream_item,
     parse_tokenize,
     tokenize_request,
 )
-from bertserve_client._errors import from_rpc_error
+from bertserve_client._errors import BertserveError, from_rpc_error
 from bertserve_client._types import Answers, EmbedResult, ModelInfo, Tokenization
-from bertserve_client.v1 import encoder_service_pb2_grpc, model_service_pb2, model_service_pb2_grpc
+from bertserve_client.v1 import encoder_service_pb2, encoder_service_pb2_grpc, model_service_pb2, model_service_pb2_grpc
 
 
 class _Default(enum.Enum):
@@ -121,6 +122,31 @@ class Client(_Base):
             return_token_embeddings=return_token_embeddings,
         )
         return parse_embed(self._call(self._encoder.Embed, request, timeout))
+
+    def embed_stream(
+        self,
+        items: Iterable[str | Sequence[str]],
+        *,
+        model: str = "",
+        pooling: str | None = None,
+        normalize: bool = False,
+        truncate: bool = False,
+        timeout: Timeout = _DEFAULT,
+    ) -> Iterator[EmbedResult | BertserveError]:
+        """Embed a stream of items (each a text or a batch of texts) over one EmbedStream call.
+
+        Yields one result per item, in order: its EmbedResult, or the BertserveError that the
+        same unary embed would have raised (the stream goes on). `timeout` bounds the whole stream.
+        """
+        requests = (_stream_request(i, model, pooling, normalize, truncate) for i in items)
+        responses = self._encoder.EmbedStream(requests, timeout=self._deadline(timeout))
+        try:
+            for response in responses:
+                yield parse_stream_item(response)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+        finally:
+            responses.cancel()  # a consumer that stops early ends the call
 
     def tokenize(
         self,
@@ -243,6 +269,35 @@ class AsyncClient(_Base):
         )
         return parse_embed(await self._call(self._encoder.Embed, request, timeout))
 
+    async def embed_stream(
+        self,
+        items: Iterable[str | Sequence[str]] | AsyncIterable[str | Sequence[str]],
+        *,
+        model: str = "",
+        pooling: str | None = None,
+        normalize: bool = False,
+        truncate: bool = False,
+        timeout: Timeout = _DEFAULT,
+    ) -> AsyncIterator[EmbedResult | BertserveError]:
+        """See Client.embed_stream; items may also be an async iterable."""
+
+        async def requests() -> AsyncIterator[encoder_service_pb2.EmbedStreamRequest]:
+            if isinstance(items, AsyncIterable):
+                async for item in items:
+                    yield _stream_request(item, model, pooling, normalize, truncate)
+            else:
+                for item in items:
+                    yield _stream_request(item, model, pooling, normalize, truncate)
+
+        call = self._encoder.EmbedStream(requests(), timeout=self._deadline(timeout))
+        try:
+            async for response in call:
+                yield parse_stream_item(response)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+        finally:
+            call.cancel()  # a consumer that stops early ends the call
+
     async def tokenize(
         self,
         inputs: str | Sequence[str],
@@ -305,3 +360,12 @@ class AsyncClient(_Base):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+
+def _stream_request(
+    item: str | Sequence[str], model: str, pooling: str | None, normalize: bool, truncate: bool
+) -> encoder_service_pb2.EmbedStreamRequest:
+    request = embed_request(
+        item, model=model, pooling=pooling, normalize=normalize, truncate=truncate, return_token_embeddings=False
+    )
+    return encoder_service_pb2.EmbedStreamRequest(request=request)

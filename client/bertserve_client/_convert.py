@@ -8,8 +8,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, cast
 
+import grpc
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
+from bertserve_client._errors import BertserveError
 from bertserve_client._tensor import tensor_to_numpy
 from bertserve_client._types import Answer, Answers, EmbedResult, ModelInfo, Tokenization, Usage
 from bertserve_client.v1 import common_pb2, encoder_service_pb2, model_service_pb2
@@ -78,6 +80,16 @@ def parse_embed(pb: encoder_service_pb2.EmbedResponse) -> EmbedResult:
         truncated_indices=list(pb.truncated_indices),
         usage=_usage(pb.usage),
     )
+
+
+_STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def parse_stream_item(pb: encoder_service_pb2.EmbedStreamResponse) -> EmbedResult | BertserveError:
+    """One stream item: its embeddings, or the error that the same unary Embed would have raised."""
+    if pb.HasField("error"):
+        return BertserveError(_STATUS_CODES.get(pb.error.code, grpc.StatusCode.UNKNOWN), pb.error.message)
+    return parse_embed(pb.response)
 
 
 def tokenize_request(

@@ -50,6 +50,11 @@ class EncoderServiceStub:
                 request_serializer=bertserve_dot_v1_dot_encoder__service__pb2.AnswerRequest.SerializeToString,
                 response_deserializer=bertserve_dot_v1_dot_encoder__service__pb2.AnswerResponse.FromString,
                 _registered_method=True)
+        self.EmbedStream = channel.stream_stream(
+                '/bertserve.v1.EncoderService/EmbedStream',
+                request_serializer=bertserve_dot_v1_dot_encoder__service__pb2.EmbedStreamRequest.SerializeToString,
+                response_deserializer=bertserve_dot_v1_dot_encoder__service__pb2.EmbedStreamResponse.FromString,
+                _registered_method=True)
 
 
 class EncoderServiceServicer:
@@ -77,6 +82,14 @@ class EncoderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EmbedStream(self, request_iterator, context):
+        """EmbedStream answers a stream of embed requests in order, each batched with all other traffic.
+        A failing item gets its own error and the stream goes on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EncoderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +107,11 @@ def add_EncoderServiceServicer_to_server(servicer, server):
                     servicer.Answer,
                     request_deserializer=bertserve_dot_v1_dot_encoder__service__pb2.AnswerRequest.FromString,
                     response_serializer=bertserve_dot_v1_dot_encoder__service__pb2.AnswerResponse.SerializeToString,
+            ),
+            'EmbedStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.EmbedStream,
+                    request_deserializer=bertserve_dot_v1_dot_encoder__service__pb2.EmbedStreamRequest.FromString,
+                    response_serializer=bertserve_dot_v1_dot_encoder__service__pb2.EmbedStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +196,33 @@ class EncoderService:
             '/bertserve.v1.EncoderService/Answer',
             bertserve_dot_v1_dot_encoder__service__pb2.AnswerRequest.SerializeToString,
             bertserve_dot_v1_dot_encoder__service__pb2.AnswerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EmbedStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/bertserve.v1.EncoderService/EmbedStream',
+            bertserve_dot_v1_dot_encoder__service__pb2.EmbedStreamRequest.SerializeToString,
+            bertserve_dot_v1_dot_encoder__service__pb2.EmbedStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,
