@@ -1,9 +1,10 @@
 """Per-model dynamic batching: many small calls become few well-packed forward passes.
 
 Work arrives as sequences (one Embed input, one Answer window), each with its own future.
-One loop per model takes the oldest pending sequence, adds the pending sequences of the same
-operation whose lengths are nearest to it until the token budget (longest x count) or the
-size cap is reached, runs that batch on the model's worker thread, and resolves each future.
+One loop per model looks ahead over the pending sequences of the oldest one's operation, splits
+them by length into the passes that cost least (bertserve.packing: a fixed cost per pass against
+padding, within the token budget of longest x count and the size cap), runs the group holding
+the oldest sequence on the model's worker thread, and resolves each future.
 A lone request on an idle model goes straight through; requests that arrive while the device
 is busy wait for the pass in flight, then share the next one. Under load, max_wait_ms lets the
 loop linger that much longer after a pass for a fuller batch; it never delays an idle model.
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from bertserve.errors import ModelUnavailable, Overloaded
+from bertserve.packing import plan_groups
 
 __all__ = ["BatchLimits", "BatchStats", "Batcher", "Completed"]
 
@@ -41,6 +43,7 @@ class BatchLimits:
     max_queue_tokens: int = 262144
     max_queue_requests: int = 1024
     max_wait_ms: float = 0.0
+    pass_overhead_tokens: float = 32.0  # a pass's fixed cost, in padded tokens (see bertserve.packing)
 
 
 @dataclass
@@ -169,6 +172,17 @@ class Batcher:
                 continue
             busy = True
             elapsed = time.monotonic_ns() - started
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "%s pass %d: %d sequences x %d tokens (%.0f%% padding) in %.1f ms, %d queued",
+                    self.name,
+                    pass_id,
+                    len(batch),
+                    batch[-1].cost,
+                    100 - 100 * sum(p.cost for p in batch) / (len(batch) * batch[-1].cost),
+                    elapsed / 1e6,
+                    len(self._pending),
+                )
             self._observe(sum(p.cost for p in batch), elapsed)
             for p, result in zip(batch, results, strict=True):
                 if not p.future.done():
@@ -203,22 +217,21 @@ class Batcher:
         if not live:
             return []
         anchor = live[0]
-        peers = sorted((p for p in live[1:] if p.op == anchor.op), key=lambda p: abs(p.cost - anchor.cost))
-        batch, longest = [anchor], anchor.cost
-        for p in peers:
-            if len(batch) >= self.limits.max_batch_size:
-                break
-            width = max(longest, p.cost)
-            if width * (len(batch) + 1) > self.limits.max_batch_tokens:
-                continue
-            batch.append(p)
-            longest = width
+        # Plan over the anchor's operation only, and over a bounded look-ahead of the queue.
+        candidates = [p for p in live if p.op == anchor.op][: 4 * self.limits.max_batch_size]
+        groups = plan_groups(
+            [p.cost for p in candidates],
+            max_batch_size=self.limits.max_batch_size,
+            max_batch_tokens=self.limits.max_batch_tokens,
+            overhead_tokens=self.limits.pass_overhead_tokens,
+        )
+        # The oldest sequence's group runs first: the plan cuts padding, the order keeps it fair.
+        batch = [candidates[i] for i in next(g for g in groups if 0 in g)]
         taken = set(map(id, batch))
         self._pending = [p for p in live if id(p) not in taken]
         self._queued_tokens -= sum(p.cost for p in batch)
         self.stats.forward_passes += 1
         self.stats.sequences += len(batch)
-        batch.sort(key=lambda p: p.cost)
         return batch
 
     def _observe(self, tokens: int, elapsed_ns: int) -> None:

@@ -61,6 +61,7 @@ class ModelHost:
                 spec.max_queue_tokens,
                 spec.max_queue_requests,
                 spec.max_wait_ms,
+                spec.pass_overhead_tokens,
             ),
         )
         self.on_state_change: Callable[[ModelHost], None] = lambda host: None

@@ -18,7 +18,9 @@ _PKG = "pkg:"
 
 def resolve_source(source: str) -> str:
     if not source.startswith(_PKG):
-        return source
+        if source.startswith(("/", "./", "../", "~")) and not Path(source).expanduser().is_dir():
+            raise ConfigError(f"source {source!r} is not a directory (a path, so not a hub id)")
+        return str(Path(source).expanduser()) if source.startswith("~") else source
     package, _, inner = source[len(_PKG) :].partition("/")
     spec = importlib.util.find_spec(package) if package else None
     if spec is None or not spec.submodule_search_locations:

