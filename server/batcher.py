@@ -44,6 +44,7 @@ class BatchLimits:
     max_queue_requests: int = 1024
     max_wait_ms: float = 0.0
     pass_overhead_tokens: float = 32.0  # a pass's fixed cost, in padded tokens (see bertserve.packing)
+    concurrent_passes: int = 1  # passes in flight at once: one per worker thread
 
 
 @dataclass
@@ -143,50 +144,59 @@ class Batcher:
         return max(0.05, self._queued_tokens / rate)
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        busy = False  # a pass just ended: the device is under load
+        in_flight: set[asyncio.Task[None]] = set()
+        slots = asyncio.Semaphore(self.limits.concurrent_passes)
         while True:
             if not self._pending:
                 if self._closed:
-                    return
-                busy = False
+                    break
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if busy and self.limits.max_wait_ms > 0:
+            await slots.acquire()  # a worker is free
+            if in_flight and self.limits.max_wait_ms > 0:  # the device is busy: room to wait for more
                 await self._linger()
             batch = self._take_batch()
             if not batch:
+                slots.release()
                 continue
-            pass_id = self.stats.forward_passes
-            started = time.monotonic_ns()
-            try:
-                results = await loop.run_in_executor(
-                    self._executor, self._run_batch, batch[0].op, [p.item for p in batch]
-                )
-            except Exception as e:  # the batch failed: every caller in it gets the error
-                log.debug("batch of %d on %r failed: %r", len(batch), self.name, e)
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(e)
-                continue
-            busy = True
-            elapsed = time.monotonic_ns() - started
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug(
-                    "%s pass %d: %d sequences x %d tokens (%.0f%% padding) in %.1f ms, %d queued",
-                    self.name,
-                    pass_id,
-                    len(batch),
-                    batch[-1].cost,
-                    100 - 100 * sum(p.cost for p in batch) / (len(batch) * batch[-1].cost),
-                    elapsed / 1e6,
-                    len(self._pending),
-                )
-            self._observe(sum(p.cost for p in batch), elapsed)
-            for p, result in zip(batch, results, strict=True):
+            task = asyncio.create_task(self._run(batch))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+            task.add_done_callback(lambda _: slots.release())
+        if in_flight:
+            await asyncio.wait(in_flight)
+
+    async def _run(self, batch: list[_Pending[Any]]) -> None:
+        """Run one batch on a worker thread and resolve its futures."""
+        pass_id = self.stats.forward_passes
+        started = time.monotonic_ns()
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._run_batch, batch[0].op, [p.item for p in batch]
+            )
+        except Exception as e:  # the batch failed: every caller in it gets the error
+            log.debug("batch of %d on %r failed: %r", len(batch), self.name, e)
+            for p in batch:
                 if not p.future.done():
-                    p.future.set_result(Completed(result, started - p.enqueued_ns, pass_id, elapsed))
+                    p.future.set_exception(e)
+            return
+        elapsed = time.monotonic_ns() - started
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "%s pass %d: %d sequences x %d tokens (%.0f%% padding) in %.1f ms, %d queued",
+                self.name,
+                pass_id,
+                len(batch),
+                batch[-1].cost,
+                100 - 100 * sum(p.cost for p in batch) / (len(batch) * batch[-1].cost),
+                elapsed / 1e6,
+                len(self._pending),
+            )
+        self._observe(sum(p.cost for p in batch), elapsed)
+        for p, result in zip(batch, results, strict=True):
+            if not p.future.done():
+                p.future.set_result(Completed(result, started - p.enqueued_ns, pass_id, elapsed))
 
     async def _linger(self) -> None:
         """Wait up to max_wait_ms for a full batch's worth of pending sequences."""

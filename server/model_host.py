@@ -50,7 +50,7 @@ class ModelHost:
         self._factory = plugin_factory
         self._plugin: EncoderPlugin | None = None
         self._tokenizer_pool = tokenizer_pool
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{spec.name}")
+        self._worker = ThreadPoolExecutor(max_workers=spec.workers, thread_name_prefix=f"model-{spec.name}")
         self.batcher = Batcher(
             spec.name,
             self._run_batch,
@@ -62,6 +62,7 @@ class ModelHost:
                 spec.max_queue_requests,
                 spec.max_wait_ms,
                 spec.pass_overhead_tokens,
+                spec.workers,
             ),
         )
         self.on_state_change: Callable[[ModelHost], None] = lambda host: None

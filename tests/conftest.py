@@ -66,7 +66,11 @@ def server_config(tiny_models: dict[str, Path], tmp: Path, extra: str = "") -> P
     lines.append(f"  - {{name: minilm-tight, {minilm}, max_batch_size: 1, max_queue_requests: 4}}")
     for name, (plugin, directory) in TINY.items():
         lines.append(f"  - {{name: {name}, plugin: {plugin}, source: '{tiny_models[directory]}', device: cpu}}")
+    # Same checkpoint in another dtype, loading alongside the others; and with two worker threads.
+    lines.append(f"  - {{name: bert-bf16, plugin: bert, source: '{tiny_models['bert']}', dtype: bfloat16}}")
+    lines.append(f"  - {{name: bert-workers, plugin: bert, source: '{tiny_models['bert']}', workers: 2}}")
     lines.append(f"  - {{name: missing, plugin: bert, source: '{tmp / 'no-such-model'}'}}")
+    lines.append(f"  - {{name: absent-gpu, plugin: bert, source: '{tiny_models['bert']}', device: 'cuda:99'}}")
     lines.append(f"  - {{name: wrong-plugin, plugin: albert, source: '{tiny_models['bert']}'}}")
     lines.append(extra)
     path = tmp / "bertserve.yaml"

@@ -17,7 +17,7 @@ MIXED = [("word " * n).strip() + f" {n}" for n in (1, 30, 3, 25, 7, 50, 2, 40, 1
 LONG = "a sentence long enough to keep the model busy for a while " * 20
 
 
-@pytest.mark.parametrize("model", [*EMBED_MODELS, "minilm"])
+@pytest.mark.parametrize("model", [*EMBED_MODELS, "minilm", "bert-workers"])
 async def test_same_result_alone_or_batched_with_other_lengths(client: AsyncClient, model: str) -> None:
     alone = [(await client.embed(text, model=model)).embeddings[0] for text in MIXED]
     together = await asyncio.gather(*(client.embed(text, model=model) for text in MIXED))

@@ -34,6 +34,25 @@ async def test_list_models_reports_state_placement_and_capabilities(client: Asyn
     assert missing.devices == [] and missing.capabilities == []
 
 
+async def test_placement_and_dtype_are_each_models_own(client: AsyncClient) -> None:
+    """Models of one checkpoint in two dtypes load side by side, each in its own dtype."""
+    fp32, bf16 = await client.model("bert"), await client.model("bert-bf16")
+    assert (fp32.dtype, bf16.dtype) == ("float32", "bfloat16")
+    texts = ["Paris is a beautiful city", "What is machine learning?"]
+    full = (await client.embed(texts, model="bert", normalize=True)).embeddings
+    half = (await client.embed(texts, model="bert-bf16", normalize=True)).embeddings
+    assert half.dtype == np.float32  # vectors always travel as float32
+    assert np.min(np.sum(full * half, axis=1)) > 0.99
+    assert not np.array_equal(full, half)
+
+
+async def test_a_device_that_is_not_there_fails_that_model_only(client: AsyncClient) -> None:
+    model = await client.model("absent-gpu")
+    assert model.state == "failed"
+    assert model.failure_reason.startswith("ConfigError: device 'cuda:99' asked for, but ")
+    assert "CUDA device" in model.failure_reason
+
+
 async def test_get_model_default(client: AsyncClient) -> None:
     model = await client.model()
     assert model.name == "minilm" and model.is_default
