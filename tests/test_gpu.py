@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from bertserve_client import AsyncClient
 
 from bertserve.app import BertServer
 from bertserve.config import load_config
+from bertserve_client import AsyncClient
 
 pytestmark = pytest.mark.gpu
 
