@@ -25,6 +25,7 @@ YAML file, built-in defaults. The file format::
         max_queue_tokens: 262144     # queued tokens before calls are refused (RESOURCE_EXHAUSTED)
         max_queue_requests: 1024     # queued sequences before calls are refused
         max_wait_ms: 0               # under load, linger this long after a pass for a fuller batch
+        workers: 1                   # passes in flight at once (CPU throughput: torch_threads 1, workers = cores)
         pass_overhead_tokens: 32     # a pass's fixed cost in padded tokens: raise on GPUs for bigger batches
         allow_pickle: false          # true also loads pickle (.bin) weights; safetensors only otherwise
 """
@@ -137,7 +138,11 @@ def _model_spec(index: int, raw: Any) -> ModelSpec:
     except ValueError:
         raise ConfigError(f"models[{index}] ({raw['name']}): pooling {pooling!r} is not cls, mean or pooler") from None
     raw.setdefault("source", "")
-    return ModelSpec(**raw, default_pooling=default_pooling)
+    spec = ModelSpec(**raw, default_pooling=default_pooling)
+    for limit in ("max_batch_tokens", "max_batch_size", "max_queue_tokens", "max_queue_requests", "workers"):
+        if not isinstance(getattr(spec, limit), int) or getattr(spec, limit) < 1:
+            raise ConfigError(f"models[{index}] ({spec.name}): {limit} must be a whole number of at least 1")
+    return spec
 
 
 def _check(config: ServerConfig) -> ServerConfig:

@@ -30,9 +30,9 @@ class ModelState(enum.Enum):
 class ModelHost:
     """Owns a plugin instance; every call into it runs off the event loop.
 
-    Forward passes run on the model's single worker thread (one device, one stream of work);
-    tokenization runs on the shared tokenizer pool so the next batch is tokenized while the
-    current one computes.
+    Forward passes run on the model's worker threads (one by default: one device, one stream of
+    work); tokenization runs on the shared tokenizer pool, so the next batch is tokenized while
+    the current one computes.
     """
 
     def __init__(
@@ -56,13 +56,13 @@ class ModelHost:
             self._run_batch,
             self._worker,
             BatchLimits(
-                spec.max_batch_tokens,
-                spec.max_batch_size,
-                spec.max_queue_tokens,
-                spec.max_queue_requests,
-                spec.max_wait_ms,
-                spec.pass_overhead_tokens,
-                spec.workers,
+                max_batch_tokens=spec.max_batch_tokens,
+                max_batch_size=spec.max_batch_size,
+                max_queue_tokens=spec.max_queue_tokens,
+                max_queue_requests=spec.max_queue_requests,
+                max_wait_ms=spec.max_wait_ms,
+                pass_overhead_tokens=spec.pass_overhead_tokens,
+                concurrent_passes=spec.workers,
             ),
         )
         self.on_state_change: Callable[[ModelHost], None] = lambda host: None

@@ -53,6 +53,10 @@ def test_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
         ("server: {default_model: z}\nmodels: [{name: a, plugin: bert}]\n", "default_model 'z' is not among"),
         ("server: {colour: red}\nmodels: [{name: a, plugin: bert}]\n", "unknown server setting(s) ['colour']"),
         ("[1, 2", "config is not valid YAML"),
+        (
+            "models: [{name: a, plugin: bert, workers: 0}]\n",
+            "models[0] (a): workers must be a whole number of at least 1",
+        ),
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path: Path, text: str, message: str) -> None:
