@@ -21,6 +21,9 @@ def configure_runtime(config: ServerConfig) -> None:
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # per-model progress bars would interleave in server logs
 
     if config.torch_threads > 0:
         torch.set_num_threads(config.torch_threads)

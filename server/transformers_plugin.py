@@ -85,15 +85,22 @@ class TransformersPlugin(EncoderPlugin):
 
         has_qa_head = any(a.endswith("ForQuestionAnswering") for a in config.architectures or ())
         model_class = AutoModelForQuestionAnswering if has_qa_head else AutoModel
-        with _LOAD_LOCK:
-            model, loading = model_class.from_pretrained(
-                source,
-                config=config,
-                dtype=dtype,
-                use_safetensors=None if self.spec.allow_pickle else True,
-                output_loading_info=True,
-                **common,
-            )
+        try:
+            with _LOAD_LOCK:
+                model, loading = model_class.from_pretrained(
+                    source,
+                    config=config,
+                    dtype=dtype,
+                    use_safetensors=None if self.spec.allow_pickle else True,
+                    output_loading_info=True,
+                    **common,
+                )
+        except OSError as e:
+            if self.spec.allow_pickle or "safetensors" not in str(e):
+                raise
+            raise ConfigError(
+                f"checkpoint {source!r} has no safetensors weights; pickle weights load only with allow_pickle: true"
+            ) from e
         self._model = model.to(device=self._device, dtype=dtype).eval()
         self._encoder = self._model.base_model
         # Token types go in only where the tokenizer makes them and the encoder takes them (not DistilBERT).

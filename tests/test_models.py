@@ -54,6 +54,21 @@ async def test_a_device_that_is_not_there_fails_that_model_only(client: AsyncCli
     assert "CUDA device" in model.failure_reason
 
 
+async def test_pickle_weights_load_only_when_allowed(client: AsyncClient) -> None:
+    refused, allowed = await client.model("pickle-refused"), await client.model("pickle-allowed")
+    assert refused.state == "failed"
+    assert refused.failure_reason.endswith(
+        "has no safetensors weights; pickle weights load only with allow_pickle: true"
+    )
+    assert allowed.state == "ready"
+    texts = ["the same weights", "either way"]
+    np.testing.assert_allclose(
+        (await client.embed(texts, model="pickle-allowed")).embeddings,
+        (await client.embed(texts, model="bert")).embeddings,
+        atol=1e-6,
+    )
+
+
 async def test_get_model_default(client: AsyncClient) -> None:
     model = await client.model()
     assert model.name == "minilm" and model.is_default
