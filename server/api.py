@@ -81,6 +81,8 @@ class ModelInfo:
     max_input_tokens: int
     poolings: tuple[Pooling, ...]
     default_pooling: Pooling
+    #: Poolings whose batches run packed (no padding computed): the batcher then fills passes fully.
+    packed_poolings: tuple[Pooling, ...] = ()
 
 
 @dataclass(frozen=True)

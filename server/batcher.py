@@ -80,8 +80,17 @@ class _Pending(Generic[T]):
 class Batcher:
     """The batching loop of one model; start() on the serving event loop, stop() to drain."""
 
-    def __init__(self, name: str, run_batch: RunBatch, executor: Executor, limits: BatchLimits) -> None:
+    def __init__(
+        self,
+        name: str,
+        run_batch: RunBatch,
+        executor: Executor,
+        limits: BatchLimits,
+        overhead_of: Callable[[Hashable], float] | None = None,
+    ) -> None:
         self.name = name
+        # A pass's fixed cost in padded tokens, per operation (packed operations pay no padding).
+        self._overhead_of = overhead_of or (lambda op: limits.pass_overhead_tokens)
         self.limits = limits
         self.stats = BatchStats()
         self._run_batch = run_batch
@@ -233,7 +242,7 @@ class Batcher:
             [p.cost for p in candidates],
             max_batch_size=self.limits.max_batch_size,
             max_batch_tokens=self.limits.max_batch_tokens,
-            overhead_tokens=self.limits.pass_overhead_tokens,
+            overhead_tokens=self._overhead_of(anchor.op),
         )
         # The oldest sequence's group runs first: the plan cuts padding, the order keeps it fair.
         batch = [candidates[i] for i in next(g for g in groups if 0 in g)]

@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# A pass overhead so large that the planner never splits a batch that fits the limits.
+_FILL_PASSES = 1e9
+
 
 class ModelState(enum.Enum):
     LOADING = "loading"
@@ -64,6 +67,7 @@ class ModelHost:
                 pass_overhead_tokens=spec.pass_overhead_tokens,
                 concurrent_passes=spec.workers,
             ),
+            overhead_of=self._pass_overhead,
         )
         self.on_state_change: Callable[[ModelHost], None] = lambda host: None
 
@@ -118,6 +122,12 @@ class ModelHost:
     async def run(self, op: Hashable, encodings: Sequence[Encoding], *, deadline: float | None) -> list[Completed]:
         """Send encodings through the batcher; one result per encoding, in order."""
         return await self.batcher.submit(op, encodings, [len(e) for e in encodings], deadline=deadline)
+
+    def _pass_overhead(self, op: Hashable) -> float:
+        """Packed embeddings compute no padding, so one pass should take all it can; others trade off."""
+        if self.info is not None and op[0] == "embed" and op[1] in self.info.packed_poolings:  # type: ignore[index]
+            return _FILL_PASSES
+        return self.spec.pass_overhead_tokens
 
     def _run_batch(self, op: Hashable, batch: Sequence[Encoding]) -> Sequence[Any]:
         """On the worker thread: one forward pass of the operation op over the batch."""

@@ -31,6 +31,7 @@ from bertserve.api import (
     QAWindowLogits,
 )
 from bertserve.errors import CapabilityNotSupported, ConfigError, InvalidRequest
+from bertserve.packed_inputs import pack
 from bertserve.placement import dtype_name, resolve_device, resolve_dtype
 from bertserve.sources import resolve_source
 
@@ -64,6 +65,9 @@ class TransformersPlugin(EncoderPlugin):
         self._uses_token_types = False
         self._max_tokens = 0
         self._pad_id = 0
+        self._dtype = torch.float32
+        self._packs = False  # run CLS and MEAN embeddings as packed rows (see bertserve.packed_inputs)
+        self._pack_row_tokens = int(spec.options.get("pack_row_tokens", 64))
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -102,6 +106,7 @@ class TransformersPlugin(EncoderPlugin):
                 f"checkpoint {source!r} has no safetensors weights; pickle weights load only with allow_pickle: true"
             ) from e
         self._model = model.to(device=self._device, dtype=dtype).eval()
+        self._dtype = dtype
         self._encoder = self._model.base_model
         # Token types go in only where the tokenizer makes them and the encoder takes them (not DistilBERT).
         self._uses_token_types = "token_type_ids" in self._tokenizer.model_input_names and (
@@ -118,6 +123,7 @@ class TransformersPlugin(EncoderPlugin):
         default_pooling = self.spec.default_pooling or st_pooling or Pooling.MEAN
         if default_pooling not in poolings:
             raise ConfigError(f"default pooling {default_pooling.value!r} is not offered by {source!r}")
+        self._packs = self._packing_works()
         capabilities = {Capability.TOKENIZE, Capability.EMBED}
         if has_qa_head:
             capabilities.add(Capability.ANSWER)
@@ -129,6 +135,7 @@ class TransformersPlugin(EncoderPlugin):
             max_input_tokens=self._max_tokens,
             poolings=tuple(poolings),
             default_pooling=default_pooling,
+            packed_poolings=(Pooling.CLS, Pooling.MEAN) if self._packs else (),
         )
 
     def _token_limit(self, config: Any, checkpoint_limit: int | None) -> int:
@@ -241,6 +248,8 @@ class TransformersPlugin(EncoderPlugin):
         return {k: v.to(self._device, non_blocking=True) for k, v in inputs.items()}
 
     def embed(self, batch: Sequence[Encoding], *, pooling: Pooling, with_token_states: bool) -> EmbedOutput:
+        if self._packs and pooling is not Pooling.POOLER:
+            return self._embed_packed(batch, pooling=pooling, with_token_states=with_token_states)
         inputs = self._inputs(batch)
         with torch.inference_mode():
             out = self._encoder(**inputs)
@@ -260,6 +269,56 @@ class TransformersPlugin(EncoderPlugin):
                 states = hidden.float().cpu().numpy()
                 token_states = [states[row, : len(e)] for row, e in enumerate(batch)]
         return EmbedOutput(pooled=pooled_np, token_states=token_states)
+
+    def _embed_packed(self, batch: Sequence[Encoding], *, pooling: Pooling, with_token_states: bool) -> EmbedOutput:
+        packed = pack(
+            batch,
+            row_tokens=self._pack_row_tokens,
+            pad_id=self._pad_id,
+            position_offset=self.position_offset,
+            with_token_types=self._uses_token_types,
+            dtype=self._dtype,
+            device=self._device,
+        )
+        with torch.inference_mode():
+            hidden = self._encoder(**packed.inputs).last_hidden_state
+            if pooling is Pooling.CLS:
+                pooled = hidden[packed.rows, packed.starts]
+            else:  # MEAN: sum each sequence's positions, then divide by its length
+                lengths = torch.tensor(packed.lengths, device=self._device)
+                flat = hidden.reshape(-1, hidden.shape[-1])
+                segment = torch.repeat_interleave(torch.arange(len(batch), device=self._device), lengths)
+                first = torch.repeat_interleave(packed.rows * hidden.shape[1] + packed.starts, lengths)
+                within = torch.arange(len(segment), device=self._device) - torch.repeat_interleave(
+                    torch.cumsum(lengths, 0) - lengths, lengths
+                )
+                sums = torch.zeros((len(batch), flat.shape[-1]), dtype=torch.float32, device=self._device)
+                sums.index_add_(0, segment, flat[first + within].float())
+                pooled = sums / lengths.unsqueeze(-1)
+            pooled_np = pooled.float().cpu().numpy()
+            token_states = None
+            if with_token_states:
+                states = hidden.float().cpu().numpy()
+                token_states = [
+                    states[row, start : start + n]
+                    for row, start, n in zip(packed.rows.tolist(), packed.starts.tolist(), packed.lengths, strict=True)
+                ]
+        return EmbedOutput(pooled=pooled_np, token_states=token_states)
+
+    def _packing_works(self) -> bool:
+        """Whether packed passes give what padded ones do: the encoder must take position ids and
+        a ready-made 4D mask, which a third-party architecture may not."""
+        if "position_ids" not in inspect.signature(self._encoder.forward).parameters:
+            return False
+        sample = self.tokenize(["Packing check.", "A somewhat longer sentence to check packing with.", "x"])
+        padded = self.embed(sample, pooling=Pooling.MEAN, with_token_states=False).pooled
+        try:
+            packed = self._embed_packed(sample, pooling=Pooling.MEAN, with_token_states=False).pooled
+        except Exception as e:  # an architecture that rejects the inputs just keeps padding
+            log.info("model %r runs padded batches: packing failed (%s)", self.spec.name, e)
+            return False
+        tolerance = 1e-4 if self._dtype == torch.float32 else 5e-2
+        return bool(np.allclose(packed, padded, rtol=tolerance, atol=tolerance))
 
     def answer_windows(self, batch: Sequence[Encoding]) -> list[QAWindowLogits]:
         self._require_qa_head()
