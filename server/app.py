@@ -12,6 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from bertserve.config import ServerConfig
+from bertserve.device_workers import DeviceWorkers
 from bertserve.discovery import PluginRegistry, discover_plugins
 from bertserve.model_host import ModelHost, ModelState
 from bertserve.router import Router
@@ -36,14 +37,16 @@ class BertServer:
         self.config = config
         registry = registry or discover_plugins()
         self._tokenizer_pool = ThreadPoolExecutor(config.tokenizer_threads, thread_name_prefix="tokenize")
+        self._device_workers = DeviceWorkers(config.models)
         hosts = []
         for spec in config.models:
+            pools = (self._tokenizer_pool, self._device_workers.for_model(spec))
             try:
                 factory = registry.get(spec.plugin)
             except KeyError as e:
-                hosts.append(ModelHost(spec, None, self._tokenizer_pool, failure=str(e.args[0])))
+                hosts.append(ModelHost(spec, None, *pools, failure=str(e.args[0])))
             else:
-                hosts.append(ModelHost(spec, factory, self._tokenizer_pool))
+                hosts.append(ModelHost(spec, factory, *pools))
         self.router = Router(hosts, config.default_model)
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
@@ -105,6 +108,7 @@ class BertServer:
             self._loading.cancel()
         await asyncio.gather(*(host.stop() for host in self.router), return_exceptions=True)
         self._tokenizer_pool.shutdown(wait=False, cancel_futures=True)
+        self._device_workers.shutdown()
 
     async def serve_forever(self) -> None:
         """Run until SIGTERM or SIGINT, then drain in-flight calls and exit."""

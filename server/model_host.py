@@ -7,7 +7,7 @@ import enum
 import logging
 import time
 from collections.abc import Callable, Hashable, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 from bertserve.api import Capability, EncoderPlugin, Encoding, ModelInfo, ModelSpec
@@ -33,9 +33,9 @@ class ModelState(enum.Enum):
 class ModelHost:
     """Owns a plugin instance; every call into it runs off the event loop.
 
-    Forward passes run on the model's worker threads (one by default: one device, one stream of
-    work); tokenization runs on the shared tokenizer pool, so the next batch is tokenized while
-    the current one computes.
+    Loading and forward passes run on the worker of the model's device, which every model on that
+    device shares (see bertserve.device_workers); tokenization runs on the shared tokenizer pool,
+    so the next batch is tokenized while the current one computes.
     """
 
     def __init__(
@@ -43,6 +43,7 @@ class ModelHost:
         spec: ModelSpec,
         plugin_factory: Callable[[ModelSpec], EncoderPlugin] | None,
         tokenizer_pool: Executor,
+        device_worker: Executor,
         *,
         failure: str | None = None,
     ) -> None:
@@ -53,7 +54,7 @@ class ModelHost:
         self._factory = plugin_factory
         self._plugin: EncoderPlugin | None = None
         self._tokenizer_pool = tokenizer_pool
-        self._worker = ThreadPoolExecutor(max_workers=spec.workers, thread_name_prefix=f"model-{spec.name}")
+        self._worker = device_worker
         self.batcher = Batcher(
             spec.name,
             self._run_batch,
@@ -157,7 +158,6 @@ class ModelHost:
             await self.batcher.stop()
             plugin = self.plugin
             await asyncio.get_running_loop().run_in_executor(self._worker, plugin.unload)
-        self._worker.shutdown(wait=False, cancel_futures=True)
 
 
 def _missing(name: str, capability: Capability) -> str:

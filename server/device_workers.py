@@ -1,0 +1,46 @@
+"""One worker pool per device, shared by every model placed there.
+
+All torch work of a device (loading and forward passes) runs on the same thread(s). Besides
+keeping one stream of work per device, this matters on CPUs: each thread that runs torch ops
+gets its own OpenMP team, and once the process holds more OpenMP threads than cores, OpenMP
+stops spin-waiting between parallel regions and every op pays a sleep and wake-up. Measured
+here with all-MiniLM-L6-v2 on 2 cores: one sentence took 12 ms with one team and 18 ms with three.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+
+from bertserve.api import ModelSpec
+from bertserve.errors import ConfigError
+from bertserve.placement import resolve_device
+
+__all__ = ["DeviceWorkers"]
+
+
+class DeviceWorkers:
+    """Executors by device; a device's pool has as many threads as its most demanding model's workers."""
+
+    def __init__(self, specs: Iterable[ModelSpec]) -> None:
+        sizes: dict[str, int] = {}
+        for spec in specs:
+            key = _device_key(spec.device)
+            sizes[key] = max(sizes.get(key, 1), spec.workers)
+        self._pools = {
+            key: ThreadPoolExecutor(max_workers=size, thread_name_prefix=f"device-{key}") for key, size in sizes.items()
+        }
+
+    def for_model(self, spec: ModelSpec) -> ThreadPoolExecutor:
+        return self._pools[_device_key(spec.device)]
+
+    def shutdown(self) -> None:
+        for pool in self._pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _device_key(device: str) -> str:
+    try:
+        return str(resolve_device(device))
+    except ConfigError:  # the model fails to load with this error; its pool stays unused
+        return f"unavailable:{device}"
