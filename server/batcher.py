@@ -23,7 +23,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from bertserve.errors import ModelUnavailable, Overloaded
+from bertserve.errors import InvalidRequest, ModelUnavailable, Overloaded
 from bertserve.packing import plan_groups
 
 __all__ = ["BatchLimits", "BatchStats", "Batcher", "Completed"]
@@ -123,6 +123,11 @@ class Batcher:
             raise ModelUnavailable(f"model {self.name!r} is shutting down")
         total = sum(costs)
         limits = self.limits
+        if len(items) > limits.max_queue_requests or total > limits.max_queue_tokens:
+            raise InvalidRequest(
+                f"the request needs {len(items)} sequences / {total} tokens, more than model {self.name!r} ever "
+                f"queues (limits {limits.max_queue_requests} / {limits.max_queue_tokens}); split it"
+            )
         if (
             len(self._pending) + len(items) > limits.max_queue_requests
             or self._queued_tokens + total > limits.max_queue_tokens
