@@ -2,8 +2,9 @@
 
 A plugin is a subclass of :class:`EncoderPlugin` registered under the entry-point group
 ``bertserve.plugins``. The server builds one instance per configured model, calls
-:meth:`EncoderPlugin.load` once on a worker thread, then calls ``tokenize``, ``embed`` and
-``answer_windows`` from worker threads only: every method here may block, and none of them
+:meth:`EncoderPlugin.fetch` on a loader thread and :meth:`EncoderPlugin.load` on the worker
+of the model's device, then calls ``tokenize``, ``embed`` and ``answer_windows`` from worker
+threads only: every method here may block, and none of them
 ever sees protobuf or gRPC. This module imports neither.
 """
 
@@ -135,9 +136,19 @@ class EncoderPlugin(abc.ABC):
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
 
+    def fetch(self) -> None:  # noqa: B027 (optional hook: a plugin whose files are local keeps it)
+        """Get the model's files where load() can read them: downloads and disk only, no device work.
+
+        Runs on a loader thread before load(), never on the device's worker, so a slow or failing
+        download never holds up the traffic of other models on the same device.
+        """
+
     @abc.abstractmethod
     def load(self) -> ModelInfo:
-        """Load weights and tokenizer, place them on the device(s), and report capabilities."""
+        """Load weights and tokenizer, place them on the device(s), and report capabilities.
+
+        Runs on the worker of the model's device, after fetch().
+        """
 
     @abc.abstractmethod
     def tokenize(

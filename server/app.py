@@ -38,9 +38,10 @@ class BertServer:
         registry = registry or discover_plugins()
         self._tokenizer_pool = ThreadPoolExecutor(config.tokenizer_threads, thread_name_prefix="tokenize")
         self._device_workers = DeviceWorkers(config.models)
+        self._loaders = ThreadPoolExecutor(max(1, len(config.models)), thread_name_prefix="fetch")
         hosts = []
         for spec in config.models:
-            pools = (self._tokenizer_pool, self._device_workers.for_model(spec))
+            pools = (self._tokenizer_pool, self._device_workers.for_model(spec), self._loaders)
             try:
                 factory = registry.get(spec.plugin)
             except KeyError as e:
@@ -109,6 +110,7 @@ class BertServer:
         await asyncio.gather(*(host.stop() for host in self.router), return_exceptions=True)
         self._tokenizer_pool.shutdown(wait=False, cancel_futures=True)
         self._device_workers.shutdown()
+        self._loaders.shutdown(wait=False, cancel_futures=True)
 
     async def serve_forever(self) -> None:
         """Run until SIGTERM or SIGINT, then drain in-flight calls and exit."""

@@ -44,6 +44,7 @@ class ModelHost:
         plugin_factory: Callable[[ModelSpec], EncoderPlugin] | None,
         tokenizer_pool: Executor,
         device_worker: Executor,
+        loader: Executor,
         *,
         failure: str | None = None,
     ) -> None:
@@ -55,6 +56,7 @@ class ModelHost:
         self._plugin: EncoderPlugin | None = None
         self._tokenizer_pool = tokenizer_pool
         self._worker = device_worker
+        self._loader = loader  # downloads: slow, and never on the device worker
         self.batcher = Batcher(
             spec.name,
             self._run_batch,
@@ -77,7 +79,10 @@ class ModelHost:
         return self.spec.name
 
     async def load(self) -> None:
-        """Build and load the plugin on the worker thread; a failure marks this model failed, nothing else."""
+        """Fetch the model's files on a loader thread, then load it on its device's worker.
+
+        A failure marks this model failed, and nothing else.
+        """
         if self.state is ModelState.FAILED or self._factory is None:
             self.on_state_change(self)
             return
@@ -85,6 +90,7 @@ class ModelHost:
         loop = asyncio.get_running_loop()
         try:
             self._plugin = self._factory(self.spec)
+            await loop.run_in_executor(self._loader, self._plugin.fetch)
             info: ModelInfo = await loop.run_in_executor(self._worker, self._plugin.load)
         except Exception as e:
             self.state = ModelState.FAILED

