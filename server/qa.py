@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bertserve.api import Capability, Encoding, QAWindowLogits
+from bertserve.api import Capability, EncoderPlugin, Encoding, QAWindowLogits
 from bertserve.domain import AnswerQuery, AnswerResult, AnswerSpan, usage_of
 from bertserve.errors import InvalidRequest
 from bertserve.router import Router
@@ -32,34 +32,43 @@ async def answer(router: Router, query: AnswerQuery, *, deadline: float | None) 
     plugin = host.plugin
 
     started = time.monotonic_ns()
-    windows_per_pair: list[list[Encoding]] = await host.off_loop(
-        lambda: [
-            plugin.tokenize_windows(
-                question,
-                context,
-                max_seq_len=max_seq_len,
-                doc_stride=query.doc_stride,
-                max_question_len=query.max_question_len,
-            )
-            for question, context in query.questions
-        ]
-    )
+    windows_per_pair = await host.off_loop(_windows, plugin, query, max_seq_len)
     tokenization_ns = time.monotonic_ns() - started
 
     windows = [w for pair in windows_per_pair for w in pair]
     results = await host.run(("answer",), windows, deadline=deadline)
     logits: list[QAWindowLogits] = [r.value for r in results]
-
-    answers, at = [], 0
-    for (_, context), pair_windows in zip(query.questions, windows_per_pair, strict=True):
-        pair_logits = logits[at : at + len(pair_windows)]
-        at += len(pair_windows)
-        answers.append(await host.off_loop(best_spans, context, pair_windows, pair_logits, query))
+    bounds = np.cumsum([0, *(len(pair) for pair in windows_per_pair)])
+    answers = await host.off_loop(
+        lambda: [
+            best_spans(context, pair_windows, logits[bounds[i] : bounds[i + 1]], query)
+            for i, ((_, context), pair_windows) in enumerate(zip(query.questions, windows_per_pair, strict=True))
+        ]
+    )
     return AnswerResult(
         model=host.name,
         answers=answers,
         usage=usage_of(results, tokens=sum(len(w) for w in windows), tokenization_ns=tokenization_ns),
     )
+
+
+def _windows(plugin: EncoderPlugin, query: AnswerQuery, max_seq_len: int) -> list[list[Encoding]]:
+    """The windows of every pair; an error names the pair it is about."""
+    windows = []
+    for i, (question, context) in enumerate(query.questions):
+        try:
+            windows.append(
+                plugin.tokenize_windows(
+                    question,
+                    context,
+                    max_seq_len=max_seq_len,
+                    doc_stride=query.doc_stride,
+                    max_question_len=query.max_question_len,
+                )
+            )
+        except InvalidRequest as e:
+            raise InvalidRequest(f"question {i}: {e}") from None
+    return windows
 
 
 def _validate(query: AnswerQuery) -> None:
