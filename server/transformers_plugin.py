@@ -263,7 +263,8 @@ class TransformersPlugin(EncoderPlugin):
         return {k: v.to(self._device, non_blocking=True) for k, v in inputs.items()}
 
     def embed(self, batch: Sequence[Encoding], *, pooling: Pooling, with_token_states: bool) -> EmbedOutput:
-        if self._packs and pooling is not Pooling.POOLER:
+        # A lone sequence has no padding to save, and runs fastest unmasked.
+        if self._packs and pooling is not Pooling.POOLER and len(batch) > 1:
             return self._embed_packed(batch, pooling=pooling, with_token_states=with_token_states)
         inputs = self._inputs(batch)
         with torch.inference_mode():
