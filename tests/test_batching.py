@@ -25,6 +25,15 @@ async def test_same_result_alone_or_batched_with_other_lengths(client: AsyncClie
         np.testing.assert_allclose(t.embeddings[0], a, atol=1e-4)
 
 
+async def test_first_party_variants_run_packed_passes(server: BertServer) -> None:
+    """CLS and MEAN batches run packed (checked against padded passes at load, else it falls back),
+    so the conformance suite's batched calls exercise the packed path for every variant."""
+    for name in [*EMBED_MODELS, "minilm", "bert-bf16"]:
+        info = server.router.get(name).info
+        assert info is not None
+        assert [p.value for p in info.packed_poolings] == ["cls", "mean"], name
+
+
 async def test_concurrent_single_sentence_calls_share_forward_passes(client: AsyncClient, server: BertServer) -> None:
     stats = server.router.get("minilm").batcher.stats
     passes, sequences = stats.forward_passes, stats.sequences
