@@ -55,6 +55,7 @@ class BatchStats:
     sequences: int = 0
     dropped: int = 0
     refused: int = 0
+    largest_pass: int = 0  # the most sequences one pass carried
 
 
 @dataclass(frozen=True)
@@ -256,6 +257,7 @@ class Batcher:
         self._queued_tokens -= sum(p.cost for p in batch)
         self.stats.forward_passes += 1
         self.stats.sequences += len(batch)
+        self.stats.largest_pass = max(self.stats.largest_pass, len(batch))
         return batch
 
     def _observe(self, tokens: int, elapsed_ns: int) -> None:

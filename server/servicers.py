@@ -58,21 +58,24 @@ class EncoderServicer(encoder_service_pb2_grpc.EncoderServiceServicer):
         reading, and gRPC flow control pushes back on the sender.
         """
         deadline = deadline_of(context)
-        in_flight: asyncio.Queue[asyncio.Task[encoder_service_pb2.EmbedStreamResponse] | None] = asyncio.Queue(
-            maxsize=max(1, self._stream_max_in_flight - 1)  # the one being awaited is in flight too
-        )
+        slots = asyncio.Semaphore(self._stream_max_in_flight)  # taken before an item starts, freed once answered
+        in_flight: asyncio.Queue[asyncio.Task[encoder_service_pb2.EmbedStreamResponse] | None] = asyncio.Queue()
 
         async def read() -> None:
             try:
                 async for item in request_iterator:
-                    await in_flight.put(asyncio.create_task(self._stream_item(item.request, deadline)))
+                    await slots.acquire()
+                    in_flight.put_nowait(asyncio.create_task(self._stream_item(item.request, deadline)))
             finally:
-                await in_flight.put(None)
+                in_flight.put_nowait(None)
 
         reader = asyncio.create_task(read())
         try:
             while (task := await in_flight.get()) is not None:
-                yield await task
+                try:
+                    yield await task
+                finally:
+                    slots.release()
             await reader  # surfaces a broken request stream
         finally:  # the client went away or the stream ended: nothing of it may keep running
             reader.cancel()

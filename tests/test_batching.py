@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 
 from bertserve.app import BertServer
+from bertserve.config import load_config
 from bertserve_client import AsyncClient, BertserveError, EmbedResult
 
 from conftest import EMBED_MODELS
@@ -130,3 +132,23 @@ async def test_stream_survives_a_client_that_cancels_midway(client: AsyncClient,
     assert result.embeddings.shape == (1, 384)
     again = [r async for r in client.embed_stream(["a", "b"], model="minilm")]
     assert all(isinstance(r, EmbedResult) for r in again)
+
+
+async def test_stream_keeps_at_most_its_bound_in_flight(tiny_models: dict, tmp_path: Path) -> None:
+    """With stream_max_in_flight 3, the model never holds more than 3 items of the stream at once."""
+    config = tmp_path / "stream.yaml"
+    config.write_text(
+        "server: {address: 127.0.0.1, port: 0, stream_max_in_flight: 3}\n"
+        f"models: [{{name: bert, plugin: bert, source: '{tiny_models['bert']}'}}]\n"
+    )
+    server = BertServer(load_config(config))
+    await server.start()
+    await server.wait_until_loaded()
+    try:
+        async with AsyncClient(f"127.0.0.1:{server.port}") as client:
+            results = [r async for r in client.embed_stream([f"item {i}" for i in range(60)], model="bert")]
+        stats = server.router.get("bert").batcher.stats
+        assert len(results) == 60 and stats.sequences == 60
+        assert 1 < stats.largest_pass <= 3  # batched, within the bound
+    finally:
+        await server.stop(grace=1)
