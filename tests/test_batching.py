@@ -83,19 +83,21 @@ async def test_a_request_larger_than_the_queue_is_invalid(client: AsyncClient) -
 async def test_cancelled_and_expired_calls_never_reach_the_model(client: AsyncClient, server: BertServer) -> None:
     stats = server.router.get("minilm-serial").batcher.stats
     sequences, dropped = stats.sequences, stats.dropped
-    blocker = asyncio.create_task(client.embed([f"{i} {LONG}" for i in range(16)], model="minilm-serial"))
-    await asyncio.sleep(0.05)
+    # One pass per sequence: 32 long ones keep the model busy for a second or more.
+    blocker = asyncio.create_task(client.embed([f"{i} {LONG}" for i in range(32)], model="minilm-serial"))
+    await asyncio.sleep(0.1)
     with pytest.raises(BertserveError) as info:
-        await client.embed("expires in the queue", model="minilm-serial", timeout=0.05)
+        await client.embed("expires in the queue", model="minilm-serial", timeout=0.2)
     assert info.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
     cancelled = asyncio.create_task(client.embed("cancelled in the queue", model="minilm-serial"))
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.1)
     cancelled.cancel()
     with pytest.raises(asyncio.CancelledError):
         await cancelled
+    assert not blocker.done()  # both waited behind the blocker the whole time
     await blocker
     await client.embed("after", model="minilm-serial")  # one more pass: the loop has swept the queue
-    assert stats.sequences - sequences == 16 + 1
+    assert stats.sequences - sequences == 32 + 1
     assert stats.dropped - dropped == 2
 
 

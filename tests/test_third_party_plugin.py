@@ -188,19 +188,24 @@ def test_broken_plugin_is_skipped_and_reported(served: Served) -> None:
 
 
 def test_sigterm_drains_in_flight_calls(served: Served) -> None:
-    texts = ["an in-flight call that must finish before the server exits " * 8] * 64
+    # Several seconds of work in one call, so that it is surely in flight when SIGTERM lands.
+    texts = [f"{i} an in-flight call that must finish before the server exits " * 8 for i in range(192)]
     outcome: list[object] = []
+    finished: list[float] = []
 
     def call() -> None:
-        with Client(f"127.0.0.1:{served.port}", timeout=60) as client:
+        with Client(f"127.0.0.1:{served.port}", timeout=120) as client:
             outcome.append(client.embed(texts, model="minilm"))
+        finished.append(time.monotonic())
 
     caller = threading.Thread(target=call)
     caller.start()
-    time.sleep(0.3)
+    time.sleep(0.5)
+    terminated = time.monotonic()
     served.process.send_signal(signal.SIGTERM)
-    caller.join(60)
+    caller.join(120)
     assert served.process.wait(60) == 0
     [result] = outcome
-    assert result.embeddings.shape == (64, 384)  # type: ignore[attr-defined]
+    assert result.embeddings.shape == (192, 384)  # type: ignore[attr-defined]
+    assert finished[0] > terminated  # it was answered after SIGTERM: drained, not cut off
     assert any("draining in-flight calls" in line for line in served.log)
