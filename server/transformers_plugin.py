@@ -213,8 +213,7 @@ class TransformersPlugin(EncoderPlugin):
         self, question: str, context: str, *, max_seq_len: int, doc_stride: int, max_question_len: int
     ) -> list[Encoding]:
         self._require_qa_head()
-        question = self._cut_question(question, max_question_len)
-        question_tokens = len(self._tokenizer(question, add_special_tokens=False)["input_ids"])
+        question, question_tokens = self._cut_question(question, max_question_len)
         room = max_seq_len - question_tokens - self._tokenizer.num_special_tokens_to_add(pair=True)
         if room < 2:
             raise InvalidRequest(
@@ -237,12 +236,12 @@ class TransformersPlugin(EncoderPlugin):
         )
         return _to_encodings(batch)
 
-    def _cut_question(self, question: str, max_question_len: int) -> str:
-        """Keep the question's first max_question_len tokens, as the classic pipeline's query limit does."""
+    def _cut_question(self, question: str, max_question_len: int) -> tuple[str, int]:
+        """The question cut to its first max_question_len tokens (the classic query limit), and its length."""
         offsets = self._tokenizer(question, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
         if len(offsets) <= max_question_len:
-            return question
-        return question[: offsets[max_question_len - 1][1]]
+            return question, len(offsets)
+        return question[: offsets[max_question_len - 1][1]], max_question_len
 
     # -- forward passes ----------------------------------------------------------------------
 

@@ -216,3 +216,16 @@ async def test_empty_batch_is_invalid(client: AsyncClient) -> None:
         await client.answer([], model="spanbert-qa")
     assert info.value.code is grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.message == "questions is empty: send at least one (question, context) pair"
+
+
+@pytest.mark.parametrize("model", ["roberta-qa", "spanbert-qa"])
+async def test_long_question_is_cut_to_max_question_len(
+    client: AsyncClient, tiny_models: dict, hf: Any, model: str
+) -> None:
+    tokenizer, qa_model = _qa(hf, tiny_models, model)
+    question = "Where does the river Seine flow through the city of Paris at night? " * 3
+    offsets = tokenizer(question, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    assert len(offsets) > 10
+    kept = question[: offsets[9][1]]  # its first 10 tokens
+    got = await client.answer((question, PLAIN * 3), model=model, top_k=3, max_question_len=10, doc_stride=32)
+    _check(got[0], reference(tokenizer, qa_model, kept, PLAIN * 3, top_k=3, doc_stride=32))
