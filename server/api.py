@@ -181,8 +181,5 @@ class EncoderPlugin(abc.ABC):
         """
         raise CapabilityNotSupported(f"model {self.spec.name!r} has no question-answering head")
 
-    def health(self) -> None:  # noqa: B027 (optional hook: a plugin with nothing to check keeps it)
-        """Touch the device; raise if the model can no longer serve."""
-
     def unload(self) -> None:  # noqa: B027 (optional hook)
         """Free the model's memory."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from bertserve.api import Capability, Encoding, Pooling
 from bertserve.domain import (
     AnswerQuery,
@@ -112,7 +114,7 @@ def answer_query(request: encoder_service_pb2.AnswerRequest) -> AnswerQuery:
         )
         if request.HasField(name)
     }
-    return AnswerQuery(**{**defaults.__dict__, **options})
+    return replace(defaults, **options)
 
 
 def answer_response(result: AnswerResult) -> encoder_service_pb2.AnswerResponse:

@@ -155,10 +155,6 @@ class ModelHost:
             raise
         raise ValueError(f"unknown operation {kind!r}")
 
-    async def health(self) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._worker, self.plugin.health)
-
     async def stop(self) -> None:
         if self.state is ModelState.READY:
             await self.batcher.stop()

@@ -354,11 +354,6 @@ class TransformersPlugin(EncoderPlugin):
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def health(self) -> None:
-        if self._model is None:
-            raise RuntimeError("model is not loaded")
-        torch.zeros(1, device=self._device).add_(1)
-
     def unload(self) -> None:
         self._model = self._encoder = None
         if self._device.type == "cuda":
