@@ -6,8 +6,9 @@ them by length into the passes that cost least (bertserve.packing: a fixed cost 
 padding, within the token budget of longest x count and the size cap), runs the group holding
 the oldest sequence on the model's worker thread, and resolves each future.
 A lone request on an idle model goes straight through; requests that arrive while the device
-is busy wait for the pass in flight, then share the next one. Under load, max_wait_ms lets the
-loop linger that much longer after a pass for a fuller batch; it never delays an idle model.
+is busy wait for the pass in flight, then share the next one. Under load (the oldest pending work
+had to wait for a pass, or another worker is still busy), max_wait_ms lets the loop linger that
+much longer for a fuller batch; it never delays a request that found the model idle.
 The queue is bounded in sequences and tokens; a request that would overflow it is refused at
 once. Sequences whose caller went away (cancelled, deadline passed) are dropped before they
 reach the model.
@@ -102,6 +103,7 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._tokens_per_s = 0.0  # smoothed throughput, for retry hints
+        self._last_pass_end_ns = 0  # when the latest forward pass finished
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher:{self.name}")
@@ -169,7 +171,7 @@ class Batcher:
                 await self._wakeup.wait()
                 continue
             await slots.acquire()  # a worker is free
-            if in_flight and self.limits.max_wait_ms > 0:  # the device is busy: room to wait for more
+            if self.limits.max_wait_ms > 0 and self._under_load(in_flight):
                 await self._linger()
             batch = self._take_batch()
             if not batch:
@@ -191,12 +193,14 @@ class Batcher:
                 self._executor, self._run_batch, batch[0].op, [p.item for p in batch]
             )
         except Exception as e:  # the batch failed: every caller in it gets the error
+            self._last_pass_end_ns = time.monotonic_ns()
             log.debug("batch of %d on %r failed: %r", len(batch), self.name, e)
             for p in batch:
                 if not p.future.done():
                     p.future.set_exception(e)
             return
-        elapsed = time.monotonic_ns() - started
+        self._last_pass_end_ns = time.monotonic_ns()
+        elapsed = self._last_pass_end_ns - started
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "%s pass %d: %d sequences x %d tokens (%.0f%% padding) in %.1f ms, %d queued",
@@ -212,6 +216,10 @@ class Batcher:
         for p, result in zip(batch, results, strict=True):
             if not p.future.done():
                 p.future.set_result(Completed(result, started - p.enqueued_ns, pass_id, elapsed))
+
+    def _under_load(self, in_flight: set[asyncio.Task[None]]) -> bool:
+        """Whether the device is busy, or the oldest pending work had to wait for it to finish a pass."""
+        return bool(in_flight) or self._pending[0].enqueued_ns < self._last_pass_end_ns
 
     async def _linger(self) -> None:
         """Wait up to max_wait_ms for a full batch's worth of pending sequences."""

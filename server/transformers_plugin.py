@@ -21,6 +21,7 @@ import torch
 from huggingface_hub import snapshot_download
 from transformers import AutoConfig, AutoModel, AutoModelForQuestionAnswering, AutoTokenizer
 
+from bertserve import onednn_linear
 from bertserve.api import (
     Capability,
     EmbedOutput,
@@ -71,6 +72,7 @@ class TransformersPlugin(EncoderPlugin):
         self._pad_id = 0
         self._dtype = torch.float32
         self._packs = False  # run CLS and MEAN embeddings as packed rows (see bertserve.packed_inputs)
+        self._onednn_layers = 0  # linear layers running on oneDNN (see bertserve.onednn_linear)
         self._pack_row_tokens = int(spec.options.get("pack_row_tokens", 64))
 
     # -- loading -----------------------------------------------------------------------------
@@ -138,6 +140,7 @@ class TransformersPlugin(EncoderPlugin):
         default_pooling = self.spec.default_pooling or st_pooling or Pooling.MEAN
         if default_pooling not in poolings:
             raise ConfigError(f"default pooling {default_pooling.value!r} is not offered by {source!r}")
+        self._onednn_layers = self._swap_in_onednn_linear()
         self._packs = self._packing_works()
         capabilities = {Capability.TOKENIZE, Capability.EMBED}
         if has_qa_head:
@@ -319,6 +322,38 @@ class TransformersPlugin(EncoderPlugin):
                     for row, start, n in zip(packed.rows.tolist(), packed.starts.tolist(), packed.lengths, strict=True)
                 ]
         return EmbedOutput(pooled=pooled_np, token_states=token_states)
+
+    @property
+    def onednn_linear_layers(self) -> int:
+        """How many linear layers run on oneDNN (0: torch's own kernels)."""
+        return self._onednn_layers
+
+    def _swap_in_onednn_linear(self) -> int:
+        """On CPU in float32, move the linear layers to oneDNN, if the model's outputs stay within
+        1e-4 of torch's; return how many moved. Options: onednn_linear: false keeps torch's."""
+        wanted = bool(self.spec.options.get("onednn_linear", True))
+        if not (wanted and self._device.type == "cpu" and self._dtype == torch.float32 and onednn_linear.available()):
+            return 0
+        inputs = self._inputs(self.tokenize(["A check of oneDNN linear layers.", "Short one."]))
+        before = self._output_tensors(inputs)
+        swapped = onednn_linear.swap_linear_layers(self._model)
+        try:
+            after = self._output_tensors(inputs)
+        except Exception as e:
+            swapped.undo()
+            log.info("model %r keeps torch's linear layers: oneDNN failed (%s)", self.spec.name, e)
+            return 0
+        if not all(torch.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(after, before, strict=True)):
+            swapped.undo()
+            log.info("model %r keeps torch's linear layers: oneDNN outputs differ", self.spec.name)
+            return 0
+        log.info("model %r runs %d linear layers on oneDNN", self.spec.name, len(swapped))
+        return len(swapped)
+
+    def _output_tensors(self, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        with torch.inference_mode():
+            out = self._model(**inputs)
+        return [v for v in out.values() if isinstance(v, torch.Tensor)]
 
     def _packing_works(self) -> bool:
         """Whether packed passes give what padded ones do: the encoder must take position ids and

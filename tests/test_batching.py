@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -154,3 +155,29 @@ async def test_stream_keeps_at_most_its_bound_in_flight(tiny_models: dict, tmp_p
         assert 1 < stats.largest_pass <= 3  # batched, within the bound
     finally:
         await server.stop(grace=1)
+
+
+async def test_work_that_waited_for_a_pass_lingers_for_company(client: AsyncClient, server: BertServer) -> None:
+    """With one worker, max_wait_ms holds work that queued behind a pass until a batch-mate comes
+    (or the wait ends); a request that finds the model idle goes straight through."""
+    host = server.router.get("minilm-linger")  # max_batch_size 2, max_wait_ms 3000
+    stats = host.batcher.stats
+    alone = await client.embed("an idle model answers at once", model="minilm-linger")
+    assert alone.usage.queue_time_ns < 1_000_000_000
+    passes = stats.forward_passes
+    first = asyncio.ensure_future(client.embed([LONG, LONG], model="minilm-linger"))
+    await _until(lambda: stats.forward_passes > passes)  # the first request's pass has started
+    queued = asyncio.ensure_future(client.embed("queued behind the first pass", model="minilm-linger"))
+    await first
+    await asyncio.sleep(0.2)
+    assert not queued.done()  # lingering for a batch-mate, not run alone
+    await client.embed("the batch-mate", model="minilm-linger")
+    await queued
+    assert stats.forward_passes - passes == 2
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll condition on the server's own loop (it runs in this process) until it holds."""
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110 (the state lives in the server, which sets no event)
+            await asyncio.sleep(0.001)

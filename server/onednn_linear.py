@@ -1,0 +1,79 @@
+"""float32 linear layers on oneDNN, with their weights packed once at load.
+
+Linear layers are most of an encoder's work. On CPU, torch runs them as MKL GEMMs that repack
+the weight on every call; oneDNN keeps the weight in its own blocked layout, packed once, and
+runs the same products faster. Measured on 2 cores (AVX-512) with all-MiniLM-L6-v2: about
+15% faster GEMMs and 10-15% more sentences per second, with outputs within 2e-6 of torch's.
+
+The swap is in place and undoable, so a plugin can compare outputs before and after and keep
+whichever is right (see TransformersPlugin.load). bfloat16 and float16 already run on oneDNN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["PackedLinear", "Swapped", "available", "swap_linear_layers"]
+
+
+def available() -> bool:
+    """Whether this torch build has oneDNN and the packed-linear ops."""
+    ops = torch.ops.mkldnn
+    return (
+        torch.backends.mkldnn.is_available()
+        and hasattr(ops, "_reorder_linear_weight")
+        and hasattr(ops, "_linear_pointwise")
+    )
+
+
+class PackedLinear(torch.nn.Module):
+    """y = x W^T + b, as nn.Linear, with W held in oneDNN's packed layout (inference only)."""
+
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        with torch.no_grad():
+            self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
+        self.bias = None if linear.bias is None else linear.bias.detach()
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
+
+
+@dataclass
+class Swapped:
+    """The layers a swap replaced, to put back if the packed model turns out wrong."""
+
+    replaced: list[tuple[torch.nn.Module, str, torch.nn.Linear]]
+
+    def __len__(self) -> int:
+        return len(self.replaced)
+
+    def undo(self) -> None:
+        for parent, name, original in self.replaced:
+            setattr(parent, name, original)
+        self.replaced = []
+
+
+def swap_linear_layers(model: torch.nn.Module) -> Swapped:
+    """Replace every float32 CPU nn.Linear in model (exact type, not subclasses) with a PackedLinear.
+
+    A layer shared between blocks (ALBERT), or registered under several names, is packed once.
+    """
+    replaced = []
+    packed: dict[int, PackedLinear] = {}
+    for parent in list(model.modules()):
+        for name, child in list(parent._modules.items()):  # every name, where named_children skips repeats
+            if (
+                type(child) is torch.nn.Linear
+                and child.weight.dtype == torch.float32
+                and child.weight.device.type == "cpu"
+            ):
+                if id(child) not in packed:
+                    packed[id(child)] = PackedLinear(child)
+                setattr(parent, name, packed[id(child)])
+                replaced.append((parent, name, child))
+    return Swapped(replaced)
