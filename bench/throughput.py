@@ -10,8 +10,10 @@ With the real all-MiniLM-L6-v2 and a fixed, seeded workload of realistic sentenc
   e  c again with the model in bfloat16 (where the CPU has AVX512-BF16 or AMX), and the minimum
      cosine of bfloat16 against float32 embeddings over the workload
   qa a 20-window context answered in one call, against the same windows one pass at a time
-Ratios are taken against baselines measured in the same run, on the same machine. The server runs
-in its own process, as in production; every scenario stops after --seconds.
+Ratios are taken against baselines measured in the same run, on the same machine, interleaved with
+the scenario they are compared to: a with c at concurrency 1, b with c and e at concurrency 64, in
+alternating slices, so that drift in the machine's speed (seen here: 20% within a minute) hits both
+alike. The server runs in its own process, as in production; every scenario stops after --seconds.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import os
 import random
 import re
@@ -27,7 +30,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,34 +89,42 @@ def minilm_dir() -> Path:
 # -- in-process baselines ------------------------------------------------------------------------
 
 
-def in_process(sentences: list[str], seconds: float) -> tuple[Result, Result]:
-    import torch
-    from transformers import AutoModel, AutoTokenizer
+class InProcess:
+    """The in-process transformers baselines; each call runs one more slice of one of them."""
 
-    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
-    model = AutoModel.from_pretrained(minilm_dir()).eval()
+    def __init__(self, sentences: list[str]) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
 
-    def embed(batch: list[str]) -> int:
-        inputs = tokenizer(batch, padding=True, truncation=True, max_length=256, return_tensors="pt")
-        with torch.inference_mode():
-            hidden = model(**inputs).last_hidden_state
+        self._torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+        self.model = AutoModel.from_pretrained(minilm_dir()).eval()
+        lengths = [len(ids) for ids in self.tokenizer(sentences)["input_ids"]]
+        order = sorted(range(len(sentences)), key=lengths.__getitem__)
+        batches = [[sentences[i] for i in order[k : k + 32]] for k in range(0, len(order), 32)]
+        random.Random(7).shuffle(batches)  # sorted within a batch, not a ramp from short to long
+        self._singles = itertools.cycle([[s] for s in sentences])
+        self._batches = itertools.cycle(batches)
+        for batch in batches[:8]:  # warm-up: the kernels of the shapes to come
+            self.embed(batch)
+        self.embed(sentences[:1])
+
+    def embed(self, batch: list[str]) -> int:
+        inputs = self.tokenizer(batch, padding=True, truncation=True, max_length=256, return_tensors="pt")
+        with self._torch.inference_mode():
+            hidden = self.model(**inputs).last_hidden_state
             mask = inputs["attention_mask"].unsqueeze(-1).float()
             (hidden * mask).sum(1) / mask.sum(1)
         return int(inputs["attention_mask"].sum())
 
-    for k in range(0, 256, 32):  # warm-up: the kernels of the shapes to come
-        embed(sentences[k : k + 32])
-    embed(sentences[:1])
-    one = _timed("a  in-process, 1 per pass", [[s] for s in sentences], embed, seconds)
-    lengths = [len(ids) for ids in tokenizer(sentences)["input_ids"]]
-    order = sorted(range(len(sentences)), key=lengths.__getitem__)
-    batches = [[sentences[i] for i in order[k : k + 32]] for k in range(0, len(order), 32)]
-    random.Random(7).shuffle(batches)  # sorted within a batch, not a ramp from short to long
-    batched = _timed("b  in-process, sorted batches of 32", batches, embed, seconds)
-    return one, batched
+    def one_per_pass(self, seconds: float) -> Result:
+        return _timed("a  in-process, 1 per pass", self._singles, self.embed, seconds)
+
+    def batches_of_32(self, seconds: float) -> Result:
+        return _timed("b  in-process, sorted batches of 32", self._batches, self.embed, seconds)
 
 
-def _timed(name: str, batches: list[list[str]], run: Callable[[list[str]], int], seconds: float) -> Result:
+def _timed(name: str, batches: Iterable[list[str]], run: Callable[[list[str]], int], seconds: float) -> Result:
     latencies, done, tokens = [], 0, 0
     start = time.perf_counter()
     for batch in batches:
@@ -262,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"threads: torch intra-op {torch.get_num_threads()} (bench and server alike), server tokenizer pool 2, "
         f"TOKENIZERS_PARALLELISM={os.environ['TOKENIZERS_PARALLELISM']}"
     )
-    one, ceiling = in_process(sentences, args.seconds)
+    baseline = InProcess(sentences)
 
     bf16 = bf16_supported()
     with tempfile.TemporaryDirectory() as tmp:
@@ -274,32 +285,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{{name: minilm-qa-serial, plugin: bert, source: '{qa_dir}', device: cpu, max_batch_size: 1}}",
         ]
         with serve(Path(tmp) / "fp32.yaml", fp32_models) as target:
-            served, single_calls, qa, reference = asyncio.run(_served_fp32(target, sentences, args.seconds))
-        cosine = float("nan")
+            fp32 = asyncio.run(_served_fp32(target, sentences, args.seconds, baseline))
         if bf16:  # its own process: a process that ran float32 kernels runs bfloat16 ones slower, and back
             with serve(Path(tmp) / "bf16.yaml", [f"{{name: minilm-bf16, {minilm}, dtype: bfloat16}}"]) as target:
-                bf16_served, cosine = asyncio.run(_served_bf16(target, sentences, args.seconds, reference))
-            served += bf16_served
+                half = asyncio.run(_served_bf16(target, sentences, args.seconds, baseline, fp32.reference))
 
+    ceiling = _merged("b  in-process, sorted batches of 32", [fp32.ceiling, *([half.ceiling] if bf16 else [])])
     print(f"\n{'scenario':<34} {'sent/s':>9} {'tokens/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'sent':>7}")
-    for result in (one, ceiling, *served):
+    for result in (fp32.one, ceiling, *fp32.served, *(half.served if bf16 else [])):
         print(result.row())
-    c64 = single_calls[64]
-    print("\nratios (same run):")
-    print(f"  c64 / a (one per pass)      {c64.rate / one.rate:6.2f}   target >= 2.2")
-    print(f"  c64 / b (batch-32 ceiling)  {c64.rate / ceiling.rate:6.2f}   target >= 0.85")
+    c64 = fp32.single_calls[64]
+    print("\nratios (same run; each against the baseline slices interleaved with it):")
+    print(f"  c64 / a (one per pass)      {c64.rate / fp32.one.rate:6.2f}   target >= 2.2")
+    print(f"  c64 / b (batch-32 ceiling)  {c64.rate / fp32.ceiling.rate:6.2f}   target >= 0.85")
     for c in (1, 8):
-        print(f"  c{c} / b                     {single_calls[c].rate / ceiling.rate:6.2f}")
-    c1_p50 = float(np.percentile(single_calls[1].latencies_ms, 50))
-    a_p50 = float(np.percentile(one.latencies_ms, 50))
+        print(f"  c{c} / b                     {fp32.single_calls[c].rate / fp32.ceiling.rate:6.2f}")
+    c1_p50 = float(np.percentile(fp32.single_calls[1].latencies_ms, 50))
+    a_p50 = float(np.percentile(fp32.one.latencies_ms, 50))
     print(f"  c1 p50 - a p50              {c1_p50 - a_p50:+6.2f} ms target <= +2 ms")
     if bf16:
-        bf64 = next(r for r in served if r.name.startswith("e  bf16") and r.name.endswith("64"))
-        print(f"  e64 (bf16) / b (fp32)       {bf64.rate / ceiling.rate:6.2f}   target >= 1.4")
-        print(f"  min cosine bf16 vs fp32     {cosine:.5f}  target >= 0.999")
+        print(f"  e64 (bf16) / b (fp32)       {half.e64.rate / half.ceiling.rate:6.2f}   target >= 1.4")
+        print(f"  min cosine bf16 vs fp32     {half.cosine:.5f}  target >= 0.999")
+        print(f"  (b alongside c64: {fp32.ceiling.rate:.1f} sent/s; alongside e64: {half.ceiling.rate:.1f} sent/s)")
     else:
         print("  bfloat16: this CPU has neither AVX512-BF16 nor AMX; e skipped")
-    batched_s, serial_s, qa_tokens = qa
+    batched_s, serial_s, qa_tokens = fp32.qa
     print(
         f"  answer, 20+ windows ({qa_tokens} tokens): batched {batched_s * 1000:.0f} ms, one window per pass "
         f"{serial_s * 1000:.0f} ms, speed-up {serial_s / batched_s:.2f}x"
@@ -320,36 +330,86 @@ def serve(config: Path, models: list[str]) -> Iterator[str]:
         server.stop()
 
 
-async def _served_fp32(
-    target: str, sentences: list[str], seconds: float
-) -> tuple[list[Result], dict[int, Result], tuple[float, float, int], np.ndarray]:
+def _merged(name: str, parts: Sequence[Result]) -> Result:
+    return Result(
+        name,
+        sum(p.sentences for p in parts),
+        sum(p.tokens for p in parts),
+        sum(p.seconds for p in parts),
+        [ms for p in parts for ms in p.latencies_ms],
+    )
+
+
+async def interleaved(
+    baseline: Callable[[float], Result],
+    served: Callable[[float, int], Awaitable[Result]],
+    seconds: float,
+    slices: int = 4,
+) -> tuple[Result, Result]:
+    """A baseline and a served scenario in alternating slices; each merged over its slices.
+
+    The baseline runs in this process while the server idles, then the server while this process
+    only drives the load.
+    """
+    base, run = [], []
+    for k in range(slices):
+        base.append(baseline(seconds / slices))
+        run.append(await served(seconds / slices, k))
+    return _merged(base[0].name, base), _merged(run[0].name, run)
+
+
+@dataclass
+class Fp32Results:
+    one: Result  # a, interleaved with c at concurrency 1
+    ceiling: Result  # b, interleaved with c at concurrency 64
+    served: list[Result]
+    single_calls: dict[int, Result]
+    qa: tuple[float, float, int]
+    reference: np.ndarray
+
+
+async def _served_fp32(target: str, sentences: list[str], seconds: float, baseline: InProcess) -> Fp32Results:
     singles = [[s] for s in sentences]
     await warm_up(target, "minilm", singles)
-    served, single_calls = [], {}
-    for concurrency in (1, 8, 64):
+
+    def single_calls(concurrency: int) -> Callable[[float, int], Awaitable[Result]]:
         name = f"c  bertserve, 1/call, conc {concurrency}"
-        result = await over_grpc(target, name, "minilm", singles, concurrency, seconds)
-        served.append(result)
-        single_calls[concurrency] = result
+        return lambda s, k: over_grpc(target, name, "minilm", singles[k * 500 :], concurrency, s)
+
+    one, c1 = await interleaved(baseline.one_per_pass, single_calls(1), seconds)
+    c8 = await single_calls(8)(seconds, 0)
+    ceiling, c64 = await interleaved(baseline.batches_of_32, single_calls(64), seconds)
     thirty_twos = [sentences[k : k + 32] for k in range(0, len(sentences), 32)]
-    served.append(await over_grpc(target, "d  bertserve, 32/call, conc 4", "minilm", thirty_twos, 4, seconds))
+    d = await over_grpc(target, "d  bertserve, 32/call, conc 4", "minilm", thirty_twos, 4, seconds)
     reference = await embed_all(target, "minilm", sentences)
     context = " ".join(sentences)[:60000]
     qa = await answer_windows(target, context[: _twenty_windows(context)], "What is the river market model?")
-    return served, single_calls, qa, reference
+    return Fp32Results(one, ceiling, [c1, c8, c64, d], {1: c1, 8: c8, 64: c64}, qa, reference)
+
+
+@dataclass
+class Bf16Results:
+    ceiling: Result  # b, interleaved with e at concurrency 64
+    served: list[Result]
+    e64: Result
+    cosine: float
 
 
 async def _served_bf16(
-    target: str, sentences: list[str], seconds: float, reference: np.ndarray
-) -> tuple[list[Result], float]:
+    target: str, sentences: list[str], seconds: float, baseline: InProcess, reference: np.ndarray
+) -> Bf16Results:
     singles = [[s] for s in sentences]
     await warm_up(target, "minilm-bf16", singles)
-    served = []
-    for concurrency in (1, 8, 64):
+
+    def single_calls(concurrency: int) -> Callable[[float, int], Awaitable[Result]]:
         name = f"e  bf16, 1/call, conc {concurrency}"
-        served.append(await over_grpc(target, name, "minilm-bf16", singles, concurrency, seconds))
+        return lambda s, k: over_grpc(target, name, "minilm-bf16", singles[k * 500 :], concurrency, s)
+
+    e1 = await single_calls(1)(seconds, 0)
+    e8 = await single_calls(8)(seconds, 0)
+    ceiling, e64 = await interleaved(baseline.batches_of_32, single_calls(64), seconds)
     half = await embed_all(target, "minilm-bf16", sentences)
-    return served, float(np.min(np.sum(reference * half, axis=1)))
+    return Bf16Results(ceiling, [e1, e8, e64], e64, float(np.min(np.sum(reference * half, axis=1))))
 
 
 def _twenty_windows(context: str) -> int:

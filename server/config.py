@@ -25,9 +25,12 @@ YAML file, built-in defaults. The file format::
         max_queue_tokens: 262144     # queued tokens before calls are refused (RESOURCE_EXHAUSTED)
         max_queue_requests: 1024     # queued sequences before calls are refused
         max_wait_ms: 0               # under load, linger this long after a pass for a fuller batch
-        workers: 1                   # passes in flight at once (CPU throughput: torch_threads 1, workers = cores)
+        workers: 1                   # passes in flight at once
         pass_overhead_tokens: 32     # a pass's fixed cost in padded tokens: raise on GPUs for bigger batches
         allow_pickle: false          # true also loads pickle (.bin) weights; safetensors only otherwise
+        options:                     # plugin extras; the transformers-backed plugins take these two:
+          onednn_linear: true        # float32 on CPU: linear layers on oneDNN, checked against torch's at load
+          pack_row_tokens: 64        # tokens per row when short sequences share rows of a pass
 """
 
 from __future__ import annotations
