@@ -90,13 +90,23 @@ def minilm_dir() -> Path:
 
 
 class InProcess:
-    """The in-process transformers baselines; each call runs one more slice of one of them."""
+    """The in-process baselines; each call runs one more slice of one of them.
+
+    a and b are plain transformers. a+ and b+ run bertserve's own bert plugin in this process
+    (packed rows, oneDNN linear layers): set against them, c shows what serving costs.
+    """
 
     def __init__(self, sentences: list[str]) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
+        from bertserve.api import ModelSpec, Pooling
+        from bertserve.plugins.bert import BertPlugin
+
         self._torch = torch
+        self._mean = Pooling.MEAN
+        self.plugin = BertPlugin(ModelSpec(name="minilm", plugin="bert", source=str(minilm_dir()), device="cpu"))
+        self.plugin.load()
         self.tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
         self.model = AutoModel.from_pretrained(minilm_dir()).eval()
         lengths = [len(ids) for ids in self.tokenizer(sentences)["input_ids"]]
@@ -105,9 +115,12 @@ class InProcess:
         random.Random(7).shuffle(batches)  # sorted within a batch, not a ramp from short to long
         self._singles = itertools.cycle([[s] for s in sentences])
         self._batches = itertools.cycle(batches)
-        for batch in batches[:8]:  # warm-up: the kernels of the shapes to come
-            self.embed(batch)
-        self.embed(sentences[:1])
+        self._plugin_singles = itertools.cycle([[s] for s in sentences])
+        self._plugin_batches = itertools.cycle(batches)
+        for embed in (self.embed, self.embed_with_plugin):
+            for batch in batches[:8]:  # warm-up: the kernels of the shapes to come
+                embed(batch)
+            embed(sentences[:1])
 
     def embed(self, batch: list[str]) -> int:
         inputs = self.tokenizer(batch, padding=True, truncation=True, max_length=256, return_tensors="pt")
@@ -117,11 +130,22 @@ class InProcess:
             (hidden * mask).sum(1) / mask.sum(1)
         return int(inputs["attention_mask"].sum())
 
+    def embed_with_plugin(self, batch: list[str]) -> int:
+        encodings = self.plugin.tokenize(batch, max_length=256)
+        self.plugin.embed(encodings, pooling=self._mean, with_token_states=False)
+        return sum(len(e) for e in encodings)
+
     def one_per_pass(self, seconds: float) -> Result:
         return _timed("a  in-process, 1 per pass", self._singles, self.embed, seconds)
 
     def batches_of_32(self, seconds: float) -> Result:
         return _timed("b  in-process, sorted batches of 32", self._batches, self.embed, seconds)
+
+    def plugin_one_per_pass(self, seconds: float) -> Result:
+        return _timed("a+ plugin in-process, 1 per pass", self._plugin_singles, self.embed_with_plugin, seconds)
+
+    def plugin_batches_of_32(self, seconds: float) -> Result:
+        return _timed("b+ plugin in-process, 32 per pass", self._plugin_batches, self.embed_with_plugin, seconds)
 
 
 def _timed(name: str, batches: Iterable[list[str]], run: Callable[[list[str]], int], seconds: float) -> Result:
@@ -292,7 +316,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ceiling = _merged("b  in-process, sorted batches of 32", [fp32.ceiling, *([half.ceiling] if bf16 else [])])
     print(f"\n{'scenario':<34} {'sent/s':>9} {'tokens/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'sent':>7}")
-    for result in (fp32.one, ceiling, *fp32.served, *(half.served if bf16 else [])):
+    baselines = (fp32.one, ceiling, fp32.plugin_one, fp32.plugin_ceiling)
+    for result in (*baselines, *fp32.served, *(half.served if bf16 else [])):
         print(result.row())
     c64 = fp32.single_calls[64]
     print("\nratios (same run; each against the baseline slices interleaved with it):")
@@ -303,6 +328,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     c1_p50 = float(np.percentile(fp32.single_calls[1].latencies_ms, 50))
     a_p50 = float(np.percentile(fp32.one.latencies_ms, 50))
     print(f"  c1 p50 - a p50              {c1_p50 - a_p50:+6.2f} ms target <= +2 ms")
+    plugin_p50 = float(np.percentile(fp32.plugin_one.latencies_ms, 50))
+    print(f"  c1 p50 - a+ p50             {c1_p50 - plugin_p50:+6.2f} ms (what serving adds to the same pass)")
+    print(f"  c64 / b+                    {c64.rate / fp32.plugin_ceiling.rate:6.2f}   (against the same kernels)")
     if bf16:
         print(f"  e64 (bf16) / b (fp32)       {half.e64.rate / half.ceiling.rate:6.2f}   target >= 1.4")
         print(f"  min cosine bf16 vs fp32     {half.cosine:.5f}  target >= 0.999")
@@ -341,27 +369,31 @@ def _merged(name: str, parts: Sequence[Result]) -> Result:
 
 
 async def interleaved(
-    baseline: Callable[[float], Result],
+    baselines: Sequence[Callable[[float], Result]],
     served: Callable[[float, int], Awaitable[Result]],
     seconds: float,
     slices: int = 4,
-) -> tuple[Result, Result]:
-    """A baseline and a served scenario in alternating slices; each merged over its slices.
+) -> tuple[list[Result], Result]:
+    """Baselines and a served scenario in alternating slices; each merged over its slices.
 
-    The baseline runs in this process while the server idles, then the server while this process
+    The baselines run in this process while the server idles, then the server while this process
     only drives the load.
     """
-    base, run = [], []
+    base: list[list[Result]] = [[] for _ in baselines]
+    run = []
     for k in range(slices):
-        base.append(baseline(seconds / slices))
+        for parts, baseline in zip(base, baselines, strict=True):
+            parts.append(baseline(seconds / slices))
         run.append(await served(seconds / slices, k))
-    return _merged(base[0].name, base), _merged(run[0].name, run)
+    return [_merged(parts[0].name, parts) for parts in base], _merged(run[0].name, run)
 
 
 @dataclass
 class Fp32Results:
     one: Result  # a, interleaved with c at concurrency 1
     ceiling: Result  # b, interleaved with c at concurrency 64
+    plugin_one: Result  # a+, interleaved with c at concurrency 1
+    plugin_ceiling: Result  # b+, interleaved with c at concurrency 64
     served: list[Result]
     single_calls: dict[int, Result]
     qa: tuple[float, float, int]
@@ -376,15 +408,24 @@ async def _served_fp32(target: str, sentences: list[str], seconds: float, baseli
         name = f"c  bertserve, 1/call, conc {concurrency}"
         return lambda s, k: over_grpc(target, name, "minilm", singles[k * 500 :], concurrency, s)
 
-    one, c1 = await interleaved(baseline.one_per_pass, single_calls(1), seconds)
+    def half(run: Callable[[float], Result]) -> Callable[[float], Result]:  # the a+/b+ references: half the time
+        return lambda s: run(s / 2)
+
+    (one, plugin_one), c1 = await interleaved(
+        [baseline.one_per_pass, half(baseline.plugin_one_per_pass)], single_calls(1), seconds
+    )
     c8 = await single_calls(8)(seconds, 0)
-    ceiling, c64 = await interleaved(baseline.batches_of_32, single_calls(64), seconds)
+    (ceiling, plugin_ceiling), c64 = await interleaved(
+        [baseline.batches_of_32, half(baseline.plugin_batches_of_32)], single_calls(64), seconds
+    )
     thirty_twos = [sentences[k : k + 32] for k in range(0, len(sentences), 32)]
     d = await over_grpc(target, "d  bertserve, 32/call, conc 4", "minilm", thirty_twos, 4, seconds)
     reference = await embed_all(target, "minilm", sentences)
     context = " ".join(sentences)[:60000]
     qa = await answer_windows(target, context[: _twenty_windows(context)], "What is the river market model?")
-    return Fp32Results(one, ceiling, [c1, c8, c64, d], {1: c1, 8: c8, 64: c64}, qa, reference)
+    return Fp32Results(
+        one, ceiling, plugin_one, plugin_ceiling, [c1, c8, c64, d], {1: c1, 8: c8, 64: c64}, qa, reference
+    )
 
 
 @dataclass
@@ -407,7 +448,7 @@ async def _served_bf16(
 
     e1 = await single_calls(1)(seconds, 0)
     e8 = await single_calls(8)(seconds, 0)
-    ceiling, e64 = await interleaved(baseline.batches_of_32, single_calls(64), seconds)
+    (ceiling,), e64 = await interleaved([baseline.batches_of_32], single_calls(64), seconds)
     half = await embed_all(target, "minilm-bf16", sentences)
     return Bf16Results(ceiling, [e1, e8, e64], e64, float(np.min(np.sum(reference * half, axis=1))))
 
