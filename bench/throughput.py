@@ -5,15 +5,18 @@
 With the real all-MiniLM-L6-v2 and a fixed, seeded workload of realistic sentence lengths:
   a  in-process transformers, one sentence per forward pass (the naive loop)
   b  in-process transformers, length-sorted batches of 32 (the ceiling)
+  a+ and b+: the same with bertserve's own bert plugin in-process (packed rows, oneDNN linear
+     layers), so that c set against them shows what serving adds to the same kernels
   c  bertserve over gRPC on loopback, single-sentence calls, concurrency 1, 8 and 64
   d  bertserve, 32-sentence calls
   e  c again with the model in bfloat16 (where the CPU has AVX512-BF16 or AMX), and the minimum
      cosine of bfloat16 against float32 embeddings over the workload
   qa a 20-window context answered in one call, against the same windows one pass at a time
-Ratios are taken against baselines measured in the same run, on the same machine, interleaved with
-the scenario they are compared to: a with c at concurrency 1, b with c and e at concurrency 64, in
-alternating slices, so that drift in the machine's speed (seen here: 20% within a minute) hits both
-alike. The server runs in its own process, as in production; every scenario stops after --seconds.
+Ratios are taken against baselines measured in the same run, on the same machine, interleaved in
+alternating slices with the scenario they are compared to (a and a+ with c at concurrency 1; b and
+b+ with c at concurrency 64; b again with e at concurrency 64), so that drift in the machine's speed
+(seen here: 20% within a minute) hits both alike. The server runs in its own process, as in
+production; every scenario stops after --seconds.
 """
 
 from __future__ import annotations
