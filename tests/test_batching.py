@@ -178,6 +178,9 @@ async def test_work_that_waited_for_a_pass_lingers_for_company(client: AsyncClie
 
 async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
     """Poll condition on the server's own loop (it runs in this process) until it holds."""
-    async with asyncio.timeout(timeout):
+
+    async def poll() -> None:
         while not condition():  # noqa: ASYNC110 (the state lives in the server, which sets no event)
             await asyncio.sleep(0.001)
+
+    await asyncio.wait_for(poll(), timeout)
