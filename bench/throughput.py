@@ -324,18 +324,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(result.row())
     c64 = fp32.single_calls[64]
     print("\nratios (same run; each against the baseline slices interleaved with it):")
-    print(f"  c64 / a (one per pass)      {c64.rate / fp32.one.rate:6.2f}   target >= 2.2")
-    print(f"  c64 / b (batch-32 ceiling)  {c64.rate / fp32.ceiling.rate:6.2f}   target >= 0.85")
+    print(f"  c64 / a (one per pass)      {c64.rate / fp32.one.rate:6.3f}   target >= 2.2")
+    print(f"  c64 / b (batch-32 ceiling)  {c64.rate / fp32.ceiling.rate:6.3f}   target >= 0.85")
     for c in (1, 8):
-        print(f"  c{c} / b                     {fp32.single_calls[c].rate / fp32.ceiling.rate:6.2f}")
+        print(f"  c{c} / b                     {fp32.single_calls[c].rate / fp32.ceiling.rate:6.3f}")
     c1_p50 = float(np.percentile(fp32.single_calls[1].latencies_ms, 50))
     a_p50 = float(np.percentile(fp32.one.latencies_ms, 50))
     print(f"  c1 p50 - a p50              {c1_p50 - a_p50:+6.2f} ms target <= +2 ms")
     plugin_p50 = float(np.percentile(fp32.plugin_one.latencies_ms, 50))
     print(f"  c1 p50 - a+ p50             {c1_p50 - plugin_p50:+6.2f} ms (what serving adds to the same pass)")
-    print(f"  c64 / b+                    {c64.rate / fp32.plugin_ceiling.rate:6.2f}   (against the same kernels)")
+    print(f"  c64 / b+                    {c64.rate / fp32.plugin_ceiling.rate:6.3f}   (against the same kernels)")
     if bf16:
-        print(f"  e64 (bf16) / b (fp32)       {half.e64.rate / half.ceiling.rate:6.2f}   target >= 1.4")
+        print(f"  e64 (bf16) / b (fp32)       {half.e64.rate / half.ceiling.rate:6.3f}   target >= 1.4")
         print(f"  min cosine bf16 vs fp32     {half.cosine:.5f}  target >= 0.999")
         print(f"  (b alongside c64: {fp32.ceiling.rate:.1f} sent/s; alongside e64: {half.ceiling.rate:.1f} sent/s)")
     else:
