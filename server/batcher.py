@@ -193,13 +193,13 @@ class Batcher:
                 self._executor, self._run_batch, batch[0].op, [p.item for p in batch]
             )
         except Exception as e:  # the batch failed: every caller in it gets the error
-            self._last_pass_end_ns = time.monotonic_ns()
             log.debug("batch of %d on %r failed: %r", len(batch), self.name, e)
             for p in batch:
                 if not p.future.done():
                     p.future.set_exception(e)
             return
-        self._last_pass_end_ns = time.monotonic_ns()
+        finally:
+            self._last_pass_end_ns = time.monotonic_ns()
         elapsed = self._last_pass_end_ns - started
         if log.isEnabledFor(logging.DEBUG):
             log.debug(

@@ -24,7 +24,7 @@ YAML file, built-in defaults. The file format::
         max_batch_size: 64           # sequences in one forward pass
         max_queue_tokens: 262144     # queued tokens before calls are refused (RESOURCE_EXHAUSTED)
         max_queue_requests: 1024     # queued sequences before calls are refused
-        max_wait_ms: 0               # under load, linger this long after a pass for a fuller batch
+        max_wait_ms: 0               # under load, wait up to this long for a fuller batch; never when idle
         workers: 1                   # passes in flight at once
         pass_overhead_tokens: 32     # a pass's fixed cost in padded tokens: raise on GPUs for bigger batches
         allow_pickle: false          # true also loads pickle (.bin) weights; safetensors only otherwise
