@@ -8,7 +8,7 @@ import torch
 
 from bertserve.errors import ConfigError
 
-__all__ = ["resolve_device", "resolve_dtype"]
+__all__ = ["resolve_device", "resolve_dtype", "without_per_shape_attention_plans"]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _CUDA = re.compile(r"^cuda(?::(\d+))?$")
@@ -29,6 +29,16 @@ def resolve_device(device: str) -> torch.device:
     if index >= torch.cuda.device_count():
         raise ConfigError(f"device {device!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist")
     return torch.device("cuda", index)
+
+
+def without_per_shape_attention_plans() -> None:
+    """Keep CUDA attention off cuDNN, process-wide.
+
+    cuDNN's attention builds an execution plan for every new input shape, tens of milliseconds
+    each, and serving traffic brings new (rows, width) shapes for a long time; the flash and
+    memory-efficient kernels need no plan and are as fast at encoder lengths.
+    """
+    torch.backends.cuda.enable_cudnn_sdp(False)
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:

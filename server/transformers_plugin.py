@@ -34,7 +34,7 @@ from bertserve.api import (
 )
 from bertserve.errors import CapabilityNotSupported, ConfigError, InvalidRequest
 from bertserve.packed_inputs import pack
-from bertserve.placement import dtype_name, resolve_device, resolve_dtype
+from bertserve.placement import dtype_name, resolve_device, resolve_dtype, without_per_shape_attention_plans
 from bertserve.sources import resolve_source
 
 __all__ = ["TransformersPlugin"]
@@ -91,6 +91,8 @@ class TransformersPlugin(EncoderPlugin):
         source = self._source
         assert source is not None
         self._device = resolve_device(self.spec.device)
+        if self._device.type == "cuda":
+            without_per_shape_attention_plans()
         dtype = resolve_dtype(self.spec.dtype, self._device)
         common: dict[str, Any] = {"revision": self.spec.revision, "trust_remote_code": False}
 

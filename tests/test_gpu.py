@@ -53,3 +53,9 @@ async def test_gpu_embeddings_match_the_cpu(gpu_client: AsyncClient, tiny_models
 async def test_answer_runs_on_the_gpu(gpu_client: AsyncClient) -> None:
     [answers] = await gpu_client.answer(("What is it?", "It is a small test context."), model="qa", top_k=3)
     assert len(answers) == 3 and all(0 < a.score <= 1 for a in answers)
+
+
+async def test_cuda_attention_stays_off_cudnn(gpu_client: AsyncClient) -> None:
+    # cuDNN builds a plan per new input shape (tens of ms each); serving traffic keeps bringing new shapes.
+    assert (await gpu_client.model("fp32")).state == "ready"
+    assert not torch.backends.cuda.cudnn_sdp_enabled()
