@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -33,8 +34,16 @@ _MESSAGE_LIMIT = 64 * 1024 * 1024  # token embeddings of a large batch run to me
 class BertServer:
     """One bertserve process: start() binds and begins loading models in the background."""
 
-    def __init__(self, config: ServerConfig, registry: PluginRegistry | None = None) -> None:
+    def __init__(
+        self, config: ServerConfig, registry: PluginRegistry | None = None, *, share_port: bool = False
+    ) -> None:
+        """share_port: bind alongside the other processes of one server (see bertserve.supervisor).
+
+        Otherwise the port is this process's alone, and a port already taken fails to bind
+        rather than silently splitting traffic with whatever holds it.
+        """
         self.config = config
+        self._share_port = share_port
         registry = registry or discover_plugins()
         self._tokenizer_pool = ThreadPoolExecutor(config.tokenizer_threads, thread_name_prefix="tokenize")
         self._device_workers = DeviceWorkers(config.models)
@@ -61,6 +70,7 @@ class BertServer:
             options=[
                 ("grpc.max_receive_message_length", _MESSAGE_LIMIT),
                 ("grpc.max_send_message_length", _MESSAGE_LIMIT),
+                ("grpc.so_reuseport", int(self._share_port)),
             ]
         )
         encoder_service_pb2_grpc.add_EncoderServiceServicer_to_server(
@@ -69,9 +79,12 @@ class BertServer:
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.router), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((*_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-        self.port = server.add_insecure_port(self.config.bind)
+        try:
+            self.port = server.add_insecure_port(self.config.bind)
+        except RuntimeError:  # grpc's word for a failed bind
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot bind {self.config.bind}")
+            raise OSError(f"cannot bind {self.config.bind}: the address is in use or not this machine's")
         await server.start()
         self._server = server
         for host in self.router:
@@ -112,9 +125,10 @@ class BertServer:
         self._device_workers.shutdown()
         self._loaders.shutdown(wait=False, cancel_futures=True)
 
-    async def serve_forever(self) -> None:
+    async def serve_forever(self, on_listening: Callable[[], None] = lambda: None) -> None:
         """Run until SIGTERM or SIGINT, then drain in-flight calls and exit."""
         await self.start()
+        on_listening()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -34,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--address", help="address to bind (env BERTSERVE_ADDRESS; default 0.0.0.0)")
     serve.add_argument("--port", type=int, help="port to bind, 0 for any free one (env BERTSERVE_PORT; default 50051)")
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="env BERTSERVE_LOG_LEVEL")
+    serve.add_argument(
+        "--processes", type=int, help="server processes sharing the port (env BERTSERVE_PROCESSES; default 1)"
+    )
     serve.set_defaults(run=_serve)
 
     def client_command(name: str, help: str) -> argparse.ArgumentParser:
@@ -78,7 +81,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         config = load_config(
-            args.config, overrides={"address": args.address, "port": args.port, "log_level": args.log_level}
+            args.config,
+            overrides={
+                "address": args.address,
+                "port": args.port,
+                "log_level": args.log_level,
+                "processes": args.processes,
+            },
         )
     except ConfigError as e:
         print(f"bertserve: {e}", file=sys.stderr)
@@ -86,8 +95,16 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    configure_runtime(config)
-    asyncio.run(BertServer(config).serve_forever())
+    try:
+        if config.processes > 1:
+            from bertserve.supervisor import serve_processes
+
+            return serve_processes(config)
+        configure_runtime(config)
+        asyncio.run(BertServer(config).serve_forever())
+    except OSError as e:
+        print(f"bertserve: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

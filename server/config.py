@@ -9,7 +9,8 @@ YAML file, built-in defaults. The file format::
       log_level: info
       default_model: minilm          # empty model names in requests reach this one
       grace_period_s: 10             # how long SIGTERM waits for in-flight calls
-      torch_threads: 0               # torch intra-op threads; 0 lets torch choose
+      processes: 1                   # server processes sharing the port (see bertserve.supervisor)
+      torch_threads: 0               # torch intra-op threads per process; 0: cores / processes
       tokenizer_threads: 2           # threads that tokenize off the event loop
       stream_max_in_flight: 64       # items of one EmbedStream in flight at once
     models:
@@ -61,7 +62,8 @@ class ServerConfig:
     log_level: str = "info"
     default_model: str = ""
     grace_period_s: float = 10.0
-    torch_threads: int = 0  # torch intra-op threads; 0: torch's own choice (one per core)
+    processes: int = 1  # server processes sharing the port; the kernel spreads connections over them
+    torch_threads: int = 0  # torch intra-op threads per process; 0: the cores split between the processes
     tokenizer_threads: int = 2  # the pool that tokenizes and decodes answers off the event loop
     stream_max_in_flight: int = 64  # items of one EmbedStream being worked on at once
     models: tuple[ModelSpec, ...] = field(default_factory=tuple)
@@ -76,6 +78,7 @@ _ENV = {
     "address": "BERTSERVE_ADDRESS",
     "port": "BERTSERVE_PORT",
     "log_level": "BERTSERVE_LOG_LEVEL",
+    "processes": "BERTSERVE_PROCESSES",
 }
 
 
@@ -105,11 +108,12 @@ def load_config(
 
     basics: dict[str, Any] = {k: env[v] for k, v in _ENV.items() if env.get(v)}
     basics.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    if "port" in basics:
-        try:
-            basics["port"] = int(basics["port"])
-        except ValueError:
-            raise ConfigError(f"port {basics['port']!r} is not a number") from None
+    for number in ("port", "processes"):
+        if number in basics:
+            try:
+                basics[number] = int(basics[number])
+            except ValueError:
+                raise ConfigError(f"{number} {basics[number]!r} is not a number") from None
     return _check(replace(config, **basics))
 
 
@@ -153,6 +157,8 @@ def _check(config: ServerConfig) -> ServerConfig:
         raise ConfigError(f"log_level {config.log_level!r} is not one of {', '.join(_LOG_LEVELS)}")
     if config.tokenizer_threads < 1 or config.stream_max_in_flight < 1 or config.torch_threads < 0:
         raise ConfigError("tokenizer_threads and stream_max_in_flight must be at least 1, torch_threads at least 0")
+    if not isinstance(config.processes, int) or config.processes < 1:
+        raise ConfigError(f"processes {config.processes!r} must be a whole number of at least 1")
     if not 0 <= config.port <= 65535:
         raise ConfigError(f"port {config.port} is out of range")
     names = [m.name for m in config.models]

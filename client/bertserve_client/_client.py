@@ -7,7 +7,7 @@ and turns grpc.RpcError into BertserveError.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Literal, TypeAlias
 
@@ -52,16 +52,56 @@ def _channel_options(options: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]
 
 
 class _Base:
-    """The stubs and the default deadline; a channel passed in stays the caller's to close."""
+    """The stubs of each channel and the default deadline; a channel passed in stays the caller's.
 
-    def __init__(self, channel: grpc.Channel | grpc.aio.Channel, *, owns_channel: bool, timeout: float | None) -> None:
+    With several channels, each call goes to the one with the fewest calls in flight.
+    """
+
+    def __init__(
+        self, channels: Sequence[grpc.Channel | grpc.aio.Channel], *, owns_channel: bool, timeout: float | None
+    ) -> None:
         self._owns_channel = owns_channel
         self._timeout = timeout
-        self._encoder = encoder_service_pb2_grpc.EncoderServiceStub(channel)
-        self._models = model_service_pb2_grpc.ModelServiceStub(channel)
+        self._channels = list(channels)
+        self._rpcs: list[dict[str, Any]] = []
+        for channel in self._channels:
+            encoder = encoder_service_pb2_grpc.EncoderServiceStub(channel)
+            models = model_service_pb2_grpc.ModelServiceStub(channel)
+            self._rpcs.append(
+                {
+                    "Embed": encoder.Embed,
+                    "EmbedStream": encoder.EmbedStream,
+                    "Tokenize": encoder.Tokenize,
+                    "Answer": encoder.Answer,
+                    "ListModels": models.ListModels,
+                    "GetModel": models.GetModel,
+                }
+            )
+        self._in_flight = [0] * len(self._channels)
+
+    def _least_busy(self) -> int:
+        return min(range(len(self._in_flight)), key=self._in_flight.__getitem__)
 
     def _deadline(self, timeout: Timeout) -> float | None:
         return self._timeout if timeout is _DEFAULT else timeout
+
+
+def _open_channels(
+    open_one: Callable[[list[tuple[str, Any]]], Any],
+    channels: int,
+    options: Sequence[tuple[str, Any]],
+    channel: Any,
+) -> list[Any]:
+    if channel is not None:
+        if channels != 1:
+            raise ValueError("channels applies to connections the client opens, not to a channel passed in")
+        return [channel]
+    if channels < 1:
+        raise ValueError(f"channels must be at least 1, not {channels}")
+    opts = _channel_options(options)
+    if channels > 1:  # gRPC shares one connection between equal channels unless told otherwise
+        opts.append(("grpc.use_local_subchannel_pool", 1))
+    return [open_one(opts) for _ in range(channels)]
 
 
 class Client(_Base):
@@ -75,27 +115,33 @@ class Client(_Base):
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] = (),
         channel: grpc.Channel | None = None,
+        channels: int = 1,
     ) -> None:
         """Connect to `target` (TLS when `credentials` are given) or use `channel` as is.
 
         `timeout` is the default deadline in seconds of every call (None: none); `options` are
-        gRPC channel arguments, laid over a 64 MiB message size limit each way.
+        gRPC channel arguments, laid over a 64 MiB message size limit each way. `channels` opens
+        that many connections, each call taking the one with the fewest calls in flight: it pays
+        against a server run with several processes, which share out connections, not calls.
         """
-        owns_channel = channel is None
-        if channel is None:
-            opts = _channel_options(options)
-            if credentials is None:
-                channel = grpc.insecure_channel(target, opts)
-            else:
-                channel = grpc.secure_channel(target, credentials, opts)
-        self._channel = channel
-        super().__init__(channel, owns_channel=owns_channel, timeout=timeout)
 
-    def _call(self, rpc: Any, request: Message, timeout: Timeout) -> Any:
+        def open_one(opts: list[tuple[str, Any]]) -> grpc.Channel:
+            if credentials is None:
+                return grpc.insecure_channel(target, opts)
+            return grpc.secure_channel(target, credentials, opts)
+
+        opened = _open_channels(open_one, channels, options, channel)
+        super().__init__(opened, owns_channel=channel is None, timeout=timeout)
+
+    def _call(self, method: str, request: Message, timeout: Timeout) -> Any:
+        i = self._least_busy()
+        self._in_flight[i] += 1
         try:
-            return rpc(request, timeout=self._deadline(timeout))
+            return self._rpcs[i][method](request, timeout=self._deadline(timeout))
         except grpc.RpcError as err:
             raise from_rpc_error(err) from err
+        finally:
+            self._in_flight[i] -= 1
 
     def embed(
         self,
@@ -121,7 +167,7 @@ class Client(_Base):
             truncate=truncate,
             return_token_embeddings=return_token_embeddings,
         )
-        return parse_embed(self._call(self._encoder.Embed, request, timeout))
+        return parse_embed(self._call("Embed", request, timeout))
 
     def embed_stream(
         self,
@@ -139,7 +185,9 @@ class Client(_Base):
         same unary embed would have raised (the stream goes on). `timeout` bounds the whole stream.
         """
         requests = (_stream_request(i, model, pooling, normalize, truncate) for i in items)
-        responses = self._encoder.EmbedStream(requests, timeout=self._deadline(timeout))
+        i = self._least_busy()
+        self._in_flight[i] += 1
+        responses = self._rpcs[i]["EmbedStream"](requests, timeout=self._deadline(timeout))
         try:
             for response in responses:
                 yield parse_stream_item(response)
@@ -147,6 +195,7 @@ class Client(_Base):
             raise from_rpc_error(err) from err
         finally:
             responses.cancel()  # a consumer that stops early ends the call
+            self._in_flight[i] -= 1
 
     def tokenize(
         self,
@@ -159,7 +208,7 @@ class Client(_Base):
     ) -> list[Tokenization]:
         """The model's tokenization of each input, with its pair (one per input) when given."""
         request = tokenize_request(inputs, pairs=pairs, model=model, add_special_tokens=add_special_tokens)
-        return parse_tokenize(self._call(self._encoder.Tokenize, request, timeout))
+        return parse_tokenize(self._call("Tokenize", request, timeout))
 
     def answer(
         self,
@@ -191,21 +240,22 @@ class Client(_Base):
             handle_impossible_answer=handle_impossible_answer,
             align_to_words=align_to_words,
         )
-        return parse_answer(self._call(self._encoder.Answer, request, timeout))
+        return parse_answer(self._call("Answer", request, timeout))
 
     def models(self, *, timeout: Timeout = _DEFAULT) -> list[ModelInfo]:
         """Every configured model, in configuration order, whatever its state."""
-        return parse_models(self._call(self._models.ListModels, model_service_pb2.ListModelsRequest(), timeout))
+        return parse_models(self._call("ListModels", model_service_pb2.ListModelsRequest(), timeout))
 
     def model(self, name: str = "", *, timeout: Timeout = _DEFAULT) -> ModelInfo:
         """One model by name ("" for the default model); BertserveError NOT_FOUND if unknown."""
-        response = self._call(self._models.GetModel, model_service_pb2.GetModelRequest(name=name), timeout)
+        response = self._call("GetModel", model_service_pb2.GetModelRequest(name=name), timeout)
         return parse_model(response.model)
 
     def close(self) -> None:
-        """Close the channel, unless it was passed in."""
+        """Close the channels, unless the channel was passed in."""
         if self._owns_channel:
-            self._channel.close()
+            for channel in self._channels:
+                channel.close()
 
     def __enter__(self) -> Client:
         return self
@@ -230,22 +280,25 @@ class AsyncClient(_Base):
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] = (),
         channel: grpc.aio.Channel | None = None,
+        channels: int = 1,
     ) -> None:
-        owns_channel = channel is None
-        if channel is None:
-            opts = _channel_options(options)
+        def open_one(opts: list[tuple[str, Any]]) -> grpc.aio.Channel:
             if credentials is None:
-                channel = grpc.aio.insecure_channel(target, opts)
-            else:
-                channel = grpc.aio.secure_channel(target, credentials, opts)
-        self._channel = channel
-        super().__init__(channel, owns_channel=owns_channel, timeout=timeout)
+                return grpc.aio.insecure_channel(target, opts)
+            return grpc.aio.secure_channel(target, credentials, opts)
 
-    async def _call(self, rpc: Any, request: Message, timeout: Timeout) -> Any:
+        opened = _open_channels(open_one, channels, options, channel)
+        super().__init__(opened, owns_channel=channel is None, timeout=timeout)
+
+    async def _call(self, method: str, request: Message, timeout: Timeout) -> Any:
+        i = self._least_busy()
+        self._in_flight[i] += 1
         try:
-            return await rpc(request, timeout=self._deadline(timeout))
+            return await self._rpcs[i][method](request, timeout=self._deadline(timeout))
         except grpc.RpcError as err:
             raise from_rpc_error(err) from err
+        finally:
+            self._in_flight[i] -= 1
 
     async def embed(
         self,
@@ -267,7 +320,7 @@ class AsyncClient(_Base):
             truncate=truncate,
             return_token_embeddings=return_token_embeddings,
         )
-        return parse_embed(await self._call(self._encoder.Embed, request, timeout))
+        return parse_embed(await self._call("Embed", request, timeout))
 
     async def embed_stream(
         self,
@@ -289,7 +342,9 @@ class AsyncClient(_Base):
                 for item in items:
                     yield _stream_request(item, model, pooling, normalize, truncate)
 
-        call = self._encoder.EmbedStream(requests(), timeout=self._deadline(timeout))
+        i = self._least_busy()
+        self._in_flight[i] += 1
+        call = self._rpcs[i]["EmbedStream"](requests(), timeout=self._deadline(timeout))
         try:
             async for response in call:
                 yield parse_stream_item(response)
@@ -297,6 +352,7 @@ class AsyncClient(_Base):
             raise from_rpc_error(err) from err
         finally:
             call.cancel()  # a consumer that stops early ends the call
+            self._in_flight[i] -= 1
 
     async def tokenize(
         self,
@@ -309,7 +365,7 @@ class AsyncClient(_Base):
     ) -> list[Tokenization]:
         """See Client.tokenize."""
         request = tokenize_request(inputs, pairs=pairs, model=model, add_special_tokens=add_special_tokens)
-        return parse_tokenize(await self._call(self._encoder.Tokenize, request, timeout))
+        return parse_tokenize(await self._call("Tokenize", request, timeout))
 
     async def answer(
         self,
@@ -337,21 +393,22 @@ class AsyncClient(_Base):
             handle_impossible_answer=handle_impossible_answer,
             align_to_words=align_to_words,
         )
-        return parse_answer(await self._call(self._encoder.Answer, request, timeout))
+        return parse_answer(await self._call("Answer", request, timeout))
 
     async def models(self, *, timeout: Timeout = _DEFAULT) -> list[ModelInfo]:
         """See Client.models."""
-        return parse_models(await self._call(self._models.ListModels, model_service_pb2.ListModelsRequest(), timeout))
+        return parse_models(await self._call("ListModels", model_service_pb2.ListModelsRequest(), timeout))
 
     async def model(self, name: str = "", *, timeout: Timeout = _DEFAULT) -> ModelInfo:
         """See Client.model."""
-        response = await self._call(self._models.GetModel, model_service_pb2.GetModelRequest(name=name), timeout)
+        response = await self._call("GetModel", model_service_pb2.GetModelRequest(name=name), timeout)
         return parse_model(response.model)
 
     async def close(self) -> None:
-        """Close the channel, unless it was passed in."""
+        """Close the channels, unless the channel was passed in."""
         if self._owns_channel:
-            await self._channel.close()
+            for channel in self._channels:
+                await channel.close()
 
     async def __aenter__(self) -> AsyncClient:
         return self
