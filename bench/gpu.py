@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from throughput import Result, _timed, over_grpc, serve, warm_up, workload
+from throughput import Result, Target, _timed, over_grpc, serve, warm_up, workload
 
 
 def random_base(tokenizer_source: str, root: Path) -> Path:
@@ -78,7 +78,7 @@ class OnDevice:
         return _timed("b  in-process, sorted batches of 32", self._batches, self.embed, seconds)
 
 
-async def served(target: str, sentences: list[str], seconds: float) -> list[Result]:
+async def served(target: Target, sentences: list[str], seconds: float) -> list[Result]:
     singles = [[s] for s in sentences]
     await warm_up(target, "model", singles)
     results = [await over_grpc(target, f"c  conc {c}", "model", singles, c, seconds) for c in (1, 8, 64, 256)]
@@ -95,6 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--seconds", type=float, default=8.0, help="time limit of each scenario")
     parser.add_argument("--sentences", type=int, default=8000, help="workload size")
+    parser.add_argument("--processes", type=int, default=1, help="server processes sharing the GPU")
     args = parser.parse_args(argv)
 
     import torch
@@ -106,13 +107,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"workload: {len(sentences)} sentences; torch {torch.__version__} on {torch.cuda.get_device_name()}")
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or str(random_base(args.random_base, Path(tmp) / "random-base"))
-        print(f"model: {args.model or 'BERT-base shape, random weights'}, {args.dtype}")
+        print(f"model: {args.model or 'BERT-base shape, random weights'}, {args.dtype}; {args.processes} process(es)")
         baseline = OnDevice(model, args.dtype, sentences)
         a, b = baseline.one_per_pass(args.seconds), baseline.batches_of_32(args.seconds)
         del baseline
         torch.cuda.empty_cache()
         spec = f"{{name: model, plugin: bert, source: '{model}', device: cuda, dtype: {args.dtype}}}"
-        with serve(Path(tmp) / "gpu.yaml", [spec]) as target:
+        channels = 1 if args.processes == 1 else 8 * args.processes
+        with serve(Path(tmp) / "gpu.yaml", [spec], args.processes, channels) as target:
             results = asyncio.run(served(target, sentences, args.seconds))
 
     print(f"\n{'scenario':<34} {'sent/s':>9} {'tokens/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'sent':>7}")

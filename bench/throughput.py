@@ -16,7 +16,9 @@ Ratios are taken against baselines measured in the same run, on the same machine
 alternating slices with the scenario they are compared to (a and a+ with c at concurrency 1; b and
 b+ with c at concurrency 64; b again with e at concurrency 64), so that drift in the machine's speed
 (seen here: 20% within a minute) hits both alike. The server runs in its own process, as in
-production; every scenario stops after --seconds.
+production; every scenario stops after --seconds. With --processes N the server runs N processes on
+one port (server.processes), the cores split between their torch threads, and the client spreads
+its calls over --channels connections.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -200,12 +203,23 @@ class Server:
         self.process.wait(30)
 
 
-async def over_grpc(
-    target: str, name: str, model: str, calls: Sequence[list[str]], concurrency: int, seconds: float
-) -> Result:
-    from bertserve_client import AsyncClient
+@dataclass(frozen=True)
+class Target:
+    """A running server, and how many connections a client opens to it (one per process and more)."""
 
-    async with AsyncClient(target, timeout=120) as client:
+    address: str
+    channels: int = 1
+
+    def client(self, timeout: float) -> Any:
+        from bertserve_client import AsyncClient
+
+        return AsyncClient(self.address, timeout=timeout, channels=self.channels)
+
+
+async def over_grpc(
+    target: Target, name: str, model: str, calls: Sequence[list[str]], concurrency: int, seconds: float
+) -> Result:
+    async with target.client(120) as client:
         await client.embed(calls[0], model=model)  # warm-up: connection and first pass
         latencies: list[float] = []
         sentences = tokens = 0
@@ -227,16 +241,14 @@ async def over_grpc(
         return Result(name, sentences, tokens, time.perf_counter() - start, latencies)
 
 
-async def warm_up(target: str, model: str, calls: Sequence[list[str]]) -> None:
+async def warm_up(target: Target, model: str, calls: Sequence[list[str]]) -> None:
     """Load traffic, unmeasured, until the server has run passes of the shapes to come (kernels, allocator)."""
     await over_grpc(target, "warm-up", model, calls[::-1], 64, 3.0)
 
 
-async def embed_all(target: str, model: str, sentences: list[str]) -> np.ndarray:
+async def embed_all(target: Target, model: str, sentences: list[str]) -> np.ndarray:
     """Unit-normalized embeddings of every sentence, 64 per call."""
-    from bertserve_client import AsyncClient
-
-    async with AsyncClient(target, timeout=120) as client:
+    async with target.client(120) as client:
         parts = [
             (await client.embed(sentences[k : k + 64], model=model, normalize=True)).embeddings
             for k in range(0, len(sentences), 64)
@@ -244,14 +256,12 @@ async def embed_all(target: str, model: str, sentences: list[str]) -> np.ndarray
     return np.concatenate(parts)
 
 
-async def answer_windows(target: str, context: str, question: str) -> tuple[float, float, int]:
+async def answer_windows(target: Target, context: str, question: str) -> tuple[float, float, int]:
     """Median seconds of a 20+-window Answer call, windows batched and one window per pass.
 
     The two run interleaved, five times each, so that drift in the machine's speed hits both alike.
     """
-    from bertserve_client import AsyncClient
-
-    async with AsyncClient(target, timeout=300) as client:
+    async with target.client(300) as client:
         models = ("minilm-qa", "minilm-qa-serial")
         for model in models:
             await client.answer((question, context[:2000]), model=model)  # warm-up
@@ -289,15 +299,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8.0, help="time limit of each scenario")
     parser.add_argument("--sentences", type=int, default=4000, help="workload size")
+    parser.add_argument("--processes", type=int, default=1, help="server processes (server.processes)")
+    parser.add_argument(
+        "--channels", type=int, help="client connections (default 1, or 8 per process with several processes)"
+    )
     args = parser.parse_args(argv)
+    channels = args.channels or (1 if args.processes == 1 else 8 * args.processes)
     began = time.perf_counter()
 
     import torch
 
     sentences = workload(args.sentences)
     print(f"workload: {len(sentences)} sentences, seed 1234; torch {torch.__version__}, {os.cpu_count()} cores")
+    server_threads = max(1, torch.get_num_threads() // args.processes)
     print(
-        f"threads: torch intra-op {torch.get_num_threads()} (bench and server alike), server tokenizer pool 2, "
+        f"threads: bench torch intra-op {torch.get_num_threads()}; server {args.processes} process(es) of "
+        f"torch intra-op {server_threads}, tokenizer pool 2; client connections {channels}; "
         f"TOKENIZERS_PARALLELISM={os.environ['TOKENIZERS_PARALLELISM']}"
     )
     baseline = InProcess(sentences)
@@ -311,10 +328,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{{name: minilm-qa, plugin: bert, source: '{qa_dir}', device: cpu}}",
             f"{{name: minilm-qa-serial, plugin: bert, source: '{qa_dir}', device: cpu, max_batch_size: 1}}",
         ]
-        with serve(Path(tmp) / "fp32.yaml", fp32_models) as target:
+        with serve(Path(tmp) / "fp32.yaml", fp32_models, args.processes, channels) as target:
             fp32 = asyncio.run(_served_fp32(target, sentences, args.seconds, baseline))
         if bf16:  # its own process: a process that ran float32 kernels runs bfloat16 ones slower, and back
-            with serve(Path(tmp) / "bf16.yaml", [f"{{name: minilm-bf16, {minilm}, dtype: bfloat16}}"]) as target:
+            bf16_models = [f"{{name: minilm-bf16, {minilm}, dtype: bfloat16}}"]
+            with serve(Path(tmp) / "bf16.yaml", bf16_models, args.processes, channels) as target:
                 half = asyncio.run(_served_bf16(target, sentences, args.seconds, baseline, fp32.reference))
 
     ceiling = _merged("b  in-process, sorted batches of 32", [fp32.ceiling, *([half.ceiling] if bf16 else [])])
@@ -350,13 +368,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 @contextlib.contextmanager
-def serve(config: Path, models: list[str]) -> Iterator[str]:
-    """Run bertserve on the given models in a child process; yield its address."""
-    lines = ["server: {address: 127.0.0.1, port: 0, log_level: info}", "models:", *(f"  - {m}" for m in models)]
+def serve(config: Path, models: list[str], processes: int = 1, channels: int = 1) -> Iterator[Target]:
+    """Run bertserve on the given models in a child process; yield where to reach it."""
+    server_line = f"server: {{address: 127.0.0.1, port: 0, log_level: info, processes: {processes}}}"
+    lines = [server_line, "models:", *(f"  - {m}" for m in models)]
     config.write_text("\n".join(lines) + "\n")
-    server = Server(config, expect_ready=len(models))
+    server = Server(config, expect_ready=len(models) * processes)
     try:
-        yield f"127.0.0.1:{server.port}"
+        yield Target(f"127.0.0.1:{server.port}", channels)
     finally:
         server.stop()
 
@@ -403,7 +422,7 @@ class Fp32Results:
     reference: np.ndarray
 
 
-async def _served_fp32(target: str, sentences: list[str], seconds: float, baseline: InProcess) -> Fp32Results:
+async def _served_fp32(target: Target, sentences: list[str], seconds: float, baseline: InProcess) -> Fp32Results:
     singles = [[s] for s in sentences]
     await warm_up(target, "minilm", singles)
 
@@ -440,7 +459,7 @@ class Bf16Results:
 
 
 async def _served_bf16(
-    target: str, sentences: list[str], seconds: float, baseline: InProcess, reference: np.ndarray
+    target: Target, sentences: list[str], seconds: float, baseline: InProcess, reference: np.ndarray
 ) -> Bf16Results:
     singles = [[s] for s in sentences]
     await warm_up(target, "minilm-bf16", singles)

@@ -166,7 +166,12 @@ async def test_serve_reports_a_port_in_use(server: BertServer, config_path: Path
 
 
 async def test_client_channels_spread_calls(target: str) -> None:
+    import grpc
+
     async with AsyncClient(target, channels=4) as client:
+        for i in range(4):  # one at a time: ties go round, so each call opens the next connection
+            await client.embed(f"sentence {i}", model="bert")
+        assert [c.get_state() for c in client._channels] == [grpc.ChannelConnectivity.READY] * 4
         results = await asyncio.gather(*(client.embed(f"sentence {i}", model="bert") for i in range(32)))
         assert client._in_flight == [0, 0, 0, 0]
     reference = results[0].embeddings

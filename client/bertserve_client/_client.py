@@ -78,9 +78,16 @@ class _Base:
                 }
             )
         self._in_flight = [0] * len(self._channels)
+        self._cursor = 0
 
     def _least_busy(self) -> int:
-        return min(range(len(self._in_flight)), key=self._in_flight.__getitem__)
+        """The channel with the fewest calls in flight; ties go round, so light load still spreads."""
+        count = len(self._in_flight)
+        if count == 1:
+            return 0
+        self._cursor = (self._cursor + 1) % count
+        order = [(self._cursor + k) % count for k in range(count)]
+        return min(order, key=self._in_flight.__getitem__)
 
     def _deadline(self, timeout: Timeout) -> float | None:
         return self._timeout if timeout is _DEFAULT else timeout
