@@ -301,6 +301,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sentences", type=int, default=4000, help="workload size")
     parser.add_argument("--processes", type=int, default=1, help="server processes (server.processes)")
     parser.add_argument(
+        "--compile", action="store_true", help="serve the bfloat16 MiniLM under torch.compile (options.compile)"
+    )
+    parser.add_argument(
         "--channels", type=int, help="client connections (default 1, or 8 per process with several processes)"
     )
     args = parser.parse_args(argv)
@@ -331,7 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with serve(Path(tmp) / "fp32.yaml", fp32_models, args.processes, channels) as target:
             fp32 = asyncio.run(_served_fp32(target, sentences, args.seconds, baseline))
         if bf16:  # its own process: a process that ran float32 kernels runs bfloat16 ones slower, and back
-            bf16_models = [f"{{name: minilm-bf16, {minilm}, dtype: bfloat16}}"]
+            compiled = ", options: {compile: true}" if args.compile else ""
+            bf16_models = [f"{{name: minilm-bf16, {minilm}, dtype: bfloat16{compiled}}}"]
             with serve(Path(tmp) / "bf16.yaml", bf16_models, args.processes, channels) as target:
                 half = asyncio.run(_served_bf16(target, sentences, args.seconds, baseline, fp32.reference))
 

@@ -11,6 +11,7 @@ import inspect
 import json
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch
 from huggingface_hub import snapshot_download
 from transformers import AutoConfig, AutoModel, AutoModelForQuestionAnswering, AutoTokenizer
 
-from bertserve import onednn_linear
+from bertserve import compiling, onednn_linear
 from bertserve.api import (
     Capability,
     EmbedOutput,
@@ -73,6 +74,7 @@ class TransformersPlugin(EncoderPlugin):
         self._dtype = torch.float32
         self._packs = False  # run CLS and MEAN embeddings as packed rows (see bertserve.packed_inputs)
         self._onednn_layers = 0  # linear layers running on oneDNN (see bertserve.onednn_linear)
+        self._compiled = False  # the encoder runs under torch.compile (see bertserve.compiling)
         self._pack_row_tokens = int(spec.options.get("pack_row_tokens", 64))
 
     # -- loading -----------------------------------------------------------------------------
@@ -142,8 +144,13 @@ class TransformersPlugin(EncoderPlugin):
         default_pooling = self.spec.default_pooling or st_pooling or Pooling.MEAN
         if default_pooling not in poolings:
             raise ConfigError(f"default pooling {default_pooling.value!r} is not offered by {source!r}")
-        self._onednn_layers = self._swap_in_onednn_linear()
+        compile_wanted = bool(self.spec.options.get("compile", False))
+        self._onednn_layers = 0 if compile_wanted else self._swap_in_onednn_linear()
         self._packs = self._packing_works()
+        if compile_wanted:
+            self._compiled = self._compile_encoder()
+            if not self._compiled:
+                self._onednn_layers = self._swap_in_onednn_linear()
         capabilities = {Capability.TOKENIZE, Capability.EMBED}
         if has_qa_head:
             capabilities.add(Capability.ANSWER)
@@ -351,6 +358,37 @@ class TransformersPlugin(EncoderPlugin):
             return 0
         log.info("model %r runs %d linear layers on oneDNN", self.spec.name, len(swapped))
         return len(swapped)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the encoder runs under torch.compile."""
+        return self._compiled
+
+    def _compile_encoder(self) -> bool:
+        """Put the encoder under torch.compile if its embeddings stay within tolerance of eager
+        ones; compile and warm up at load the shapes that serving brings."""
+        texts = ["A check of the compiled encoder.", "Short one.", "Another sentence, a little longer than that."]
+        samples = [self.tokenize(texts[:1]), self.tokenize(texts)]  # a lone sequence; a packed batch
+        eager = [self.embed(s, pooling=Pooling.MEAN, with_token_states=False).pooled for s in samples]
+        encoder = self._encoder
+        started = time.monotonic()
+        self._encoder = compiling.compiled(encoder)
+        try:
+            after = [self.embed(s, pooling=Pooling.MEAN, with_token_states=False).pooled for s in samples]
+            warm = self.tokenize([" ".join(["word"] * n) for n in range(1, 64)])
+            for count in (2, 3, 8, 17, 32, 63):
+                self.embed(warm[-count:], pooling=Pooling.MEAN, with_token_states=False)
+        except Exception as e:
+            self._encoder = encoder
+            log.warning("model %r runs eager: compiling failed (%s)", self.spec.name, " ".join(str(e).split())[:300])
+            return False
+        tolerance = 1e-4 if self._dtype == torch.float32 else 5e-2
+        if not all(np.allclose(a, b, rtol=tolerance, atol=tolerance) for a, b in zip(after, eager, strict=True)):
+            self._encoder = encoder
+            log.warning("model %r runs eager: compiled outputs differ from eager ones", self.spec.name)
+            return False
+        log.info("model %r compiled in %.1fs", self.spec.name, time.monotonic() - started)
+        return True
 
     def _output_tensors(self, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         with torch.inference_mode():

@@ -4,69 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from served import Served
 
 from bertserve.app import BertServer
 from bertserve.config import load_config
 from bertserve_client import AsyncClient, Client
-
-
-class Served:
-    """`bertserve serve` in a child process, its log read as it comes."""
-
-    def __init__(self, config: Path, *args: str) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "bertserve.cli", "serve", "--config", str(config), *args],
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        self.log: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.log.append(line)
-
-    def wait_for(self, pattern: str, count: int = 1, timeout: float = 90) -> list[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = [line for line in list(self.log) if re.search(pattern, line)]
-            if len(found) >= count:
-                return found
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise AssertionError(f"no {count} x {pattern!r} in the log:\n{''.join(self.log)}")
-
-    @property
-    def port(self) -> int:
-        [line, *_] = self.wait_for(r"\(port \d+\)")
-        return int(re.findall(r"\(port (\d+)\)", line)[0])
-
-    def servers(self) -> list[int]:
-        """The pids of the server processes under this one (not multiprocessing's resource tracker)."""
-        pids = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-                cmdline = (stat.parent / "cmdline").read_bytes()
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == self.process.pid and b"spawn_main" in cmdline:
-                pids.append(int(stat.parent.name))
-        return sorted(pids)
 
 
 def cpu_ticks(pid: int) -> int:
