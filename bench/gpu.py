@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import random
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from throughput import Result, Target, _timed, over_grpc, serve, warm_up, workload
+from throughput import Result, Target, _timed, over_grpc, serve, sorted_batches, warm_up, workload
 
 
 def random_base(tokenizer_source: str, root: Path) -> Path:
@@ -55,9 +54,7 @@ class OnDevice:
         self.tokenizer = AutoTokenizer.from_pretrained(source)
         self.model = AutoModel.from_pretrained(source, dtype=getattr(torch, dtype)).to("cuda").eval()
         lengths = [len(ids) for ids in self.tokenizer(sentences)["input_ids"]]
-        order = sorted(range(len(sentences)), key=lengths.__getitem__)
-        batches = [[sentences[i] for i in order[k : k + 32]] for k in range(0, len(order), 32)]
-        random.Random(7).shuffle(batches)
+        batches = sorted_batches(sentences, lengths)
         self._singles = itertools.cycle([[s] for s in sentences])
         self._batches = itertools.cycle(batches)
         for batch in batches[:8]:

