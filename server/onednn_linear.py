@@ -11,7 +11,10 @@ whichever is right (see TransformersPlugin.load). bfloat16 and float16 already r
 
 from __future__ import annotations
 
+import functools
+import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -34,13 +37,33 @@ class PackedLinear(torch.nn.Module):
     def __init__(self, linear: torch.nn.Linear) -> None:
         super().__init__()
         with torch.no_grad():
-            self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
+            # A buffer, not a plain attribute: a trace reads buffers from the module, while it would
+            # have to copy an attribute into the graph as a constant, which oneDNN tensors cannot be.
+            self.register_buffer("packed_weight", torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None))
         self.bias = None if linear.bias is None else linear.bias.detach()
         self.in_features = linear.in_features
         self.out_features = linear.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_tracing():
+            return _scripted_packed_linear()(x, self.packed_weight, self.bias)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
+
+
+def _packed_linear(x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    scalars: list[int | float | complex | None] = []
+    return torch.ops.mkldnn._linear_pointwise(x, packed_weight, bias, "none", scalars, "")
+
+
+@functools.cache
+def _scripted_packed_linear() -> Any:
+    """_packed_linear as TorchScript, so that a traced encoder (bertserve.tracing) records the
+    call: the tracer cannot record the op's empty list of scalars; a script function types it.
+    Scripted when first traced, not at import: TorchScript is deprecated, and a torch without it
+    must still run eager."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.script(_packed_linear)
 
 
 @dataclass

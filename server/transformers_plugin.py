@@ -22,7 +22,7 @@ import torch
 from huggingface_hub import snapshot_download
 from transformers import AutoConfig, AutoModel, AutoModelForQuestionAnswering, AutoTokenizer
 
-from bertserve import compiling, onednn_linear
+from bertserve import compiling, onednn_linear, tracing
 from bertserve.api import (
     Capability,
     EmbedOutput,
@@ -34,7 +34,7 @@ from bertserve.api import (
     QAWindowLogits,
 )
 from bertserve.errors import CapabilityNotSupported, ConfigError, InvalidRequest
-from bertserve.packed_inputs import pack
+from bertserve.packed_inputs import PackedBatch, pack
 from bertserve.placement import dtype_name, resolve_device, resolve_dtype, without_per_shape_attention_plans
 from bertserve.sources import resolve_source
 
@@ -75,6 +75,7 @@ class TransformersPlugin(EncoderPlugin):
         self._packs = False  # run CLS and MEAN embeddings as packed rows (see bertserve.packed_inputs)
         self._onednn_layers = 0  # linear layers running on oneDNN (see bertserve.onednn_linear)
         self._compiled = False  # the encoder runs under torch.compile (see bertserve.compiling)
+        self._traced: tracing.TracedEncoder | None = None  # packed passes run traced (see bertserve.tracing)
         self._pack_row_tokens = int(spec.options.get("pack_row_tokens", 64))
 
     # -- loading -----------------------------------------------------------------------------
@@ -151,6 +152,8 @@ class TransformersPlugin(EncoderPlugin):
             self._compiled = self._compile_encoder()
             if not self._compiled:
                 self._onednn_layers = self._swap_in_onednn_linear()
+        if self._packs and not self._compiled and self._trace_wanted():
+            self._traced = self._trace_encoder()
         capabilities = {Capability.TOKENIZE, Capability.EMBED}
         if has_qa_head:
             capabilities.add(Capability.ANSWER)
@@ -274,8 +277,8 @@ class TransformersPlugin(EncoderPlugin):
         return {k: v.to(self._device, non_blocking=True) for k, v in inputs.items()}
 
     def embed(self, batch: Sequence[Encoding], *, pooling: Pooling, with_token_states: bool) -> EmbedOutput:
-        # A lone sequence has no padding to save, and runs fastest unmasked.
-        if self._packs and pooling is not Pooling.POOLER and len(batch) > 1:
+        # A lone sequence has no padding to save; eager, it runs fastest unmasked, traced, packed.
+        if self._packs and pooling is not Pooling.POOLER and (len(batch) > 1 or self._traced is not None):
             return self._embed_packed(batch, pooling=pooling, with_token_states=with_token_states)
         inputs = self._inputs(batch)
         with torch.inference_mode():
@@ -297,8 +300,8 @@ class TransformersPlugin(EncoderPlugin):
                 token_states = [states[row, : len(e)] for row, e in enumerate(batch)]
         return EmbedOutput(pooled=pooled_np, token_states=token_states)
 
-    def _embed_packed(self, batch: Sequence[Encoding], *, pooling: Pooling, with_token_states: bool) -> EmbedOutput:
-        packed = pack(
+    def _pack(self, batch: Sequence[Encoding]) -> PackedBatch:
+        return pack(
             batch,
             row_tokens=self._pack_row_tokens,
             pad_id=self._pad_id,
@@ -307,8 +310,14 @@ class TransformersPlugin(EncoderPlugin):
             dtype=self._dtype,
             device=self._device,
         )
+
+    def _embed_packed(self, batch: Sequence[Encoding], *, pooling: Pooling, with_token_states: bool) -> EmbedOutput:
+        packed = self._pack(batch)
         with torch.inference_mode():
-            hidden = self._encoder(**packed.inputs).last_hidden_state
+            if self._traced is not None:
+                hidden = self._traced(packed.inputs)
+            else:
+                hidden = self._encoder(**packed.inputs).last_hidden_state
             if pooling is Pooling.CLS:
                 pooled = hidden[packed.rows, packed.starts]
             else:  # MEAN: sum each sequence's positions, then divide by its length
@@ -395,6 +404,44 @@ class TransformersPlugin(EncoderPlugin):
         log.info("model %r compiled in %.1fs", self.spec.name, time.monotonic() - started)
         return True
 
+    @property
+    def traced(self) -> bool:
+        """Whether packed passes run as a TorchScript trace of the encoder."""
+        return self._traced is not None
+
+    def _trace_wanted(self) -> bool:
+        """Options: trace (default: on CPUs; GPUs have not been measured with it)."""
+        wanted = self.spec.options.get("trace", self._device.type == "cpu")
+        if not isinstance(wanted, bool):
+            raise ConfigError(f"option trace of model {self.spec.name!r} must be true or false, not {wanted!r}")
+        return wanted
+
+    def _trace_encoder(self) -> tracing.TracedEncoder | None:
+        """A trace of the encoder for packed passes, if it gives what eager passes give for
+        shapes other than the one traced: a lone short sequence, a lone long one, a batch."""
+        long = min(self._max_tokens, 200)  # wider than any row of short sequences, cheap to check
+        long_text = " ".join(["word"] * long)
+        samples = [
+            self.tokenize(["Short one."]),
+            self.tokenize([long_text], max_length=long),
+            self.tokenize(["A check of the traced encoder.", "Short one.", long_text], max_length=long // 2),
+        ]
+        eager = [self._embed_packed(s, pooling=Pooling.MEAN, with_token_states=True) for s in samples]
+        try:
+            sample = self._pack(self.tokenize(["A sample to trace."])).inputs
+            self._traced = tracing.trace_encoder(self._encoder, sample)
+            traced = [self._embed_packed(s, pooling=Pooling.MEAN, with_token_states=True) for s in samples]
+        except Exception as e:
+            log.warning("model %r runs eager: tracing failed (%s)", self.spec.name, " ".join(str(e).split())[:300])
+            return None
+        finally:
+            candidate, self._traced = self._traced, None
+        if not all(_outputs_close(t, e, self._tolerance) for t, e in zip(traced, eager, strict=True)):
+            log.warning("model %r runs eager: traced outputs differ from eager ones", self.spec.name)
+            return None
+        log.info("model %r runs packed passes traced", self.spec.name)
+        return candidate
+
     def _output_tensors(self, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         with torch.inference_mode():
             out = self._model(**inputs)
@@ -438,6 +485,13 @@ class TransformersPlugin(EncoderPlugin):
         self._model = self._encoder = None
         if self._device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _outputs_close(a: EmbedOutput, b: EmbedOutput, tolerance: float) -> bool:
+    states = zip(a.token_states or [], b.token_states or [], strict=True)
+    return np.allclose(a.pooled, b.pooled, rtol=tolerance, atol=tolerance) and all(
+        np.allclose(x, y, rtol=tolerance, atol=tolerance) for x, y in states
+    )
 
 
 def _sentence_transformers_settings(source: str) -> tuple[Pooling | None, int | None]:
