@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from throughput import Result, Target, _timed, over_grpc, serve, sorted_batches, warm_up, workload
+from throughput import Result, Settings, Target, _timed, over_grpc, serve, sorted_batches, warm_up, workload
 
 
 def random_base(tokenizer_source: str, root: Path) -> Path:
@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.cuda.empty_cache()
         spec = f"{{name: model, plugin: bert, source: '{model}', device: cuda, dtype: {args.dtype}}}"
         channels = 1 if args.processes == 1 else 8 * args.processes
-        with serve(Path(tmp) / "gpu.yaml", [spec], args.processes, channels) as target:
+        with serve(Path(tmp) / "gpu.yaml", [spec], Settings(args.processes, channels=channels)) as target:
             results = asyncio.run(served(target, sentences, args.seconds))
 
     print(f"\n{'scenario':<34} {'sent/s':>9} {'tokens/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'sent':>7}")

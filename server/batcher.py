@@ -173,7 +173,7 @@ class Batcher:
             await slots.acquire()  # a worker is free
             if self.limits.max_wait_ms > 0 and self._under_load(in_flight):
                 await self._linger()
-            batch = self._take_batch()
+            batch = self._take_batch(idle_workers=self.limits.concurrent_passes - len(in_flight))
             if not batch:
                 slots.release()
                 continue
@@ -234,8 +234,12 @@ class Batcher:
             except TimeoutError:
                 return
 
-    def _take_batch(self) -> list[_Pending[Any]]:
-        """Remove and return the next batch: the oldest live sequence plus its nearest-length peers."""
+    def _take_batch(self, idle_workers: int = 1) -> list[_Pending[Any]]:
+        """Remove and return the next batch: the oldest live sequence plus its nearest-length peers.
+
+        With several workers idle, the batch takes only its share of the pending work, so that a
+        large request (20 Answer windows, 32 sentences) runs on all of them rather than on one.
+        """
         now = time.monotonic()
         live = []
         for p in self._pending:
@@ -252,9 +256,10 @@ class Batcher:
         anchor = live[0]
         # Plan over the anchor's operation only, and over a bounded look-ahead of the queue.
         candidates = [p for p in live if p.op == anchor.op][: 4 * self.limits.max_batch_size]
+        share = -(-len(candidates) // max(1, idle_workers))
         groups = plan_groups(
             [p.cost for p in candidates],
-            max_batch_size=self.limits.max_batch_size,
+            max_batch_size=min(self.limits.max_batch_size, share),
             max_batch_tokens=self.limits.max_batch_tokens,
             overhead_tokens=self._overhead_of(anchor.op),
         )

@@ -46,6 +46,16 @@ async def test_concurrent_single_sentence_calls_share_forward_passes(client: Asy
     assert stats.forward_passes - passes < 48
 
 
+async def test_a_large_request_on_an_idle_model_runs_on_every_worker(client: AsyncClient, server: BertServer) -> None:
+    stats = server.router.get("bert-workers").batcher.stats  # workers: 2
+    passes, sequences = stats.forward_passes, stats.sequences
+    split = await client.embed(MIXED, model="bert-workers")
+    assert stats.sequences - sequences == len(MIXED)
+    assert stats.forward_passes - passes == 2  # half each, at once, where one worker would take all 12
+    whole = await client.embed(MIXED, model="bert")  # the same checkpoint with one worker: one pass
+    np.testing.assert_allclose(split.embeddings, whole.embeddings, atol=1e-4)
+
+
 async def test_usage_is_reported(client: AsyncClient) -> None:
     result = await client.embed(MIXED[:3], model="minilm")
     assert result.usage.tokens == sum(result.token_counts)
