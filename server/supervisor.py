@@ -2,7 +2,7 @@
 
 One Python process serves about a thousand calls a second at most (940-1280 measured with a
 tiny model on 2 cores, 1250 with a BERT-base on an H100): gRPC, tokenization and the batcher
-share its GIL, and a model's forward passes wait on it between ops. With ``processes: N``
+share its GIL, and a model's eager forward passes wait on it between ops. With ``processes: N``
 the ``serve`` command starts N full servers that bind the same port (SO_REUSEPORT); the kernel
 spreads incoming connections over them, each loads every model, and the cores are split between
 their torch thread pools. Connections, not calls, are spread: a client reaches several processes

@@ -5,8 +5,9 @@ each time. In a server, the event loop (gRPC, batching) holds that lock often, a
 waits for it stalls both its threads: the other OpenMP thread spins at the next barrier. A
 traced graph runs all its ops in C++ and holds the lock only to start and to return. Measured
 on 2 cores with all-MiniLM-L6-v2: an eager pass beside a pure-Python thread ran at 0.19 of its
-speed alone, a traced one at 0.9; in-process, a lone sentence ran 30% faster traced and
-batches of 32 about 10%; served over gRPC at concurrency 64, 10% more calls in bfloat16.
+speed alone, a traced one at 0.9; in-process, a lone sentence ran about 30% faster traced, and
+batches of 32 5-15%; served (bench/throughput.py), single-sentence calls at concurrency 64 went
+from 0.80-0.84 of the in-process batch ceiling to 0.89-0.91.
 
 Only packed passes are traced. Their inputs (ids, position ids, a ready-made 4D mask, token
 types) leave the model no decision to take from values; a 2D padding mask does not: transformers

@@ -426,6 +426,7 @@ class TransformersPlugin(EncoderPlugin):
             self.tokenize([long_text], max_length=long),
             self.tokenize(["A check of the traced encoder.", "Short one.", long_text], max_length=long // 2),
         ]
+        started = time.monotonic()
         eager = [self._embed_packed(s, pooling=Pooling.MEAN, with_token_states=True) for s in samples]
         try:
             sample = self._pack(self.tokenize(["A sample to trace."])).inputs
@@ -439,7 +440,11 @@ class TransformersPlugin(EncoderPlugin):
         if not all(_outputs_close(t, e, self._tolerance) for t, e in zip(traced, eager, strict=True)):
             log.warning("model %r runs eager: traced outputs differ from eager ones", self.spec.name)
             return None
-        log.info("model %r runs packed passes traced", self.spec.name)
+        log.info(
+            "model %r runs packed passes traced (traced and checked in %.1fs)",
+            self.spec.name,
+            time.monotonic() - started,
+        )
         return candidate
 
     def _output_tensors(self, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
