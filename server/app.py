@@ -17,6 +17,7 @@ from bertserve.device_workers import DeviceWorkers
 from bertserve.discovery import PluginRegistry, discover_plugins
 from bertserve.model_host import ModelHost, ModelState
 from bertserve.router import Router
+from bertserve.runtime import freeze_loaded_heap
 from bertserve.servicers import EncoderServicer, ModelServicer
 from bertserve_client.v1 import encoder_service_pb2, encoder_service_pb2_grpc, model_service_pb2, model_service_pb2_grpc
 
@@ -96,6 +97,7 @@ class BertServer:
 
     async def _load_all(self) -> None:
         await asyncio.gather(*(host.load() for host in self.router))
+        freeze_loaded_heap()
 
     async def wait_until_loaded(self) -> None:
         if self._loading is not None:

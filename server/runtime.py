@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 
 from bertserve.config import ServerConfig
 
-__all__ = ["configure_runtime"]
+__all__ = ["configure_runtime", "freeze_loaded_heap"]
 
 log = logging.getLogger(__name__)
 
@@ -32,3 +33,19 @@ def configure_runtime(config: ServerConfig) -> None:
         torch.get_num_threads(),
         os.environ["TOKENIZERS_PARALLELISM"],
     )
+
+
+def freeze_loaded_heap() -> None:
+    """Take what loading left on the heap out of the garbage collector's sight.
+
+    Imported libraries, models and tokenizers leave hundreds of thousands of objects that live as
+    long as the process. Every full collection walks all of them while holding the interpreter
+    lock, which stops the event loop and every pass from starting or returning: measured with
+    MiniLM under load on 2 cores, one full collection every 10 s or so, 248 ms each. Frozen, they
+    are never walked again; what is made afterwards is collected as usual. Called once, when every
+    model has loaded or failed: the one collection before freezing (a fraction of a second)
+    happens at start-up, not under traffic.
+    """
+    gc.collect()
+    gc.freeze()
+    log.debug("garbage collector: %d objects frozen after loading", gc.get_freeze_count())

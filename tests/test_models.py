@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import grpc
@@ -72,6 +73,13 @@ async def test_pickle_weights_load_only_when_allowed(client: AsyncClient) -> Non
         (await client.embed(texts, model="bert")).embeddings,
         atol=1e-6,
     )
+
+
+async def test_what_loading_left_on_the_heap_is_frozen(server: BertServer, client: AsyncClient) -> None:
+    """Full garbage collections skip the loaded models, tokenizers and libraries."""
+    await server.wait_until_loaded()
+    assert gc.get_freeze_count() > 100_000
+    assert (await client.embed("still serving", model="minilm")).embeddings.shape == (1, 384)
 
 
 async def test_get_model_default(client: AsyncClient) -> None:
