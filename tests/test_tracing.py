@@ -53,6 +53,8 @@ class ContentDependentBert(BertPlugin):
 
     variant = "content-dependent-bert"
 
+    # load() sets _encoder to the checkpoint's base model; the wrapper goes in at that moment, so
+    # every check that load() runs afterwards (packing, tracing) sees the wrapped encoder.
     @property  # type: ignore[override]
     def _encoder(self) -> Any:
         return self.__dict__["_content_dependent"]
