@@ -234,7 +234,7 @@ class Batcher:
             except TimeoutError:
                 return
 
-    def _take_batch(self, idle_workers: int = 1) -> list[_Pending[Any]]:
+    def _take_batch(self, idle_workers: int) -> list[_Pending[Any]]:
         """Remove and return the next batch: the oldest live sequence plus its nearest-length peers.
 
         With several workers idle, the batch takes only its share of the pending work, so that a

@@ -153,7 +153,7 @@ class TransformersPlugin(EncoderPlugin):
             if not self._compiled:
                 self._onednn_layers = self._swap_in_onednn_linear()
         if self._packs and not self._compiled and self._trace_wanted():
-            self._traced = self._trace_encoder()
+            self._trace_encoder()
         capabilities = {Capability.TOKENIZE, Capability.EMBED}
         if has_qa_head:
             capabilities.add(Capability.ANSWER)
@@ -383,21 +383,20 @@ class TransformersPlugin(EncoderPlugin):
         ones; compile and warm up at load the shapes that serving brings."""
         texts = ["A check of the compiled encoder.", "Short one.", "Another sentence, a little longer than that."]
         samples = [self.tokenize(texts[:1]), self.tokenize(texts)]  # a lone sequence; a packed batch
-        eager = [self.embed(s, pooling=Pooling.MEAN, with_token_states=False).pooled for s in samples]
+        eager = [self.embed(s, pooling=Pooling.MEAN, with_token_states=False) for s in samples]
         encoder = self._encoder
         started = time.monotonic()
         self._encoder = compiling.compiled(encoder)
         try:
-            after = [self.embed(s, pooling=Pooling.MEAN, with_token_states=False).pooled for s in samples]
+            after = [self.embed(s, pooling=Pooling.MEAN, with_token_states=False) for s in samples]
             warm = self.tokenize([" ".join(["word"] * n) for n in range(1, 64)])
             for count in (2, 3, 8, 17, 32, 63):
                 self.embed(warm[-count:], pooling=Pooling.MEAN, with_token_states=False)
         except Exception as e:
             self._encoder = encoder
-            log.warning("model %r runs eager: compiling failed (%s)", self.spec.name, " ".join(str(e).split())[:300])
+            log.warning("model %r runs eager: compiling failed (%s)", self.spec.name, _one_line(e))
             return False
-        tolerance = self._tolerance
-        if not all(np.allclose(a, b, rtol=tolerance, atol=tolerance) for a, b in zip(after, eager, strict=True)):
+        if not all(_outputs_close(a, b, self._tolerance) for a, b in zip(after, eager, strict=True)):
             self._encoder = encoder
             log.warning("model %r runs eager: compiled outputs differ from eager ones", self.spec.name)
             return False
@@ -416,8 +415,8 @@ class TransformersPlugin(EncoderPlugin):
             raise ConfigError(f"option trace of model {self.spec.name!r} must be true or false, not {wanted!r}")
         return wanted
 
-    def _trace_encoder(self) -> tracing.TracedEncoder | None:
-        """A trace of the encoder for packed passes, if it gives what eager passes give for
+    def _trace_encoder(self) -> None:
+        """Run packed passes as a trace of the encoder if it gives what eager passes give for
         shapes other than the one traced: a lone short sequence, a lone long one, a batch."""
         long = min(self._max_tokens, 200)  # wider than any row of short sequences, cheap to check
         long_text = " ".join(["word"] * long)
@@ -433,19 +432,18 @@ class TransformersPlugin(EncoderPlugin):
             self._traced = tracing.trace_encoder(self._encoder, sample)
             traced = [self._embed_packed(s, pooling=Pooling.MEAN, with_token_states=True) for s in samples]
         except Exception as e:
-            log.warning("model %r runs eager: tracing failed (%s)", self.spec.name, " ".join(str(e).split())[:300])
-            return None
-        finally:
-            candidate, self._traced = self._traced, None
+            self._traced = None
+            log.warning("model %r runs eager: tracing failed (%s)", self.spec.name, _one_line(e))
+            return
         if not all(_outputs_close(t, e, self._tolerance) for t, e in zip(traced, eager, strict=True)):
+            self._traced = None
             log.warning("model %r runs eager: traced outputs differ from eager ones", self.spec.name)
-            return None
+            return
         log.info(
             "model %r runs packed passes traced (traced and checked in %.1fs)",
             self.spec.name,
             time.monotonic() - started,
         )
-        return candidate
 
     def _output_tensors(self, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         with torch.inference_mode():
@@ -490,6 +488,11 @@ class TransformersPlugin(EncoderPlugin):
         self._model = self._encoder = None
         if self._device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _one_line(e: Exception) -> str:
+    """An exception's message on one line, cut to a log line's length."""
+    return " ".join(str(e).split())[:300]
 
 
 def _outputs_close(a: EmbedOutput, b: EmbedOutput, tolerance: float) -> bool:
