@@ -347,10 +347,11 @@ class TransformersPlugin(EncoderPlugin):
         return self._onednn_layers
 
     def _swap_in_onednn_linear(self) -> int:
-        """On CPU in float32, move the linear layers to oneDNN, if the model's outputs stay within
-        1e-4 of torch's; return how many moved. Options: onednn_linear: false keeps torch's."""
+        """On CPU in float32 or bfloat16, move the linear layers to oneDNN, if the model's outputs
+        stay within tolerance of torch's; return how many moved. Options: onednn_linear: false
+        keeps torch's."""
         wanted = bool(self.spec.options.get("onednn_linear", True))
-        if not (wanted and self._device.type == "cpu" and self._dtype == torch.float32 and onednn_linear.available()):
+        if not (wanted and self._device.type == "cpu" and self._dtype in onednn_linear.packable_dtypes()):
             return 0
         inputs = self._inputs(self.tokenize(["A check of oneDNN linear layers.", "Short one."]))
         before = self._output_tensors(inputs)
@@ -361,7 +362,8 @@ class TransformersPlugin(EncoderPlugin):
             swapped.undo()
             log.info("model %r keeps torch's linear layers: oneDNN failed (%s)", self.spec.name, e)
             return 0
-        if not all(torch.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(after, before, strict=True)):
+        tolerance = self._tolerance
+        if not all(torch.allclose(a, b, rtol=tolerance, atol=tolerance) for a, b in zip(after, before, strict=True)):
             swapped.undo()
             log.info("model %r keeps torch's linear layers: oneDNN outputs differ", self.spec.name)
             return 0

@@ -88,6 +88,8 @@ def server_config(tiny_models: dict[str, Path], tmp: Path, extra: str = "") -> P
     lines.append(f"  - {{name: wrong-plugin, plugin: albert, source: '{tiny_models['bert']}'}}")
     # torch's own linear kernels instead of oneDNN's; and a batcher that lingers for a second sequence.
     lines.append(f"  - {{name: minilm-torch-linear, {minilm}, options: {{onednn_linear: false}}}}")
+    bf16 = f"plugin: bert, source: '{tiny_models['bert']}', dtype: bfloat16"
+    lines.append(f"  - {{name: bert-bf16-torch-linear, {bf16}, options: {{onednn_linear: false}}}}")
     lines.append(f"  - {{name: minilm-linger, {minilm}, max_batch_size: 2, max_wait_ms: 3000}}")
     lines.append(extra)
     path = tmp / "bertserve.yaml"

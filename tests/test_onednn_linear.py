@@ -1,4 +1,4 @@
-"""float32 CPU models run their linear layers on oneDNN, with results equal to torch's kernels."""
+"""float32 and bfloat16 CPU models run their linear layers on oneDNN, with results equal to torch's kernels."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ from bertserve_client import AsyncClient
 from conftest import EMBED_MODELS, QA_MODELS
 
 pytestmark = pytest.mark.skipif(not onednn_linear.available(), reason="this torch build has no oneDNN")
+BFLOAT16 = pytest.mark.skipif(
+    torch.bfloat16 not in onednn_linear.packable_dtypes(), reason="oneDNN runs no bfloat16 products on this CPU"
+)
 
 
 def test_packed_linear_matches_torch_linear() -> None:
@@ -28,9 +31,9 @@ def test_packed_linear_matches_torch_linear() -> None:
 
 def test_swap_replaces_each_layer_once_and_undoes() -> None:
     shared = torch.nn.Linear(8, 8)
-    model = torch.nn.Sequential(shared, torch.nn.ReLU(), shared, torch.nn.Linear(8, 4).to(torch.bfloat16))
+    model = torch.nn.Sequential(shared, torch.nn.ReLU(), shared, torch.nn.Linear(8, 4).to(torch.float16))
     swapped = onednn_linear.swap_linear_layers(model)
-    # A layer used twice is one module: packed once, for both uses. bfloat16 already runs on oneDNN.
+    # A layer used twice is one module: packed once, for both uses. float16 keeps torch's kernels.
     assert len(swapped) == 2
     assert isinstance(model[0], onednn_linear.PackedLinear) and model[0] is model[2]
     assert type(model[3]) is torch.nn.Linear
@@ -38,18 +41,30 @@ def test_swap_replaces_each_layer_once_and_undoes() -> None:
     assert model[0] is shared and model[2] is shared
 
 
+@BFLOAT16
+def test_packed_bfloat16_linear_is_torch_linear_bit_for_bit() -> None:
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(48, 80).to(torch.bfloat16)
+    packed = onednn_linear.PackedLinear(linear)
+    for shape in [(1, 48), (7, 48), (3, 5, 48)]:
+        x = torch.randn(*shape, dtype=torch.bfloat16)
+        with torch.inference_mode():
+            torch.testing.assert_close(packed(x), linear(x), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("model", [*EMBED_MODELS, *QA_MODELS, "minilm"])
 async def test_float32_cpu_models_run_linear_layers_on_onednn(server: BertServer, model: str) -> None:
-    plugin = server.router.get(model).plugin
-    assert isinstance(plugin, TransformersPlugin)
-    assert plugin.onednn_linear_layers > 0
+    assert _plugin(server, model).onednn_linear_layers > 0
 
 
-async def test_bfloat16_and_opted_out_models_keep_torch_kernels(server: BertServer) -> None:
-    for model in ("bert-bf16", "minilm-torch-linear"):
-        plugin = server.router.get(model).plugin
-        assert isinstance(plugin, TransformersPlugin)
-        assert plugin.onednn_linear_layers == 0, model
+@BFLOAT16
+async def test_bfloat16_cpu_models_run_linear_layers_on_onednn(server: BertServer) -> None:
+    assert _plugin(server, "bert-bf16").onednn_linear_layers > 0
+
+
+async def test_opted_out_models_keep_torch_kernels(server: BertServer) -> None:
+    for model in ("minilm-torch-linear", "bert-bf16-torch-linear"):
+        assert _plugin(server, model).onednn_linear_layers == 0, model
 
 
 async def test_onednn_and_torch_kernels_give_the_same_embeddings(client: AsyncClient) -> None:
@@ -57,3 +72,14 @@ async def test_onednn_and_torch_kernels_give_the_same_embeddings(client: AsyncCl
     onednn = await client.embed(texts, model="minilm")
     torch_kernels = await client.embed(texts, model="minilm-torch-linear")
     np.testing.assert_allclose(onednn.embeddings, torch_kernels.embeddings, atol=1e-5)
+    # bfloat16 products are the same products, packed or not: equal up to float32 rounding in pooling.
+    texts[2] = "word " * 50  # within the tiny model's 128 tokens
+    onednn = await client.embed(texts, model="bert-bf16")
+    torch_kernels = await client.embed(texts, model="bert-bf16-torch-linear")
+    np.testing.assert_allclose(onednn.embeddings, torch_kernels.embeddings, atol=1e-6)
+
+
+def _plugin(server: BertServer, model: str) -> TransformersPlugin:
+    plugin = server.router.get(model).plugin
+    assert isinstance(plugin, TransformersPlugin)
+    return plugin
