@@ -16,12 +16,16 @@ looks at its values to decide whether to mask at all, and a trace would freeze t
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Mapping
 
 import torch
 
 __all__ = ["TracedEncoder", "trace_encoder"]
+
+# Warning filters are process-wide: two models tracing at once would restore each other's.
+_TRACE_LOCK = threading.Lock()
 
 
 class _LastHiddenState(torch.nn.Module):
@@ -51,7 +55,7 @@ class TracedEncoder:
 def trace_encoder(encoder: torch.nn.Module, sample: Mapping[str, torch.Tensor]) -> TracedEncoder:
     """Trace encoder on one sample of its inputs; the graph takes any rows and width."""
     names = list(sample)
-    with torch.inference_mode(), warnings.catch_warnings():
+    with _TRACE_LOCK, torch.inference_mode(), warnings.catch_warnings():
         # The tracer warns at every Python int it records; the load-time check against eager
         # passes of other shapes (TransformersPlugin) is what decides whether the graph is right.
         warnings.simplefilter("ignore")
