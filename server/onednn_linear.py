@@ -46,9 +46,10 @@ def packable_dtypes() -> frozenset[torch.dtype]:
 
 
 class PackedLinear(torch.nn.Module):
-    """y = x W^T + b, as nn.Linear, with W held in oneDNN's packed layout (inference only)."""
+    """y = x W^T + b, as nn.Linear, with W held in oneDNN's packed layout (inference only);
+    with gelu ("none": exact, "tanh": the tanh approximation), y = gelu(x W^T + b) in one op."""
 
-    def __init__(self, linear: torch.nn.Linear) -> None:
+    def __init__(self, linear: torch.nn.Linear, *, gelu: str | None = None) -> None:
         super().__init__()
         with torch.no_grad():
             # A buffer, not a plain attribute: a trace reads buffers from the module, while it would
@@ -57,16 +58,19 @@ class PackedLinear(torch.nn.Module):
         self.bias = None if linear.bias is None else linear.bias.detach()
         self.in_features = linear.in_features
         self.out_features = linear.out_features
+        self.post_op, self.algorithm = ("none", "") if gelu is None else ("gelu", gelu)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_tracing():
-            return _scripted_packed_linear()(x, self.packed_weight, self.bias)
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
+            return _scripted_packed_linear()(x, self.packed_weight, self.bias, self.post_op, self.algorithm)
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, self.post_op, [], self.algorithm)
 
 
-def _packed_linear(x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def _packed_linear(
+    x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None, post_op: str, algorithm: str
+) -> torch.Tensor:
     scalars: list[int | float | complex | None] = []
-    return torch.ops.mkldnn._linear_pointwise(x, packed_weight, bias, "none", scalars, "")
+    return torch.ops.mkldnn._linear_pointwise(x, packed_weight, bias, post_op, scalars, algorithm)
 
 
 @functools.cache
@@ -84,34 +88,73 @@ def _scripted_packed_linear() -> Any:
 class Swapped:
     """The layers a swap replaced, to put back if the packed model turns out wrong."""
 
-    replaced: list[tuple[torch.nn.Module, str, torch.nn.Linear]]
+    replaced: list[tuple[torch.nn.Module, str, torch.nn.Module]]
 
     def __len__(self) -> int:
-        return len(self.replaced)
+        """How many linear layers were replaced."""
+        return sum(isinstance(original, torch.nn.Linear) for _, _, original in self.replaced)
+
+    @property
+    def fused_activations(self) -> int:
+        """How many activations now run inside the linear layer before them."""
+        return len(self.replaced) - len(self)
 
     def undo(self) -> None:
-        for parent, name, original in self.replaced:
+        for parent, name, original in reversed(self.replaced):
             setattr(parent, name, original)
         self.replaced = []
+
+
+# Where a module applies an activation straight to a linear layer's output, under these names:
+# BERT, RoBERTa, ELECTRA and their kin (dense, intermediate_act_fn); ALBERT (ffn, activation).
+_LINEAR_THEN_ACTIVATION = (("dense", "intermediate_act_fn"), ("ffn", "activation"))
 
 
 def swap_linear_layers(model: torch.nn.Module) -> Swapped:
     """Replace every CPU nn.Linear in model (exact type, not subclasses) whose dtype is packable
     (packable_dtypes) with a PackedLinear.
 
-    A layer shared between blocks (ALBERT), or registered under several names, is packed once.
+    A linear layer followed by a GELU (see _LINEAR_THEN_ACTIVATION) becomes one PackedLinear that
+    applies it, and the activation an identity: the GELU runs on the product while it is in
+    cache, in float32 before any rounding to bfloat16. A layer shared between blocks (ALBERT), or
+    registered under several names, is packed once.
     """
-    replaced = []
+    replaced: list[tuple[torch.nn.Module, str, torch.nn.Module]] = []
     packed: dict[int, PackedLinear] = {}
     for parent in list(model.modules()):
+        for linear_name, activation_name in _LINEAR_THEN_ACTIVATION:
+            linear, activation = parent._modules.get(linear_name), parent._modules.get(activation_name)
+            if _packable(linear) and (gelu := _gelu_algorithm(activation)) is not None:
+                assert isinstance(linear, torch.nn.Linear) and activation is not None
+                replaced += [(parent, linear_name, linear), (parent, activation_name, activation)]
+                setattr(parent, linear_name, PackedLinear(linear, gelu=gelu))
+                setattr(parent, activation_name, torch.nn.Identity())
         for name, child in list(parent._modules.items()):  # every name, where named_children skips repeats
-            if (
-                type(child) is torch.nn.Linear
-                and child.weight.dtype in packable_dtypes()
-                and child.weight.device.type == "cpu"
-            ):
+            if isinstance(child, torch.nn.Linear) and _packable(child):
                 if id(child) not in packed:
                     packed[id(child)] = PackedLinear(child)
                 setattr(parent, name, packed[id(child)])
                 replaced.append((parent, name, child))
     return Swapped(replaced)
+
+
+def _packable(module: torch.nn.Module | None) -> bool:
+    return (
+        type(module) is torch.nn.Linear
+        and module.weight.dtype in packable_dtypes()
+        and module.weight.device.type == "cpu"
+    )
+
+
+def _gelu_algorithm(module: torch.nn.Module | None) -> str | None:
+    """How oneDNN computes the GELU that module is ("none": exact, "tanh"), or None for any
+    other module. transformers' activations are recognised by name, to keep this module free of
+    transformers; a wrong guess fails the plugin's load-time comparison with torch's outputs."""
+    if isinstance(module, torch.nn.GELU):
+        return "none" if module.approximate == "none" else "tanh"
+    name = type(module).__name__
+    if name == "GELUActivation" and getattr(module, "act", None) is torch.nn.functional.gelu:
+        return "none"
+    if name in ("NewGELUActivation", "GELUTanh"):
+        return "tanh"
+    return None
