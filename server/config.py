@@ -30,7 +30,7 @@ YAML file, built-in defaults. The file format::
         pass_overhead_tokens: 32     # a pass's fixed cost in padded tokens: raise on GPUs for bigger batches
         allow_pickle: false          # true also loads pickle (.bin) weights; safetensors only otherwise
         options:                     # plugin extras; the transformers-backed plugins take these:
-          onednn_linear: true        # float32 on CPU: linear layers on oneDNN, checked against torch's at load
+          onednn_linear: true        # float32, bfloat16 on CPU: linear layers on oneDNN, checked at load
           pack_row_tokens: 64        # tokens per row when short sequences share rows of a pass
           compile: false             # torch.compile the encoder, checked against eager at load (bertserve.compiling)
 """

@@ -9,6 +9,11 @@ once, the same products ran 5-10% faster on batches and 30% on a lone sentence, 
 (AVX512-BF16), and MiniLM batches of 32 about 8% faster. float16 keeps torch's kernels: few
 CPUs have native float16 products, and oneDNN's fallback was not measured.
 
+A GELU straight after a linear layer (the feed-forward block of every BERT variant) runs inside
+it, as oneDNN's post-op, instead of as a pass of its own over the product: MiniLM batches of 32
+ran about 4% faster in float32 (bit for bit equal) and in bfloat16 (where the GELU now sees the
+float32 product, rounded once instead of twice).
+
 The swap is in place and undoable, so a plugin can compare outputs before and after and keep
 whichever is right (see TransformersPlugin.load).
 """
