@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 
@@ -130,12 +130,12 @@ def swap_linear_layers(model: torch.nn.Module) -> Swapped:
         for linear_name, activation_name in _LINEAR_THEN_ACTIVATION:
             linear, activation = parent._modules.get(linear_name), parent._modules.get(activation_name)
             if _packable(linear) and (gelu := _gelu_algorithm(activation)) is not None:
-                assert isinstance(linear, torch.nn.Linear) and activation is not None
+                assert activation is not None  # a GELU was found
                 replaced += [(parent, linear_name, linear), (parent, activation_name, activation)]
                 setattr(parent, linear_name, PackedLinear(linear, gelu=gelu))
                 setattr(parent, activation_name, torch.nn.Identity())
         for name, child in list(parent._modules.items()):  # every name, where named_children skips repeats
-            if isinstance(child, torch.nn.Linear) and _packable(child):
+            if _packable(child):
                 if id(child) not in packed:
                     packed[id(child)] = PackedLinear(child)
                 setattr(parent, name, packed[id(child)])
@@ -143,7 +143,7 @@ def swap_linear_layers(model: torch.nn.Module) -> Swapped:
     return Swapped(replaced)
 
 
-def _packable(module: torch.nn.Module | None) -> bool:
+def _packable(module: torch.nn.Module | None) -> TypeGuard[torch.nn.Linear]:
     return (
         type(module) is torch.nn.Linear
         and module.weight.dtype in packable_dtypes()
