@@ -108,6 +108,7 @@ async def test_onednn_and_torch_kernels_give_the_same_embeddings(client: AsyncCl
     np.testing.assert_allclose(onednn.embeddings, torch_kernels.embeddings, atol=1e-5)
 
 
+@BFLOAT16
 async def test_onednn_bfloat16_is_as_close_to_float32_as_torch_kernels(client: AsyncClient) -> None:
     # The same products; the fused GELU rounds to bfloat16 once where torch's kernels round twice.
     texts = ["A man is playing a guitar.", "oneDNN packs weights once.", "word " * 50]
