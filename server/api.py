@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -68,6 +68,7 @@ class ModelSpec:
     max_wait_ms: float = 0.0  # extra wait for more work after a busy pass; never when the model is idle
     pass_overhead_tokens: float = 32.0  # a pass's fixed cost in padded tokens: batching vs padding
     workers: int = 1  # worker threads, each running one forward pass at a time
+    max_context_bytes: int = 4 * 1024 * 1024  # UTF-8 bytes of one Answer context; its windows go through in parts
     options: dict[str, Any] = field(default_factory=dict)  # plugin-specific extras
 
 
@@ -84,6 +85,8 @@ class ModelInfo:
     default_pooling: Pooling
     #: Poolings whose batches run packed (no padding computed): the batcher then fills passes fully.
     packed_poolings: tuple[Pooling, ...] = ()
+    #: The classifier token's id ([CLS], <s>): Answer scores "no answer" on it, as the classic pipeline does.
+    cls_token_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -171,13 +174,16 @@ class EncoderPlugin(abc.ABC):
 
     def tokenize_windows(
         self, question: str, context: str, *, max_seq_len: int, doc_stride: int, max_question_len: int
-    ) -> list[Encoding]:
+    ) -> Iterable[Encoding]:
         """Split (question, context) into overlapping windows of at most max_seq_len tokens.
 
         The question (cut to max_question_len tokens) is the first segment (sequence id 0), the
         context the second (1), and context offsets index into ``context``. Consecutive windows
-        overlap by doc_stride tokens, lowered when it leaves no room to advance. Raises
-        InvalidRequest when the question leaves no room for context in a window.
+        overlap by doc_stride tokens, lowered to half the room for context when it leaves none to
+        advance. Raises InvalidRequest at once when the question leaves no room for context.
+
+        The windows may come as a lazy iterator: the server takes them a pass's worth at a time,
+        so a plugin need not hold every window of a long context at once.
         """
         raise CapabilityNotSupported(f"model {self.spec.name!r} has no question-answering head")
 

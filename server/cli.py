@@ -57,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     tokenize.add_argument("texts", nargs="+")
     tokenize.add_argument("--pair", action="append", help="second segment, once per text")
     tokenize.add_argument("--no-special-tokens", action="store_true")
+    tokenize.add_argument("--truncate", action="store_true", help="cut to --max-length (default: the model's limit)")
+    tokenize.add_argument("--max-length", type=int, help="with --truncate: the most tokens, special tokens included")
     tokenize.set_defaults(run=_tokenize)
 
     answer = client_command("answer", help="answer a question from a context and print the answers as JSON")
@@ -66,6 +68,15 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--context-file", type=Path, help="a UTF-8 file holding the context ('-' for stdin)")
     answer.add_argument("--top-k", type=int)
     answer.add_argument("--handle-impossible-answer", action="store_true", default=None)
+    answer.add_argument("--max-seq-len", type=int)
+    answer.add_argument("--doc-stride", type=int)
+    answer.add_argument(
+        "--no-merge-same-text",
+        dest="merge_same_text",
+        action="store_false",
+        default=None,
+        help="list each distinct span once instead of adding up answers with the same text",
+    )
     answer.set_defaults(run=_answer)
 
     models = client_command("models", help="list the server's models as JSON")
@@ -149,7 +160,12 @@ def _tokenize(args: argparse.Namespace) -> int:
     def run() -> Any:
         with _client(args) as client:
             tokenizations = client.tokenize(
-                args.texts, pairs=args.pair, model=args.model, add_special_tokens=not args.no_special_tokens
+                args.texts,
+                pairs=args.pair,
+                model=args.model,
+                add_special_tokens=not args.no_special_tokens,
+                truncate=args.truncate,
+                max_length=args.max_length,
             )
         return [asdict(t) for t in tokenizations]
 
@@ -169,6 +185,9 @@ def _answer(args: argparse.Namespace) -> int:
                 model=args.model,
                 top_k=args.top_k,
                 handle_impossible_answer=args.handle_impossible_answer,
+                max_seq_len=args.max_seq_len,
+                doc_stride=args.doc_stride,
+                merge_same_text=args.merge_same_text,
             )
         return [asdict(a) for a in answers[0]]
 

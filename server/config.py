@@ -27,6 +27,7 @@ YAML file, built-in defaults. The file format::
         max_queue_requests: 1024     # queued sequences before calls are refused
         max_wait_ms: 0               # under load, wait up to this long for a fuller batch; never when idle
         workers: 1                   # passes in flight at once
+        max_context_bytes: 4194304   # UTF-8 bytes of one Answer context (4 MiB); longer ones are refused
         pass_overhead_tokens: 32     # a pass's fixed cost in padded tokens: raise on GPUs for bigger batches
         allow_pickle: false          # true also loads pickle (.bin) weights; safetensors only otherwise
         options:                     # plugin extras; the transformers-backed plugins take these:
@@ -147,7 +148,14 @@ def _model_spec(index: int, raw: Any) -> ModelSpec:
         raise ConfigError(f"models[{index}] ({raw['name']}): pooling {pooling!r} is not cls, mean or pooler") from None
     raw.setdefault("source", "")
     spec = ModelSpec(**raw, default_pooling=default_pooling)
-    for limit in ("max_batch_tokens", "max_batch_size", "max_queue_tokens", "max_queue_requests", "workers"):
+    for limit in (
+        "max_batch_tokens",
+        "max_batch_size",
+        "max_queue_tokens",
+        "max_queue_requests",
+        "workers",
+        "max_context_bytes",
+    ):
         if not isinstance(getattr(spec, limit), int) or getattr(spec, limit) < 1:
             raise ConfigError(f"models[{index}] ({spec.name}): {limit} must be a whole number of at least 1")
     return spec

@@ -78,12 +78,16 @@ def tokenize_query(request: encoder_service_pb2.TokenizeRequest) -> TokenizeQuer
         inputs=list(request.inputs),
         pairs=list(request.pairs) or None,
         add_special_tokens=request.add_special_tokens if request.HasField("add_special_tokens") else True,
+        truncate=request.truncate,
+        max_length=request.max_length if request.HasField("max_length") else None,
     )
 
 
 def tokenize_response(result: TokenizeResult) -> encoder_service_pb2.TokenizeResponse:
     return encoder_service_pb2.TokenizeResponse(
-        model=result.model, tokenizations=[_tokenization(e) for e in result.encodings]
+        model=result.model,
+        tokenizations=[_tokenization(e) for e in result.encodings],
+        truncated_indices=[i for i, e in enumerate(result.encodings) if e.truncated],
     )
 
 
@@ -111,6 +115,7 @@ def answer_query(request: encoder_service_pb2.AnswerRequest) -> AnswerQuery:
             "max_answer_len",
             "handle_impossible_answer",
             "align_to_words",
+            "merge_same_text",
         )
         if request.HasField(name)
     }

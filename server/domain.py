@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from bertserve.api import Encoding, Pooling
 from bertserve.batcher import Completed
 
-__all__ = ["AnswerQuery", "AnswerSpan", "EmbedQuery", "EmbedResult", "TokenizeQuery", "Usage", "usage_of"]
+__all__ = [
+    "AnswerQuery",
+    "AnswerSpan",
+    "EmbedQuery",
+    "EmbedResult",
+    "TokenizeQuery",
+    "Usage",
+    "UsageMeter",
+    "usage_of",
+]
 
 
 @dataclass(frozen=True)
@@ -23,13 +32,31 @@ class Usage:
 
 def usage_of(results: Sequence[Completed], *, tokens: int, tokenization_ns: int) -> Usage:
     """Usage of one request from its sequences' results: shared passes count once, whole."""
-    passes = {r.pass_id: r.pass_ns for r in results}
-    return Usage(
-        tokens=tokens,
-        queue_time_ns=max((r.queue_ns for r in results), default=0),
-        inference_time_ns=sum(passes.values()),
-        tokenization_time_ns=tokenization_ns,
-    )
+    meter = UsageMeter(tokenization_ns=tokenization_ns)
+    meter.add(results)
+    return meter.usage(tokens=tokens)
+
+
+@dataclass
+class UsageMeter:
+    """Usage of a request whose sequences go through the batcher in several parts."""
+
+    tokenization_ns: int = 0
+    queue_ns: int = 0
+    pass_ns: dict[int, int] = field(default_factory=dict)  # pass id -> its time: shared passes count once
+
+    def add(self, results: Sequence[Completed]) -> None:
+        for r in results:
+            self.pass_ns[r.pass_id] = r.pass_ns
+            self.queue_ns = max(self.queue_ns, r.queue_ns)
+
+    def usage(self, *, tokens: int) -> Usage:
+        return Usage(
+            tokens=tokens,
+            queue_time_ns=self.queue_ns,
+            inference_time_ns=sum(self.pass_ns.values()),
+            tokenization_time_ns=self.tokenization_ns,
+        )
 
 
 @dataclass(frozen=True)
@@ -58,6 +85,8 @@ class TokenizeQuery:
     inputs: list[str]
     pairs: list[str] | None
     add_special_tokens: bool = True
+    truncate: bool = False
+    max_length: int | None = None  # with truncate; None: the model's limit
 
 
 @dataclass(frozen=True)
@@ -71,12 +100,13 @@ class AnswerQuery:
     model: str
     questions: list[tuple[str, str]]  # (question, context)
     top_k: int = 1
-    doc_stride: int = 128
+    doc_stride: int | None = None  # None: 128 or half the window, whichever is less
     max_seq_len: int = 384
     max_question_len: int = 64
     max_answer_len: int = 15
     handle_impossible_answer: bool = False
     align_to_words: bool = True
+    merge_same_text: bool = True  # add up the scores of answers whose text is equal ignoring case
 
 
 @dataclass(frozen=True)

@@ -16,15 +16,28 @@ __all__ = ["embed", "tokenize"]
 
 async def tokenize(router: Router, query: TokenizeQuery) -> TokenizeResult:
     host = router.get(query.model)
-    host.require(Capability.TOKENIZE)
+    info = host.require(Capability.TOKENIZE)
     if not query.inputs:
         raise InvalidRequest("inputs is empty: send at least one text")
     if query.pairs is not None and len(query.pairs) != len(query.inputs):
         raise InvalidRequest(
             f"pairs has {len(query.pairs)} entries for {len(query.inputs)} inputs: send none or one per input"
         )
+    max_length = None
+    if query.truncate:
+        max_length = info.max_input_tokens if query.max_length is None else query.max_length
+        if max_length > info.max_input_tokens:
+            raise InvalidRequest(
+                f"max_length {max_length} is over the limit of {info.max_input_tokens} tokens of model {host.name!r}"
+            )
+    elif query.max_length is not None:
+        raise InvalidRequest("max_length applies only with truncate: set truncate too")
     encodings = await host.off_loop(
-        host.plugin.tokenize, query.inputs, pairs=query.pairs, add_special_tokens=query.add_special_tokens
+        host.plugin.tokenize,
+        query.inputs,
+        pairs=query.pairs,
+        add_special_tokens=query.add_special_tokens,
+        max_length=max_length,
     )
     return TokenizeResult(model=host.name, encodings=encodings)
 

@@ -1,82 +1,161 @@
-"""Answer: extractive question answering as the classic transformers pipeline computed it.
+"""Answer: extractive question answering as transformers' question-answering pipeline computes it.
 
-Each (question, context) pair is cut into overlapping windows; the windows of every pair in
-the call go through the model's batcher together; then, per window, start and end logits are
-turned into probabilities over the context tokens and the [CLS] token (softmax), the [CLS]
-probability product is the "no answer" score, and spans are scored start_p x end_p subject to
-0 <= end - start < max_answer_len. The best spans are taken across all windows (a span seen
-in two overlapping windows keeps its best score), mapped to characters of the context, and
-widened to whole words when align_to_words is set.
+Each (question, context) pair is cut into overlapping windows. The windows of every pair in
+the call go through the model's batcher a pass's worth at a time, two parts in flight, so a
+context of any length (up to the model's max_context_bytes) keeps memory and queue use bounded
+while other callers' work shares the passes in between. Each part's logits are folded into the
+running answers of their pairs as soon as they come back (bertserve.qa_spans), then dropped.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import time
-from collections.abc import Sequence
-
-import numpy as np
+from collections import deque
+from collections.abc import Callable, Iterator
 
 from bertserve.api import Capability, EncoderPlugin, Encoding, QAWindowLogits
-from bertserve.domain import AnswerQuery, AnswerResult, AnswerSpan, usage_of
-from bertserve.errors import InvalidRequest
+from bertserve.batcher import Completed
+from bertserve.domain import AnswerQuery, AnswerResult, UsageMeter
+from bertserve.errors import InvalidRequest, Overloaded
+from bertserve.model_host import ModelHost
+from bertserve.qa_spans import DistinctSpans, MergedAnswers
 from bertserve.router import Router
 
-__all__ = ["answer", "best_spans"]
+__all__ = ["answer"]
+
+# Parts of a call's windows in the batcher at once: one computing while the next waits, so the
+# device never idles while the last part's answers are folded in.
+_PARTS_IN_FLIGHT = 2
+# The longest wait between tries when the queue is full partway through a call (see _submit).
+_MAX_REQUEUE_WAIT_S = 0.5
+
+_Window = tuple[int, Encoding]  # (pair index, window)
 
 
 async def answer(router: Router, query: AnswerQuery, *, deadline: float | None) -> AnswerResult:
     host = router.get(query.model)
     info = host.require(Capability.ANSWER)
-    _validate(query)
+    _validate(query, host.name, host.spec.max_context_bytes)
     max_seq_len = min(query.max_seq_len, info.max_input_tokens)
-    plugin = host.plugin
+    # The pipeline's default overlap, from the window as it really is (capped at the model's limit).
+    doc_stride = query.doc_stride if query.doc_stride is not None else min(128, max_seq_len // 2)
+    meter = UsageMeter()
 
     started = time.monotonic_ns()
-    windows_per_pair = await host.off_loop(_windows, plugin, query, max_seq_len)
-    tokenization_ns = time.monotonic_ns() - started
+    windows = await host.off_loop(_windows, host.plugin, query, max_seq_len, doc_stride)
+    meter.tokenization_ns += time.monotonic_ns() - started
 
-    windows = [w for pair in windows_per_pair for w in pair]
-    results = await host.run(("answer",), windows, deadline=deadline)
-    logits: list[QAWindowLogits] = [r.value for r in results]
-    bounds = np.cumsum([0, *(len(pair) for pair in windows_per_pair)])
-    answers = await host.off_loop(
-        lambda: [
-            best_spans(context, pair_windows, logits[bounds[i] : bounds[i + 1]], query)
-            for i, ((_, context), pair_windows) in enumerate(zip(query.questions, windows_per_pair, strict=True))
-        ]
-    )
-    return AnswerResult(
-        model=host.name,
-        answers=answers,
-        usage=usage_of(results, tokens=sum(len(w) for w in windows), tokenization_ns=tokenization_ns),
-    )
+    accumulator = MergedAnswers if query.merge_same_text else DistinctSpans
+    answers = [
+        accumulator(
+            context, top_k=query.top_k, max_answer_len=query.max_answer_len, align_to_words=query.align_to_words
+        )
+        for _, context in query.questions
+    ]
+    cls_token_id = info.cls_token_id
+
+    def fold(part: list[_Window], logits: list[QAWindowLogits]) -> None:
+        for (pair, window), window_logits in zip(part, logits, strict=True):
+            answers[pair].add(window, window_logits, cls_token_id)
+
+    part_size = _part_size(host, max_seq_len)
+    tokens = await _run_parts(host, windows, fold, part_size=part_size, deadline=deadline, meter=meter)
+    results = await host.off_loop(lambda: [a.answers(query.handle_impossible_answer) for a in answers])
+    return AnswerResult(model=host.name, answers=results, usage=meter.usage(tokens=tokens))
 
 
-def _windows(plugin: EncoderPlugin, query: AnswerQuery, max_seq_len: int) -> list[list[Encoding]]:
-    """The windows of every pair; an error names the pair it is about."""
-    windows = []
+def _windows(plugin: EncoderPlugin, query: AnswerQuery, max_seq_len: int, doc_stride: int) -> Iterator[_Window]:
+    """Every pair's windows in order, made as they are taken; each question is checked here, at once."""
+    per_pair = []
     for i, (question, context) in enumerate(query.questions):
         try:
-            windows.append(
-                plugin.tokenize_windows(
-                    question,
-                    context,
-                    max_seq_len=max_seq_len,
-                    doc_stride=query.doc_stride,
-                    max_question_len=query.max_question_len,
-                )
+            windows = plugin.tokenize_windows(
+                question,
+                context,
+                max_seq_len=max_seq_len,
+                doc_stride=doc_stride,
+                max_question_len=query.max_question_len,
             )
         except InvalidRequest as e:
             raise InvalidRequest(f"question {i}: {e}") from None
-    return windows
+        per_pair.append(windows)
+    return ((i, window) for i, windows in enumerate(per_pair) for window in windows)
 
 
-def _validate(query: AnswerQuery) -> None:
+def _part_size(host: ModelHost, max_seq_len: int) -> int:
+    """Windows per part: what one forward pass takes, within what the queue ever holds."""
+    spec = host.spec
+    fits = min(spec.max_batch_size, spec.max_batch_tokens // max_seq_len, spec.max_queue_requests // _PARTS_IN_FLIGHT)
+    return max(1, min(fits, spec.max_queue_tokens // (_PARTS_IN_FLIGHT * max_seq_len)))
+
+
+async def _run_parts(
+    host: ModelHost,
+    windows: Iterator[_Window],
+    fold: Callable[[list[_Window], list[QAWindowLogits]], None],
+    *,
+    part_size: int,
+    deadline: float | None,
+    meter: UsageMeter,
+) -> int:
+    """Send the windows through the batcher part by part and fold each part's logits in; return the tokens."""
+    in_flight: deque[tuple[list[_Window], asyncio.Future[list[Completed]]]] = deque()
+    tokens = 0
+    admitted = exhausted = False
+    try:
+        while True:
+            while not exhausted and len(in_flight) < _PARTS_IN_FLIGHT:
+                started = time.monotonic_ns()
+                part = await host.off_loop(lambda: list(itertools.islice(windows, part_size)))
+                meter.tokenization_ns += time.monotonic_ns() - started
+                exhausted = len(part) < part_size
+                if part:
+                    tokens += sum(len(w) for _, w in part)
+                    submitted = _submit(host, [w for _, w in part], deadline, admitted=admitted)
+                    in_flight.append((part, asyncio.ensure_future(submitted)))
+                    admitted = True
+            if not in_flight:
+                return tokens
+            part, pending = in_flight.popleft()
+            results = await pending
+            meter.add(results)
+            await host.off_loop(fold, part, [r.value for r in results])
+    finally:
+        for _, pending in in_flight:
+            pending.cancel()
+
+
+async def _submit(
+    host: ModelHost, windows: list[Encoding], deadline: float | None, *, admitted: bool
+) -> list[Completed]:
+    """One part through the batcher. The first part is the call's admission: a full queue refuses
+    the call at once. Later parts belong to a call already under way, so they wait for room."""
+    while True:
+        try:
+            return await host.run(("answer",), windows, deadline=deadline)
+        except Overloaded as e:
+            if not admitted:
+                raise
+            wait = min(e.retry_after_s or _MAX_REQUEUE_WAIT_S, _MAX_REQUEUE_WAIT_S)
+            if deadline is not None and time.monotonic() + wait >= deadline:
+                raise
+            await asyncio.sleep(wait)
+
+
+def _validate(query: AnswerQuery, model: str, max_context_bytes: int) -> None:
     if not query.questions:
         raise InvalidRequest("questions is empty: send at least one (question, context) pair")
     for i, (question, context) in enumerate(query.questions):
         if not question.strip():
             raise InvalidRequest(f"question {i} is empty")
+        size = len(context.encode())
+        if size > max_context_bytes:
+            raise InvalidRequest(
+                f"context {i} has {size} bytes, over the limit of {max_context_bytes} bytes (max_context_bytes) "
+                f"of model {model!r}"
+            )
         if not context.strip():
             raise InvalidRequest(f"context {i} is empty")
     if query.top_k < 1:
@@ -85,100 +164,7 @@ def _validate(query: AnswerQuery) -> None:
         raise InvalidRequest(f"max_answer_len must be at least 1, got {query.max_answer_len}")
     if query.max_question_len < 1:
         raise InvalidRequest(f"max_question_len must be at least 1, got {query.max_question_len}")
-    if query.doc_stride >= query.max_seq_len:
+    if query.max_seq_len < 1:
+        raise InvalidRequest(f"max_seq_len must be at least 1, got {query.max_seq_len}")
+    if query.doc_stride is not None and query.doc_stride >= query.max_seq_len:
         raise InvalidRequest(f"doc_stride ({query.doc_stride}) must be smaller than max_seq_len ({query.max_seq_len})")
-
-
-def best_spans(
-    context: str, windows: Sequence[Encoding], logits: Sequence[QAWindowLogits], query: AnswerQuery
-) -> list[AnswerSpan]:
-    """The top_k answers of one pair over all its windows, best first, each character span once."""
-    candidates: list[tuple[np.ndarray, int, np.ndarray, np.ndarray]] = []  # scores, window, starts, ends
-    null_score = 1.0
-    for w, (window, window_logits) in enumerate(zip(windows, logits, strict=True)):
-        context_tokens = np.flatnonzero(np.asarray(window.sequence_ids) == 1)
-        if context_tokens.size == 0:
-            continue
-        # The softmax runs over the context tokens and the leading [CLS], as the classic p_mask does.
-        has_cls = bool(window.special_tokens_mask[0])
-        allowed = np.concatenate(([0], context_tokens)) if has_cls else context_tokens
-        start_p = _softmax(window_logits.start[allowed])
-        end_p = _softmax(window_logits.end[allowed])
-        if has_cls:
-            null_score = min(null_score, float(start_p[0] * end_p[0]))
-            start_p, end_p = start_p[1:], end_p[1:]
-        starts, ends = _legal_spans(context_tokens.size, query.max_answer_len)
-        candidates.append((start_p[starts] * end_p[ends], w, context_tokens[starts], context_tokens[ends]))
-
-    answers = _distinct_best(context, windows, candidates, query)
-    if query.handle_impossible_answer:
-        answers.append(AnswerSpan("", 0, 0, null_score))
-        answers.sort(key=lambda a: -a.score)
-    return answers[: query.top_k]
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits.astype(np.float64) - logits.max())
-    return shifted / shifted.sum()
-
-
-def _legal_spans(n: int, max_answer_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """All (start, end) position pairs over n context tokens with 0 <= end - start < max_answer_len."""
-    starts, ends = np.triu_indices(n)
-    keep = ends - starts < max_answer_len
-    return starts[keep], ends[keep]
-
-
-def _distinct_best(
-    context: str,
-    windows: Sequence[Encoding],
-    candidates: list[tuple[np.ndarray, int, np.ndarray, np.ndarray]],
-    query: AnswerQuery,
-) -> list[AnswerSpan]:
-    """Walk every window's spans from the best down until top_k distinct character spans are found."""
-    if not candidates:
-        return []
-    scores = np.concatenate([c[0] for c in candidates])
-    window_of = np.concatenate([np.full(c[0].size, c[1]) for c in candidates])
-    starts = np.concatenate([c[2] for c in candidates])
-    ends = np.concatenate([c[3] for c in candidates])
-    seen: set[tuple[int, int]] = set()
-    answers: list[AnswerSpan] = []
-    for i in np.argsort(-scores, kind="stable"):
-        span = _to_chars(windows[window_of[i]], int(starts[i]), int(ends[i]), context, query.align_to_words)
-        if span is None or span in seen:
-            continue
-        seen.add(span)
-        answers.append(AnswerSpan(context[span[0] : span[1]], span[0], span[1], float(scores[i])))
-        if len(answers) == query.top_k:
-            break
-    return answers
-
-
-def _to_chars(window: Encoding, start: int, end: int, context: str, align_to_words: bool) -> tuple[int, int] | None:
-    """Character span of tokens start..end of a window, widened to whole words, trimmed of white space."""
-    first, last = window.offsets[start][0], window.offsets[end][1]
-    if align_to_words:
-        first = min(first, *_word_starts(window, window.word_ids[start]))
-        last = max(last, *_word_ends(window, window.word_ids[end]))
-    while first < last and context[first].isspace():
-        first += 1
-    while last > first and context[last - 1].isspace():
-        last -= 1
-    return (first, last) if first < last else None
-
-
-def _word_starts(window: Encoding, word: int) -> list[int]:
-    return [
-        o[0]
-        for o, w, s in zip(window.offsets, window.word_ids, window.sequence_ids, strict=True)
-        if s == 1 and w == word
-    ]
-
-
-def _word_ends(window: Encoding, word: int) -> list[int]:
-    return [
-        o[1]
-        for o, w, s in zip(window.offsets, window.word_ids, window.sequence_ids, strict=True)
-        if s == 1 and w == word
-    ]

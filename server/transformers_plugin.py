@@ -12,7 +12,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -37,6 +38,7 @@ from bertserve.errors import CapabilityNotSupported, ConfigError, InvalidRequest
 from bertserve.packed_inputs import PackedBatch, pack
 from bertserve.placement import dtype_name, resolve_device, resolve_dtype, without_per_shape_attention_plans
 from bertserve.sources import resolve_source
+from bertserve.thread_tokenizers import ThreadTokenizers
 
 __all__ = ["TransformersPlugin"]
 
@@ -63,12 +65,13 @@ class TransformersPlugin(EncoderPlugin):
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)
-        self._tokenizer: Any = None
+        self._tokenizers: ThreadTokenizers[Any] | None = None  # see bertserve.thread_tokenizers
         self._model: Any = None  # the full model: a base encoder or a ...ForQuestionAnswering
         self._encoder: Any = None  # the base encoder inside it
         self._source: str | None = None  # the local directory fetch() resolved
         self._device = torch.device("cpu")
         self._uses_token_types = False
+        self._pair_specials = 0  # special tokens the tokenizer adds to a pair
         self._max_tokens = 0
         self._pad_id = 0
         self._dtype = torch.float32
@@ -105,9 +108,11 @@ class TransformersPlugin(EncoderPlugin):
                 f"checkpoint {source!r} is a {config.model_type!r} model; "
                 f"plugin {self.variant!r} serves {sorted(self.model_types)}"
             )
-        self._tokenizer = AutoTokenizer.from_pretrained(source, **common)
-        if not self._tokenizer.is_fast:
+        tokenizer = AutoTokenizer.from_pretrained(source, **common)
+        if not tokenizer.is_fast:
             raise ConfigError(f"checkpoint {source!r} has no fast tokenizer; character offsets need one")
+        self._tokenizers = ThreadTokenizers(tokenizer)
+        self._pair_specials = tokenizer.num_special_tokens_to_add(pair=True)
 
         has_qa_head = any(a.endswith("ForQuestionAnswering") for a in config.architectures or ())
         model_class = AutoModelForQuestionAnswering if has_qa_head else AutoModel
@@ -130,11 +135,8 @@ class TransformersPlugin(EncoderPlugin):
         self._model = model.to(device=self._device, dtype=dtype).eval()
         self._dtype = dtype
         self._encoder = self._model.base_model
-        # Token types go in only where the tokenizer makes them and the encoder takes them (not DistilBERT).
-        self._uses_token_types = "token_type_ids" in self._tokenizer.model_input_names and (
-            "token_type_ids" in inspect.signature(self._encoder.forward).parameters
-        )
-        self._pad_id = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else 0
+        self._uses_token_types = self._takes_token_types(config)
+        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         st_pooling, st_limit = _sentence_transformers_settings(source)
         self._max_tokens = self._token_limit(config, st_limit)
 
@@ -166,7 +168,30 @@ class TransformersPlugin(EncoderPlugin):
             poolings=tuple(poolings),
             default_pooling=default_pooling,
             packed_poolings=(Pooling.CLS, Pooling.MEAN) if self._packs else (),
+            cls_token_id=tokenizer.cls_token_id,
         )
+
+    def _takes_token_types(self, config: Any) -> bool:
+        """Whether the model gets segment ids: whenever its architecture takes them and its config
+        has more than one segment type. The tokenizer's model_input_names is no guide (transformers
+        5 leaves token_type_ids out of ALBERT's); it decides only for a config that is silent."""
+        if "token_type_ids" not in inspect.signature(self._encoder.forward).parameters:
+            return False
+        types = getattr(config, "type_vocab_size", None)
+        if types is None:
+            return "token_type_ids" in self._tokenizer.model_input_names
+        return int(types) > 1
+
+    @property
+    def _tokenizer(self) -> Any:
+        """The tokenizer as loaded, for what never changes; calls go through _tokenize_with."""
+        assert self._tokenizers is not None, "the model is not loaded"
+        return self._tokenizers.shared
+
+    def _tokenize_with(self) -> Any:
+        """This thread's own copy of the tokenizer, to call."""
+        assert self._tokenizers is not None, "the model is not loaded"
+        return self._tokenizers.get()
 
     def _token_limit(self, config: Any, checkpoint_limit: int | None) -> int:
         limits = [int(config.max_position_embeddings) - self.position_offset]
@@ -188,6 +213,13 @@ class TransformersPlugin(EncoderPlugin):
         add_special_tokens: bool = True,
         max_length: int | None = None,
     ) -> list[Encoding]:
+        if max_length is not None:
+            specials = self._tokenizer.num_special_tokens_to_add(pair=pairs is not None) if add_special_tokens else 0
+            if max_length <= specials:
+                raise InvalidRequest(
+                    f"max_length {max_length} leaves no room for text: model {self.spec.name!r} adds {specials} "
+                    f"special tokens to each {'pair' if pairs is not None else 'text'}"
+                )
         encodings = self._encode(texts, pairs, add_special_tokens, truncate_to=None)
         if max_length is None:
             return encodings
@@ -211,7 +243,7 @@ class TransformersPlugin(EncoderPlugin):
         add_special_tokens: bool,
         truncate_to: int | None,
     ) -> list[Encoding]:
-        batch = self._tokenizer(
+        batch = self._tokenize_with()(
             list(texts),
             list(pairs) if pairs is not None else None,
             add_special_tokens=add_special_tokens,
@@ -222,41 +254,68 @@ class TransformersPlugin(EncoderPlugin):
             return_special_tokens_mask=True,
             return_offsets_mapping=True,
         )
-        return _to_encodings(batch)
+        return [self._encoding_of(e) for e in batch.encodings]
+
+    def _encoding_of(self, encoding: Any) -> Encoding:
+        """A tokenizers.Encoding as the server's Encoding; segment ids as the model gets them."""
+        ids = encoding.ids
+        return Encoding(
+            ids=ids,
+            tokens=encoding.tokens,
+            type_ids=encoding.type_ids if self._uses_token_types else [0] * len(ids),
+            special_tokens_mask=encoding.special_tokens_mask,
+            offsets=encoding.offsets,
+            sequence_ids=[-1 if s is None else s for s in encoding.sequence_ids],
+            word_ids=[-1 if w is None else w for w in encoding.word_ids],
+            full_length=len(ids),
+        )
 
     def tokenize_windows(
         self, question: str, context: str, *, max_seq_len: int, doc_stride: int, max_question_len: int
-    ) -> list[Encoding]:
+    ) -> Iterator[Encoding]:
         self._require_qa_head()
         question, question_tokens = self._cut_question(question, max_question_len)
-        room = max_seq_len - question_tokens - self._tokenizer.num_special_tokens_to_add(pair=True)
-        if room < 2:
+        room = max_seq_len - question_tokens - self._pair_specials
+        if room < 1:
             raise InvalidRequest(
-                f"the question takes {question_tokens} tokens, leaving no room for context in a "
-                f"{max_seq_len}-token window of model {self.spec.name!r}; shorten it or raise max_seq_len"
+                f"the question takes {question_tokens} tokens (max_question_len {max_question_len}) and model "
+                f"{self.spec.name!r} adds {self._pair_specials} special tokens, leaving no room for context within "
+                f"max_seq_len {max_seq_len}; shorten the question or raise max_seq_len"
             )
-        if doc_stride >= room:  # the tokenizer must advance by at least one token per window
+        if doc_stride >= room:  # the windows must advance by at least one token
             doc_stride = room // 2
-        batch = self._tokenizer(
-            question,
-            context,
-            truncation="only_second",
-            max_length=max_seq_len,
-            stride=doc_stride,
-            return_overflowing_tokens=True,
-            return_token_type_ids=True,
-            return_attention_mask=False,
-            return_special_tokens_mask=True,
-            return_offsets_mapping=True,
+        return self._windows(question, context, max_seq_len=max_seq_len, doc_stride=doc_stride)
+
+    def _windows(self, question: str, context: str, *, max_seq_len: int, doc_stride: int) -> Iterator[Encoding]:
+        """The windows as the question-answering pipeline's tokenizer call makes them (the pair cut
+        "only_second" with a stride), taken from the Rust encoding one at a time: a long context's
+        windows never all sit in Python at once."""
+        backend = self._tokenize_with().backend_tokenizer
+        backend.no_padding()
+        backend.enable_truncation(
+            max_seq_len, stride=doc_stride, strategy="only_second", direction=self._tokenizer.truncation_side
         )
-        return _to_encodings(batch)
+        try:
+            # encode_batch runs without the interpreter lock (encode holds it): a megabyte takes a second.
+            [first] = backend.encode_batch([(question, context)], add_special_tokens=True)
+        finally:
+            backend.no_truncation()
+        rest = deque(first.overflowing)
+        window = self._encoding_of(first)
+        del first  # it holds a copy of every other window
+        yield window
+        while rest:
+            yield self._encoding_of(rest.popleft())
 
     def _cut_question(self, question: str, max_question_len: int) -> tuple[str, int]:
         """The question cut to its first max_question_len tokens (the classic query limit), and its length."""
-        offsets = self._tokenizer(question, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        tokenizer = self._tokenize_with()
+        offsets = tokenizer(question, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
         if len(offsets) <= max_question_len:
             return question, len(offsets)
-        return question[: offsets[max_question_len - 1][1]], max_question_len
+        question = question[: offsets[max_question_len - 1][1]]
+        # Counted again: a word cut in two can come out as more pieces than it had.
+        return question, len(tokenizer(question, add_special_tokens=False)["input_ids"])
 
     # -- forward passes ----------------------------------------------------------------------
 
@@ -528,22 +587,3 @@ def _sentence_transformers_settings(source: str) -> tuple[Pooling | None, int | 
     if settings_file.is_file():
         limit = json.loads(settings_file.read_text()).get("max_seq_length")
     return pooling, limit
-
-
-def _to_encodings(batch: Any) -> list[Encoding]:
-    """Split a transformers BatchEncoding (offsets, special-tokens mask, type ids) into Encodings."""
-    encodings = []
-    for i, ids in enumerate(batch["input_ids"]):
-        encodings.append(
-            Encoding(
-                ids=ids,
-                tokens=batch.tokens(i),
-                type_ids=batch["token_type_ids"][i],
-                special_tokens_mask=batch["special_tokens_mask"][i],
-                offsets=[(int(s), int(e)) for s, e in batch["offset_mapping"][i]],
-                sequence_ids=[-1 if s is None else s for s in batch.sequence_ids(i)],
-                word_ids=[-1 if w is None else w for w in batch.word_ids(i)],
-                full_length=len(ids),
-            )
-        )
-    return encodings

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from served import Served
 
 from bertserve.app import BertServer
 from bertserve.config import load_config
 from bertserve.transformers_plugin import TransformersPlugin
 from bertserve_client import AsyncClient, Client
+
+from served import Served
 
 TEXTS = ["Paris is a beautiful city", "short", "What is machine learning? " * 6, "A man is playing a guitar."]
 

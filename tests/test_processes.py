@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from served import Served
 
 from bertserve.app import BertServer
 from bertserve.config import load_config
 from bertserve_client import AsyncClient, Client
+
+from served import Served
 
 
 def cpu_ticks(pid: int) -> int:

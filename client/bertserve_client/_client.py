@@ -211,10 +211,23 @@ class Client(_Base):
         pairs: str | Sequence[str] | None = None,
         model: str = "",
         add_special_tokens: bool = True,
+        truncate: bool = False,
+        max_length: int | None = None,
         timeout: Timeout = _DEFAULT,
     ) -> list[Tokenization]:
-        """The model's tokenization of each input, with its pair (one per input) when given."""
-        request = tokenize_request(inputs, pairs=pairs, model=model, add_special_tokens=add_special_tokens)
+        """The model's tokenization of each input, with its pair (one per input) when given.
+
+        `truncate` cuts each input (and its pair) to `max_length` tokens, or to the model's limit
+        when `max_length` is None, as the model's tokenizer truncates.
+        """
+        request = tokenize_request(
+            inputs,
+            pairs=pairs,
+            model=model,
+            add_special_tokens=add_special_tokens,
+            truncate=truncate,
+            max_length=max_length,
+        )
         return parse_tokenize(self._call("Tokenize", request, timeout))
 
     def answer(
@@ -229,12 +242,15 @@ class Client(_Base):
         max_answer_len: int | None = None,
         handle_impossible_answer: bool | None = None,
         align_to_words: bool | None = None,
+        merge_same_text: bool | None = None,
         timeout: Timeout = _DEFAULT,
     ) -> Answers:
         """The best answers (top_k, best first) for each (question, context) pair.
 
-        A lone pair is a batch of one. Options left None take the server's defaults. The result
-        is a list of lists that also carries `.model` and `.usage`.
+        A lone pair is a batch of one. Options left None take the server's defaults. With
+        `merge_same_text` (the default) answers whose text is equal ignoring case add up their
+        scores, as transformers' pipeline does from 4.53 on; False gives each distinct span once.
+        The result is a list of lists that also carries `.model` and `.usage`.
         """
         request = answer_request(
             questions,
@@ -246,6 +262,7 @@ class Client(_Base):
             max_answer_len=max_answer_len,
             handle_impossible_answer=handle_impossible_answer,
             align_to_words=align_to_words,
+            merge_same_text=merge_same_text,
         )
         return parse_answer(self._call("Answer", request, timeout))
 
@@ -368,10 +385,19 @@ class AsyncClient(_Base):
         pairs: str | Sequence[str] | None = None,
         model: str = "",
         add_special_tokens: bool = True,
+        truncate: bool = False,
+        max_length: int | None = None,
         timeout: Timeout = _DEFAULT,
     ) -> list[Tokenization]:
         """See Client.tokenize."""
-        request = tokenize_request(inputs, pairs=pairs, model=model, add_special_tokens=add_special_tokens)
+        request = tokenize_request(
+            inputs,
+            pairs=pairs,
+            model=model,
+            add_special_tokens=add_special_tokens,
+            truncate=truncate,
+            max_length=max_length,
+        )
         return parse_tokenize(await self._call("Tokenize", request, timeout))
 
     async def answer(
@@ -386,6 +412,7 @@ class AsyncClient(_Base):
         max_answer_len: int | None = None,
         handle_impossible_answer: bool | None = None,
         align_to_words: bool | None = None,
+        merge_same_text: bool | None = None,
         timeout: Timeout = _DEFAULT,
     ) -> Answers:
         """See Client.answer."""
@@ -399,6 +426,7 @@ class AsyncClient(_Base):
             max_answer_len=max_answer_len,
             handle_impossible_answer=handle_impossible_answer,
             align_to_words=align_to_words,
+            merge_same_text=merge_same_text,
         )
         return parse_answer(await self._call("Answer", request, timeout))
 

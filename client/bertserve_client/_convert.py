@@ -98,16 +98,23 @@ def tokenize_request(
     pairs: str | Sequence[str] | None,
     model: str,
     add_special_tokens: bool,
+    truncate: bool = False,
+    max_length: int | None = None,
 ) -> encoder_service_pb2.TokenizeRequest:
-    return encoder_service_pb2.TokenizeRequest(
+    request = encoder_service_pb2.TokenizeRequest(
         model=model,
         inputs=_as_list(inputs),
         pairs=_as_list(pairs) if pairs is not None else [],
         add_special_tokens=add_special_tokens,
+        truncate=truncate,
     )
+    if max_length is not None:
+        request.max_length = max_length
+    return request
 
 
 def parse_tokenize(pb: encoder_service_pb2.TokenizeResponse) -> list[Tokenization]:
+    truncated = set(pb.truncated_indices)
     return [
         Tokenization(
             tokens=list(t.tokens),
@@ -117,8 +124,9 @@ def parse_tokenize(pb: encoder_service_pb2.TokenizeResponse) -> list[Tokenizatio
             special_tokens_mask=list(t.special_tokens_mask),
             offsets=[(span.start, span.end) for span in t.offsets],
             sequence_ids=list(t.sequence_ids),
+            truncated=i in truncated,
         )
-        for t in pb.tokenizations
+        for i, t in enumerate(pb.tokenizations)
     ]
 
 
@@ -133,6 +141,7 @@ def answer_request(
     max_answer_len: int | None,
     handle_impossible_answer: bool | None,
     align_to_words: bool | None,
+    merge_same_text: bool | None = None,
 ) -> encoder_service_pb2.AnswerRequest:
     # A lone (question, context) pair is a batch of one.
     pairs = cast(Sequence[tuple[str, str]], [questions] if questions and isinstance(questions[0], str) else questions)
@@ -145,6 +154,7 @@ def answer_request(
         "max_answer_len": max_answer_len,
         "handle_impossible_answer": handle_impossible_answer,
         "align_to_words": align_to_words,
+        "merge_same_text": merge_same_text,
     }
     return encoder_service_pb2.AnswerRequest(
         model=model,

@@ -48,6 +48,8 @@ class Tokenization:
     """Half-open code point span in the token's own segment; (0, 0) for special tokens."""
     sequence_ids: list[int]
     """0 the input, 1 the pair, -1 a special token."""
+    truncated: bool = False
+    """Whether truncate cut this input."""
 
 
 @dataclass(frozen=True, slots=True)
