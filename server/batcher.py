@@ -105,6 +105,11 @@ class Batcher:
         self._tokens_per_s = 0.0  # smoothed throughput, for retry hints
         self._last_pass_end_ns = 0  # when the latest forward pass finished
 
+    @property
+    def queued(self) -> tuple[int, int]:
+        """Sequences and tokens waiting for a pass (or for a deadline check that drops them)."""
+        return len(self._pending), self._queued_tokens
+
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher:{self.name}")
 

@@ -31,6 +31,8 @@ TINY = {
     "roberta-qa": ("roberta", "roberta-qa"),
     "electra-qa": ("electra", "electra-qa"),
     "spanbert-qa": ("spanbert", "spanbert-qa"),
+    # The same SpanBERT checkpoint through plain BERT's plugin: every first-party plugin with a QA head.
+    "bert-qa": ("bert", "spanbert-qa"),
 }
 EMBED_MODELS = ["albert", "roberta", "electra", "bert", "spanbert-qa"]
 QA_MODELS = ["albert-qa", "roberta-qa", "electra-qa", "spanbert-qa"]

@@ -173,6 +173,7 @@ def pipeline_answers(
     trace = Trace(windows=len(outputs))
     min_null_score = 1000000.0
     answers: list[dict[str, Any]] = []
+    by_text: dict[str, dict[str, Any]] = {}  # get_answer's linear search over answers, as a lookup
     for w, (start_, end_) in enumerate(outputs):
         pre_topk = top_k * 2 + 10 if align_to_words else top_k
         attention_mask = np.array([encoded["attention_mask"][w]])
@@ -197,7 +198,7 @@ def pipeline_answers(
                 continue
             start_index, end_index = trimmed
             target_answer = context[start_index:end_index]
-            answer = next((a for a in answers if a["answer"].lower() == target_answer.lower()), None)
+            answer = by_text.get(target_answer.lower())
             if answer:
                 answer["score"] += score.item()
                 if answer["window"] == w:
@@ -206,7 +207,7 @@ def pipeline_answers(
                     trace.merged_across_windows += 1
             else:
                 answer = {"score": score.item(), "start": start_index, "end": end_index, "answer": target_answer}
-                answers.append({**answer, "window": w})
+                answers.append(by_text.setdefault(target_answer.lower(), {**answer, "window": w}))
     for a in answers:
         del a["window"]
     if handle_impossible_answer:

@@ -38,11 +38,12 @@ def _encoder(hf: Any, path: Path) -> Any:
 
 
 def _direct(hf: Any, path: Path, texts: list[str], pooling: str) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Pooled vectors and token states from one forward pass per text, no padding involved."""
+    """Pooled vectors and token states from one forward pass per text, no padding involved, with the
+    tokenizer's full encoding (token_type_ids included, whatever its model_input_names lists)."""
     tokenizer, encoder = hf.tokenizer(path), _encoder(hf, path)
     pooled, states = [], []
     for text in texts:
-        inputs = tokenizer(text, return_tensors="pt")
+        inputs = tokenizer(text, return_tensors="pt", return_token_type_ids=True)
         with torch.no_grad():
             out = encoder(**inputs)
         hidden = out.last_hidden_state[0]
