@@ -556,6 +556,7 @@ class TransformersPlugin(EncoderPlugin):
 
     def unload(self) -> None:
         self._model = self._encoder = None
+        self._tokenizers = None  # and with it every thread's copy
         if self._device.type == "cuda":
             torch.cuda.empty_cache()
 

@@ -14,6 +14,8 @@ from bertserve.app import BertServer
 from bertserve.config import load_config
 from bertserve_client import AsyncClient
 
+from qa_reference import pipeline_answers
+
 pytestmark = pytest.mark.gpu
 
 
@@ -25,6 +27,7 @@ async def gpu_client(tiny_models: dict[str, Path], tmp_path_factory: pytest.Temp
         f"  - {{name: auto, plugin: bert, source: '{tiny_models['bert']}', device: auto}}\n"
         f"  - {{name: fp32, plugin: bert, source: '{tiny_models['bert']}', device: cuda, dtype: float32}}\n"
         f"  - {{name: qa, plugin: spanbert, source: '{tiny_models['spanbert-qa']}', device: 'cuda:0'}}\n"
+        f"  - {{name: albert-qa, plugin: albert, source: '{tiny_models['albert-qa']}', device: cuda, dtype: float32}}\n"
     )
     server = BertServer(load_config(config))
     await server.start()
@@ -59,3 +62,17 @@ async def test_cuda_attention_stays_off_cudnn(gpu_client: AsyncClient) -> None:
     # cuDNN builds a plan per new input shape (tens of ms each); serving traffic keeps bringing new shapes.
     assert (await gpu_client.model("fp32")).state == "ready"
     assert not torch.backends.cuda.cudnn_sdp_enabled()
+
+
+async def test_gpu_answers_equal_the_pipeline(gpu_client: AsyncClient, tiny_models: dict[str, Path], hf: Any) -> None:
+    """float32 on the GPU, segment ids and several windows in parts: the 4.57 pipeline's answers on the CPU."""
+    path = tiny_models["albert-qa"]
+    context = "Paris is the capital of France, and Paris is a beautiful city. " * 30
+    options: dict[str, Any] = {"top_k": 5, "max_seq_len": 48, "doc_stride": 16, "handle_impossible_answer": True}
+    [got] = await gpu_client.answer(("What is the capital of France?", context), model="albert-qa", **options)
+    expected = pipeline_answers(
+        hf.tokenizer(path), hf.model(path, qa=True), "What is the capital of France?", context, **options
+    )
+    assert expected.windows > 1
+    assert [(a.text, a.start, a.end) for a in got] == [(e["answer"], e["start"], e["end"]) for e in expected.answers]
+    np.testing.assert_allclose([a.score for a in got], [e["score"] for e in expected.answers], rtol=1e-3)
