@@ -14,11 +14,14 @@ import abc
 import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from bertserve.errors import CapabilityNotSupported
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 __all__ = [
     "Capability",
@@ -135,6 +138,8 @@ class EncoderPlugin(abc.ABC):
 
     #: The entry-point name users put in ``plugin:`` of the configuration.
     variant: ClassVar[str]
+    #: The schema of ``options:`` (a pydantic model; unknown options are errors), or None to take any.
+    options_schema: ClassVar[type[BaseModel] | None] = None
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +16,8 @@ from grpc_reflection.v1alpha import reflection
 from bertserve.config import ServerConfig
 from bertserve.device_workers import DeviceWorkers
 from bertserve.discovery import PluginRegistry, discover_plugins
-from bertserve.model_host import ModelHost, ModelState
+from bertserve.model_host import ModelHost
+from bertserve.parsing import add_servicer
 from bertserve.router import Router
 from bertserve.runtime import freeze_loaded_heap
 from bertserve.servicers import EncoderServicer, ModelServicer
@@ -55,6 +57,7 @@ class BertServer:
             try:
                 factory = registry.get(spec.plugin)
             except KeyError as e:
+                log.error("model %r cannot load: %s", spec.name, e.args[0])
                 hosts.append(ModelHost(spec, None, *pools, failure=str(e.args[0])))
             else:
                 hosts.append(ModelHost(spec, factory, *pools))
@@ -74,10 +77,12 @@ class BertServer:
                 ("grpc.so_reuseport", int(self._share_port)),
             ]
         )
-        encoder_service_pb2_grpc.add_EncoderServiceServicer_to_server(
-            EncoderServicer(self.router, stream_max_in_flight=self.config.stream_max_in_flight), server
+        add_servicer(
+            encoder_service_pb2_grpc.add_EncoderServiceServicer_to_server,
+            EncoderServicer(self.router, stream_max_in_flight=self.config.stream_max_in_flight),
+            server,
         )
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.router), server)
+        add_servicer(model_service_pb2_grpc.add_ModelServiceServicer_to_server, ModelServicer(self.router), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((*_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         try:
@@ -108,9 +113,10 @@ class BertServer:
         task.add_done_callback(self._health_tasks.discard)
 
     async def _refresh_health(self, host: ModelHost) -> None:
-        """Each model has its own entry; the server and its services are SERVING while any model is."""
-        await self.health.set(host.name, _health_status(host.state is ModelState.READY))
-        overall = _health_status(any(h.state is ModelState.READY for h in self.router))
+        """Each model has its own entry (NOT_SERVING while loading, failed, or its passes keep failing);
+        the server and its services are SERVING while any model is."""
+        await self.health.set(host.name, _health_status(host.serving))
+        overall = _health_status(any(h.serving for h in self.router))
         for service in ("", *_SERVICES):
             await self.health.set(service, overall)
 
@@ -133,8 +139,16 @@ class BertServer:
         on_listening()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            if stop.is_set():  # a second signal: the caller will not wait for the drain
+                log.warning("second %s: exiting now", signal.Signals(signum).name)
+                logging.shutdown()
+                os._exit(128 + signum)
+            stop.set()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal, sig)
         await stop.wait()
         log.info("shutting down: draining in-flight calls for up to %.0fs", self.config.grace_period_s)
         await self.stop()

@@ -19,19 +19,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from bertserve.errors import InvalidRequest, ModelUnavailable, Overloaded
+from bertserve.errors import BertserveError, InternalFailure, InvalidRequest, ModelUnavailable, Overloaded
 from bertserve.packing import plan_groups
 
-__all__ = ["BatchLimits", "BatchStats", "Batcher", "Completed"]
+__all__ = ["FAILURES_BEFORE_UNHEALTHY", "BatchLimits", "BatchStats", "Batcher", "Completed"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")  # one sequence of work
+
+#: Forward passes in a row that must fail before the model reports itself unhealthy (NOT_SERVING).
+FAILURES_BEFORE_UNHEALTHY = 3
 
 #: Runs one batch on the worker thread: (operation key, sequences) -> one result per sequence.
 RunBatch = Callable[[Hashable, Sequence[Any]], Sequence[Any]]
@@ -103,7 +107,14 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._tokens_per_s = 0.0  # smoothed throughput, for retry hints
+        self._failures_in_a_row = 0  # forward passes that failed since the last that succeeded
+        self.on_health_change: Callable[[bool], None] = lambda healthy: None
         self._last_pass_end_ns = 0  # when the latest forward pass finished
+
+    @property
+    def tokens_per_s(self) -> float:
+        """The model's measured throughput (smoothed over recent passes); 0 before its first pass."""
+        return self._tokens_per_s
 
     @property
     def queued(self) -> tuple[int, int]:
@@ -166,6 +177,18 @@ class Batcher:
         return max(0.05, self._queued_tokens / rate)
 
     async def _loop(self) -> None:
+        """Serve until stopped. A fault of the loop itself fails the calls it holds, is logged once,
+        and the loop starts over: no exception leaves a call waiting or the model without a loop."""
+        while True:
+            try:
+                await self._serve()
+                return
+            except Exception as e:
+                failure = self._fault("the batching loop", e)
+                pending, self._pending, self._queued_tokens = self._pending, [], 0
+                self._fail(pending, failure)
+
+    async def _serve(self) -> None:
         in_flight: set[asyncio.Task[None]] = set()
         slots = asyncio.Semaphore(self.limits.concurrent_passes)
         while True:
@@ -176,9 +199,13 @@ class Batcher:
                 await self._wakeup.wait()
                 continue
             await slots.acquire()  # a worker is free
-            if self.limits.max_wait_ms > 0 and self._under_load(in_flight):
-                await self._linger()
-            batch = self._take_batch(idle_workers=self.limits.concurrent_passes - len(in_flight))
+            try:
+                if self.limits.max_wait_ms > 0 and self._under_load(in_flight):
+                    await self._linger()
+                batch = self._take_batch(idle_workers=self.limits.concurrent_passes - len(in_flight))
+            except BaseException:
+                slots.release()
+                raise
             if not batch:
                 slots.release()
                 continue
@@ -190,21 +217,26 @@ class Batcher:
             await asyncio.wait(in_flight)
 
     async def _run(self, batch: list[_Pending[Any]]) -> None:
-        """Run one batch on a worker thread and resolve its futures."""
+        """Run one batch on a worker thread and resolve its futures, whatever happens."""
         pass_id = self.stats.forward_passes
         started = time.monotonic_ns()
         try:
             results = await asyncio.get_running_loop().run_in_executor(
                 self._executor, self._run_batch, batch[0].op, [p.item for p in batch]
             )
-        except Exception as e:  # the batch failed: every caller in it gets the error
-            log.debug("batch of %d on %r failed: %r", len(batch), self.name, e)
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(e)
+            if len(results) != len(batch):
+                raise RuntimeError(f"the model returned {len(results)} results for a batch of {len(batch)}")
+        except BertserveError as e:  # the callers' to hear as it is (a device out of memory, say)
+            self._fail(batch, e)
+            self._passed(ok=False)
+            return
+        except Exception as e:  # a fault: logged once here, with its traceback; each caller gets its id
+            self._fail(batch, self._fault(f"a forward pass over {len(batch)} sequences", e))
+            self._passed(ok=False)
             return
         finally:
             self._last_pass_end_ns = time.monotonic_ns()
+        self._passed(ok=True)
         elapsed = self._last_pass_end_ns - started
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
@@ -221,6 +253,34 @@ class Batcher:
         for p, result in zip(batch, results, strict=True):
             if not p.future.done():
                 p.future.set_result(Completed(result, started - p.enqueued_ns, pass_id, elapsed))
+
+    def _fault(self, what: str, error: Exception) -> InternalFailure:
+        """Log a fault once, with its traceback, under a fresh request id; the error each caller gets."""
+        request_id = uuid.uuid4().hex[:12]
+        log.error("%s of model %r failed (request id %s)", what, self.name, request_id, exc_info=error)
+        return InternalFailure(f"internal error in {what} of model {self.name!r} (request id {request_id})")
+
+    @staticmethod
+    def _fail(batch: list[_Pending[Any]], error: Exception) -> None:
+        for p in batch:
+            if not p.future.done():
+                p.future.set_exception(error)
+
+    def _passed(self, *, ok: bool) -> None:
+        """Count failing passes in a row: past a few the model is unhealthy until a pass succeeds."""
+        was_healthy = self.healthy
+        self._failures_in_a_row = 0 if ok else self._failures_in_a_row + 1
+        if self.healthy != was_healthy:
+            if not self.healthy:
+                log.error("model %r is unhealthy: its last %d passes failed", self.name, self._failures_in_a_row)
+            else:
+                log.info("model %r is healthy again: a pass succeeded", self.name)
+            self.on_health_change(self.healthy)
+
+    @property
+    def healthy(self) -> bool:
+        """False while the last FAILURES_BEFORE_UNHEALTHY passes (or more) all failed."""
+        return self._failures_in_a_row < FAILURES_BEFORE_UNHEALTHY
 
     def _under_load(self, in_flight: set[asyncio.Task[None]]) -> bool:
         """Whether the device is busy, or the oldest pending work had to wait for it to finish a pass."""

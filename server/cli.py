@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -86,7 +87,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _serve(args: argparse.Namespace) -> int:
     from bertserve.app import BertServer
-    from bertserve.config import load_config
+    from bertserve.config import check_options, load_config
+    from bertserve.discovery import discover_plugins
     from bertserve.errors import ConfigError
     from bertserve.runtime import configure_runtime
 
@@ -106,13 +108,19 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    registry = discover_plugins()
+    try:
+        check_options(config, registry.plugins)
+    except ConfigError as e:
+        print(f"bertserve: {e}", file=sys.stderr)
+        return 2
     try:
         if config.processes > 1:
             from bertserve.supervisor import serve_processes
 
             return serve_processes(config)
         configure_runtime(config)
-        asyncio.run(BertServer(config).serve_forever())
+        asyncio.run(BertServer(config, registry).serve_forever())
     except OSError as e:
         print(f"bertserve: {e}", file=sys.stderr)
         return 1
@@ -126,7 +134,11 @@ def _client(args: argparse.Namespace) -> Any:
 
 
 def _print(value: Any) -> int:
-    print(json.dumps(value, indent=2, ensure_ascii=False))
+    try:
+        print(json.dumps(value, indent=2, ensure_ascii=False), flush=True)
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as a pipe's writer does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 128 + signal.SIGPIPE
     return 0
 
 

@@ -1,64 +1,46 @@
-"""Server configuration: a YAML file of models, with the basics overridable by env vars and flags.
+"""Server configuration: one typed schema for the YAML file, the environment and the flags.
 
 Precedence, highest first: command-line flags, ``BERTSERVE_*`` environment variables, the
-YAML file, built-in defaults. The file format::
-
-    server:
-      address: 0.0.0.0
-      port: 50051
-      log_level: info
-      default_model: minilm          # empty model names in requests reach this one
-      grace_period_s: 10             # how long SIGTERM waits for in-flight calls
-      processes: 1                   # server processes sharing the port (see bertserve.supervisor)
-      torch_threads: 0               # torch intra-op threads per process; 0: cores / processes
-      tokenizer_threads: 2           # threads that tokenize off the event loop
-      stream_max_in_flight: 64       # items of one EmbedStream in flight at once
-    models:
-      - name: minilm
-        plugin: bert                 # an entry point of group bertserve.plugins
-        source: sentence-transformers/all-MiniLM-L6-v2   # hub id, local dir, or pkg:<package>/<dir>
-        device: auto                 # auto | cpu | cuda | cuda:N
-        dtype: auto                  # auto | float32 | float16 | bfloat16
-        pooling: mean                # default pooling: cls | mean | pooler
-        max_input_tokens: 256        # optional cap under the model's own limit
-        max_batch_tokens: 16384      # padded tokens (longest x count) in one forward pass
-        max_batch_size: 64           # sequences in one forward pass
-        max_queue_tokens: 262144     # queued tokens before calls are refused (RESOURCE_EXHAUSTED)
-        max_queue_requests: 1024     # queued sequences before calls are refused
-        max_wait_ms: 0               # under load, wait up to this long for a fuller batch; never when idle
-        workers: 1                   # passes in flight at once
-        max_context_bytes: 4194304   # UTF-8 bytes of one Answer context (4 MiB); longer ones are refused
-        pass_overhead_tokens: 32     # a pass's fixed cost in padded tokens: raise on GPUs for bigger batches
-        allow_pickle: false          # true also loads pickle (.bin) weights; safetensors only otherwise
-        options:                     # plugin extras; the transformers-backed plugins take these:
-          onednn_linear: true        # float32, bfloat16 on CPU: linear layers on oneDNN, checked at load
-          pack_row_tokens: 64        # tokens per row when short sequences share rows of a pass
-          compile: false             # torch.compile the encoder, checked against eager at load (bertserve.compiling)
+YAML file, built-in defaults. Every value is checked against the schema below at start (types
+are strict: ``"5"`` is no number), and an error names its path and the problem, such as
+``models[0].max_wait_ms: expected a number, got '5'``. The README's configuration reference
+lists the same fields (a test holds them together). A plugin's ``options`` are checked against
+that plugin's own schema (``EncoderPlugin.options_schema``) by :func:`check_options`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import re
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar
 
+import pydantic
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from bertserve.api import ModelSpec, Pooling
 from bertserve.errors import ConfigError
 
-__all__ = ["DEFAULT_CONFIG", "ServerConfig", "load_config"]
+__all__ = [
+    "DEFAULT_CONFIG",
+    "ModelSettings",
+    "ServerConfig",
+    "ServerSettings",
+    "check_options",
+    "load_config",
+    "parse_options",
+]
 
 DEFAULT_CONFIG = "default_config.yaml"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True)
 class ServerConfig:
+    """The server's settings, checked, with its models as plugins receive them."""
+
     address: str = "0.0.0.0"
     port: int = 50051
     log_level: str = "info"
@@ -76,6 +58,72 @@ class ServerConfig:
         return f"{host}:{self.port}"
 
 
+# Defaults live once, on the run-time dataclasses.
+_SERVER: dict[str, Any] = {f.name: f.default for f in fields(ServerConfig)}
+_MODEL: dict[str, Any] = {f.name: f.default for f in fields(ModelSpec) if f.default is not dataclasses.MISSING}
+
+Whole = StrictInt
+AtLeastOne = Annotated[StrictInt, Field(ge=1)]
+NonNegative = Annotated[StrictFloat, Field(ge=0)]
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Schema):
+    """``server:`` of the file."""
+
+    address: StrictStr = _SERVER["address"]
+    port: Annotated[Whole, Field(ge=0, le=65535)] = _SERVER["port"]
+    log_level: Literal["debug", "info", "warning", "error"] = _SERVER["log_level"]
+    default_model: StrictStr = _SERVER["default_model"]
+    grace_period_s: NonNegative = _SERVER["grace_period_s"]
+    processes: AtLeastOne = _SERVER["processes"]
+    torch_threads: Annotated[Whole, Field(ge=0)] = _SERVER["torch_threads"]
+    tokenizer_threads: AtLeastOne = _SERVER["tokenizer_threads"]
+    stream_max_in_flight: AtLeastOne = _SERVER["stream_max_in_flight"]
+
+    @pydantic.field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+
+class ModelSettings(_Schema):
+    """One entry of ``models:``; what it becomes is a :class:`bertserve.api.ModelSpec`."""
+
+    name: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+    plugin: StrictStr
+    source: StrictStr = ""
+    device: Annotated[StrictStr, Field(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")] = _MODEL["device"]
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = _MODEL["dtype"]
+    revision: StrictStr | None = _MODEL["revision"]
+    pooling: Literal["cls", "mean", "pooler"] | None = None
+    max_input_tokens: AtLeastOne | None = _MODEL["max_input_tokens"]
+    allow_pickle: StrictBool = _MODEL["allow_pickle"]
+    max_batch_tokens: AtLeastOne = _MODEL["max_batch_tokens"]
+    max_batch_size: AtLeastOne = _MODEL["max_batch_size"]
+    max_queue_tokens: AtLeastOne = _MODEL["max_queue_tokens"]
+    max_queue_requests: AtLeastOne = _MODEL["max_queue_requests"]
+    max_wait_ms: NonNegative = _MODEL["max_wait_ms"]
+    pass_overhead_tokens: NonNegative = _MODEL["pass_overhead_tokens"]
+    workers: AtLeastOne = _MODEL["workers"]
+    max_context_bytes: AtLeastOne = _MODEL["max_context_bytes"]
+    options: dict[StrictStr, Any] = Field(default_factory=dict)
+
+    def spec(self) -> ModelSpec:
+        values = self.model_dump(exclude={"pooling"})
+        return ModelSpec(**values, default_pooling=Pooling(self.pooling) if self.pooling else None)
+
+
+class _File(_Schema):
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    models: list[ModelSettings] = Field(default_factory=list)
+
+
+# Environment variables of the settings that also have flags; their text is read as YAML reads a
+# scalar, so that BERTSERVE_PORT=50053 is a number and the schema checks it like the file's.
 _ENV = {
     "address": "BERTSERVE_ADDRESS",
     "port": "BERTSERVE_PORT",
@@ -106,79 +154,108 @@ def load_config(
         raise ConfigError(f"config is not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError("config must be a mapping with 'server' and 'models'")
-    config = _parse(raw)
 
-    basics: dict[str, Any] = {k: env[v] for k, v in _ENV.items() if env.get(v)}
+    server = raw.get("server")
+    basics = {key: _scalar(env[var]) for key, var in _ENV.items() if env.get(var)}
     basics.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    for number in ("port", "processes"):
-        if number in basics:
-            try:
-                basics[number] = int(basics[number])
-            except ValueError:
-                raise ConfigError(f"{number} {basics[number]!r} is not a number") from None
-    return _check(replace(config, **basics))
-
-
-def _parse(raw: dict[str, Any]) -> ServerConfig:
-    server = raw.get("server") or {}
-    known = {f.name for f in fields(ServerConfig)} - {"models"}
-    unknown = set(server) - known
-    if unknown:
-        raise ConfigError(f"unknown server setting(s) {sorted(unknown)}; known: {sorted(known)}")
-    models = raw.get("models") or []
-    if not isinstance(models, list):
-        raise ConfigError("'models' must be a list")
-    return ServerConfig(**server, models=tuple(_model_spec(i, m) for i, m in enumerate(models)))
-
-
-_SPEC_FIELDS = {f.name for f in fields(ModelSpec)} - {"default_pooling"}
-
-
-def _model_spec(index: int, raw: Any) -> ModelSpec:
-    if not isinstance(raw, dict) or "name" not in raw or "plugin" not in raw:
-        raise ConfigError(f"models[{index}] needs at least 'name' and 'plugin'")
-    raw = dict(raw)
-    pooling = raw.pop("pooling", None)
-    unknown = set(raw) - _SPEC_FIELDS
-    if unknown:
-        raise ConfigError(f"models[{index}] ({raw['name']}): unknown setting(s) {sorted(unknown)}")
+    if basics:
+        raw = {**raw, "server": {**(server if isinstance(server, dict) else {}), **basics}}
     try:
-        default_pooling = Pooling(pooling) if pooling else None
-    except ValueError:
-        raise ConfigError(f"models[{index}] ({raw['name']}): pooling {pooling!r} is not cls, mean or pooler") from None
-    raw.setdefault("source", "")
-    spec = ModelSpec(**raw, default_pooling=default_pooling)
-    for limit in (
-        "max_batch_tokens",
-        "max_batch_size",
-        "max_queue_tokens",
-        "max_queue_requests",
-        "workers",
-        "max_context_bytes",
-    ):
-        if not isinstance(getattr(spec, limit), int) or getattr(spec, limit) < 1:
-            raise ConfigError(f"models[{index}] ({spec.name}): {limit} must be a whole number of at least 1")
-    return spec
+        settings = _File.model_validate(raw)
+    except pydantic.ValidationError as e:
+        raise ConfigError("\n".join(_describe(error) for error in e.errors())) from None
+    return _checked(settings)
 
 
-def _check(config: ServerConfig) -> ServerConfig:
-    if config.log_level.lower() not in _LOG_LEVELS:
-        raise ConfigError(f"log_level {config.log_level!r} is not one of {', '.join(_LOG_LEVELS)}")
-    if config.tokenizer_threads < 1 or config.stream_max_in_flight < 1 or config.torch_threads < 0:
-        raise ConfigError("tokenizer_threads and stream_max_in_flight must be at least 1, torch_threads at least 0")
-    if not isinstance(config.processes, int) or config.processes < 1:
-        raise ConfigError(f"processes {config.processes!r} must be a whole number of at least 1")
-    if not 0 <= config.port <= 65535:
-        raise ConfigError(f"port {config.port} is out of range")
-    names = [m.name for m in config.models]
-    for name in names:
-        if not _NAME.match(name):
-            raise ConfigError(f"model name {name!r}: use letters, digits, '.', '_' and '-'")
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ConfigError(f"model names must be unique; repeated: {duplicates}")
+def _scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _checked(settings: _File) -> ServerConfig:
+    names = [m.name for m in settings.models]
     if not names:
-        raise ConfigError("config lists no models")
-    if config.default_model and config.default_model not in names:
-        raise ConfigError(f"default_model {config.default_model!r} is not among the models {names}")
-    return replace(config, log_level=config.log_level.lower(), default_model=config.default_model or names[0])
+        raise ConfigError("models: the config lists no models")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"models: names must be unique; repeated: {repeated}")
+    default = settings.server.default_model
+    if default and default not in names:
+        raise ConfigError(f"server.default_model: {default!r} is not among the models {names}")
+    server = settings.server.model_dump()
+    return ServerConfig(
+        **{**server, "default_model": default or names[0]},
+        models=tuple(m.spec() for m in settings.models),
+    )
+
+
+def check_options(config: ServerConfig, plugins: dict[str, Any]) -> None:
+    """Check each model's options against its plugin's schema (plugin name -> plugin class);
+    a model whose plugin is missing is left to fail on its own, with the reason."""
+    for i, spec in enumerate(config.models):
+        schema = getattr(plugins.get(spec.plugin), "options_schema", None)
+        if schema is not None:
+            parse_options(schema, spec.options, where=f"models[{i}].options")
+
+
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
+
+
+def parse_options(schema: type[OptionsT], options: dict[str, Any], *, where: str) -> OptionsT:
+    """A plugin's options as its schema types them; ConfigError naming each wrong one."""
+    try:
+        return schema.model_validate(options)
+    except pydantic.ValidationError as e:
+        raise ConfigError("\n".join(_describe(error, prefix=where, known=schema) for error in e.errors())) from None
+
+
+_PHRASES = {
+    "int_type": "expected a whole number",
+    "int_from_float": "expected a whole number",
+    "float_type": "expected a number",
+    "bool_type": "expected true or false",
+    "string_type": "expected a string",
+    "dict_type": "expected a mapping",
+    "list_type": "expected a list",
+    "model_type": "expected a mapping",
+    "model_attributes_type": "expected a mapping",
+    "string_pattern_mismatch": "not a valid value",
+    "missing": "missing",
+}
+
+
+def _describe(error: Any, *, prefix: str = "", known: type[BaseModel] | None = None) -> str:
+    """One validation error as 'path: problem, got value'."""
+    loc = list(error["loc"])
+    path = prefix
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    kind, ctx, got = error["type"], error.get("ctx") or {}, error.get("input")
+    if kind == "extra_forbidden":
+        schema = known or _schema_at(loc)
+        what = "option" if prefix.endswith("options") else "setting"
+        return f"{path}: unknown {what}; known: {', '.join(schema.model_fields) if schema else ''}"
+    if kind == "missing":
+        return f"{path}: missing"
+    if kind == "greater_than_equal":
+        problem = f"must be at least {ctx['ge']}"
+    elif kind == "less_than_equal":
+        problem = f"must be at most {ctx['le']}"
+    elif kind == "literal_error":
+        problem = f"expected {ctx['expected']}"
+    elif kind == "string_pattern_mismatch" and path.endswith(".name"):
+        problem = "use letters, digits, '.', '_' and '-', starting with a letter or digit"
+    elif kind == "string_pattern_mismatch" and path.endswith(".device"):
+        problem = "expected auto, cpu, cuda or cuda:N"
+    else:
+        problem = _PHRASES.get(kind, error["msg"])
+    return f"{path}: {problem}, got {got!r}"
+
+
+def _schema_at(loc: list[Any]) -> type[BaseModel] | None:
+    if not loc[:-1]:
+        return _File
+    schemas: dict[str, type[BaseModel]] = {"server": ServerSettings, "models": ModelSettings}
+    return schemas.get(loc[0])

@@ -5,8 +5,10 @@
     │   └── InputTooLong          INVALID_ARGUMENT: an input over the model's token limit
     ├── ModelNotFound             NOT_FOUND: no model of that name is configured
     ├── CapabilityNotSupported    UNIMPLEMENTED: the model cannot do what was asked
-    ├── ModelUnavailable          UNAVAILABLE: the model is loading, failed to load, or unhealthy
+    ├── ModelUnavailable          UNAVAILABLE: the model is loading, or the server is draining
+    ├── ModelFailed               FAILED_PRECONDITION: the model failed to load (until it is reloaded)
     ├── Overloaded                RESOURCE_EXHAUSTED: queue full, device out of memory
+    ├── InternalFailure           INTERNAL: a fault on the model's path, logged once with this request id
     └── ConfigError               (at start-up, never a call) a configuration or model that cannot load
 
 Anything else raised while serving a call is INTERNAL and logged with a request id. Messages
@@ -20,15 +22,23 @@ __all__ = [
     "CapabilityNotSupported",
     "ConfigError",
     "InputTooLong",
+    "InternalFailure",
     "InvalidRequest",
+    "ModelFailed",
     "ModelNotFound",
     "ModelUnavailable",
     "Overloaded",
+    "quoted",
 ]
 
 
 class BertserveError(Exception):
     """Base of every error whose message is meant for the caller."""
+
+
+def quoted(text: str, limit: int = 64) -> str:
+    """A caller's string for a message: repr'd, and cut, so that a long one cannot swell the status."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
 
 
 class InvalidRequest(BertserveError):
@@ -57,7 +67,11 @@ class CapabilityNotSupported(BertserveError):
 
 
 class ModelUnavailable(BertserveError):
-    """The model is configured but cannot serve now: loading, failed, unhealthy or shutting down."""
+    """The model is configured but cannot serve now: loading or shutting down; a retry may succeed."""
+
+
+class ModelFailed(BertserveError):
+    """The model failed to load; retrying the call cannot succeed until the model is loaded again."""
 
 
 class Overloaded(BertserveError):
@@ -66,6 +80,11 @@ class Overloaded(BertserveError):
     def __init__(self, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class InternalFailure(BertserveError):
+    """A fault in serving (a plugin's exception, a failed pass): already logged, with the request id
+    its message carries, so that the caller and the log can be matched."""
 
 
 class ConfigError(BertserveError):

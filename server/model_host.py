@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from bertserve.api import Capability, EncoderPlugin, Encoding, ModelInfo, ModelSpec
 from bertserve.batcher import Batcher, BatchLimits, Completed
-from bertserve.errors import BertserveError, CapabilityNotSupported, ModelUnavailable, Overloaded
+from bertserve.errors import BertserveError, CapabilityNotSupported, ModelFailed, ModelUnavailable, Overloaded
 
 __all__ = ["ModelHost", "ModelState"]
 
@@ -73,10 +73,16 @@ class ModelHost:
             overhead_of=self._pass_overhead,
         )
         self.on_state_change: Callable[[ModelHost], None] = lambda host: None
+        self.batcher.on_health_change = lambda healthy: self.on_state_change(self)
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def serving(self) -> bool:
+        """Ready, and its passes are not all failing (what health reports)."""
+        return self.state is ModelState.READY and self.batcher.healthy
 
     async def load(self) -> None:
         """Fetch the model's files on a loader thread, then load it on its device's worker.
@@ -110,7 +116,7 @@ class ModelHost:
         if self.state is ModelState.LOADING:
             raise ModelUnavailable(f"model {self.name!r} is still loading")
         if self.state is ModelState.FAILED or self.info is None:
-            raise ModelUnavailable(f"model {self.name!r} failed to load: {self.failure_reason}")
+            raise ModelFailed(f"model {self.name!r} failed to load: {self.failure_reason}")
         if capability not in self.info.capabilities:
             raise CapabilityNotSupported(_missing(self.name, capability))
         return self.info

@@ -28,6 +28,9 @@ __all__ = ["answer"]
 # Parts of a call's windows in the batcher at once: one computing while the next waits, so the
 # device never idles while the last part's answers are folded in.
 _PARTS_IN_FLIGHT = 2
+# A part's compute time at most (where a window takes longer, one window): what a call of another
+# caller may wait behind one part.
+_PART_SECONDS = 0.25
 # The longest wait between tries when the queue is full partway through a call (see _submit).
 _MAX_REQUEUE_WAIT_S = 0.5
 
@@ -85,10 +88,15 @@ def _windows(plugin: EncoderPlugin, query: AnswerQuery, max_seq_len: int, doc_st
 
 
 def _part_size(host: ModelHost, max_seq_len: int) -> int:
-    """Windows per part: what one forward pass takes, within what the queue ever holds."""
+    """Windows per part: what one forward pass takes, within what the queue ever holds, and no more
+    than the model computes in _PART_SECONDS at its measured rate, so that other calls wait little."""
     spec = host.spec
     fits = min(spec.max_batch_size, spec.max_batch_tokens // max_seq_len, spec.max_queue_requests // _PARTS_IN_FLIGHT)
-    return max(1, min(fits, spec.max_queue_tokens // (_PARTS_IN_FLIGHT * max_seq_len)))
+    fits = min(fits, spec.max_queue_tokens // (_PARTS_IN_FLIGHT * max_seq_len))
+    rate = host.batcher.tokens_per_s
+    if rate > 0:
+        fits = min(fits, int(rate * _PART_SECONDS) // max_seq_len)
+    return max(1, fits)
 
 
 async def _run_parts(

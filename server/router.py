@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from bertserve.errors import ModelNotFound
+from bertserve.errors import ModelNotFound, quoted
 from bertserve.model_host import ModelHost
 
 __all__ = ["Router"]
@@ -24,4 +24,4 @@ class Router:
         try:
             return self._hosts[key]
         except KeyError:
-            raise ModelNotFound(f"no model named {key!r}; configured models: {sorted(self._hosts)}") from None
+            raise ModelNotFound(f"no model named {quoted(key)}; configured models: {sorted(self._hosts)}") from None

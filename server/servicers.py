@@ -10,6 +10,7 @@ import grpc
 
 from bertserve import convert, embedding, qa
 from bertserve.errors import BertserveError
+from bertserve.parsing import Unparsable
 from bertserve.router import Router
 from bertserve.status import grpc_errors, internal_error, status_of
 from bertserve_client.v1 import encoder_service_pb2, encoder_service_pb2_grpc, model_service_pb2, model_service_pb2_grpc
@@ -65,7 +66,7 @@ class EncoderServicer(encoder_service_pb2_grpc.EncoderServiceServicer):
             try:
                 async for item in request_iterator:
                     await slots.acquire()
-                    in_flight.put_nowait(asyncio.create_task(self._stream_item(item.request, deadline)))
+                    in_flight.put_nowait(asyncio.create_task(self._stream_item(item, deadline)))
             finally:
                 in_flight.put_nowait(None)
 
@@ -84,10 +85,13 @@ class EncoderServicer(encoder_service_pb2_grpc.EncoderServiceServicer):
                     task.cancel()
 
     async def _stream_item(
-        self, request: encoder_service_pb2.EmbedRequest, deadline: float | None
+        self, item: encoder_service_pb2.EmbedStreamRequest | Unparsable, deadline: float | None
     ) -> encoder_service_pb2.EmbedStreamResponse:
+        if isinstance(item, Unparsable):
+            error = encoder_service_pb2.ItemError(code=grpc.StatusCode.INVALID_ARGUMENT.value[0], message=str(item))
+            return encoder_service_pb2.EmbedStreamResponse(error=error)
         try:
-            result = await embedding.embed(self._router, convert.embed_query(request), deadline=deadline)
+            result = await embedding.embed(self._router, convert.embed_query(item.request), deadline=deadline)
         except BertserveError as e:
             error = encoder_service_pb2.ItemError(code=status_of(e).value[0], message=str(e))
             return encoder_service_pb2.EmbedStreamResponse(error=error)

@@ -18,11 +18,14 @@ import grpc
 from bertserve.errors import (
     BertserveError,
     CapabilityNotSupported,
+    InternalFailure,
     InvalidRequest,
+    ModelFailed,
     ModelNotFound,
     ModelUnavailable,
     Overloaded,
 )
+from bertserve.parsing import Unparsable
 
 __all__ = ["STATUS_OF", "abort_with", "grpc_errors", "internal_error", "status_of"]
 
@@ -33,6 +36,8 @@ STATUS_OF: dict[type[BertserveError], grpc.StatusCode] = {
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
     CapabilityNotSupported: grpc.StatusCode.UNIMPLEMENTED,
     ModelUnavailable: grpc.StatusCode.UNAVAILABLE,
+    ModelFailed: grpc.StatusCode.FAILED_PRECONDITION,
+    InternalFailure: grpc.StatusCode.INTERNAL,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
@@ -53,6 +58,8 @@ def grpc_errors(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
 
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        if isinstance(request, Unparsable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(request))
         try:
             return await handler(self, request, context)
         except grpc.aio.AbortError:

@@ -47,9 +47,17 @@ def serve_processes(config: ServerConfig) -> int:
     child_config = replace(config, port=port, processes=1, torch_threads=threads)
     context = multiprocessing.get_context("spawn")  # no forked copies of a parent's threads or locks
     stopping = False
+    children: list[tuple[BaseProcess, Event]] = []
 
     def stop(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
+        if stopping:  # a second signal: no more waiting for the servers to drain
+            log.warning("second %s: stopping the servers now", signal.Signals(signum).name)
+            for process, _ in children:
+                if process.is_alive():
+                    process.kill()
+            logging.shutdown()
+            os._exit(128 + signum)
         stopping = True
 
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -72,7 +80,7 @@ def serve_processes(config: ServerConfig) -> int:
         port,
         threads,
     )
-    children = [start(i + 1) for i in range(config.processes)]
+    children.extend(start(i + 1) for i in range(config.processes))
     try:
         for index, (process, listening) in enumerate(children, start=1):
             if not _started(process, listening, lambda: stopping) and not stopping:

@@ -16,11 +16,12 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 import torch
 from huggingface_hub import snapshot_download
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from transformers import AutoConfig, AutoModel, AutoModelForQuestionAnswering, AutoTokenizer
 
 from bertserve import compiling, onednn_linear, tracing
@@ -34,13 +35,14 @@ from bertserve.api import (
     Pooling,
     QAWindowLogits,
 )
+from bertserve.config import parse_options
 from bertserve.errors import CapabilityNotSupported, ConfigError, InvalidRequest
 from bertserve.packed_inputs import PackedBatch, pack
 from bertserve.placement import dtype_name, resolve_device, resolve_dtype, without_per_shape_attention_plans
 from bertserve.sources import resolve_source
 from bertserve.thread_tokenizers import ThreadTokenizers
 
-__all__ = ["TransformersPlugin"]
+__all__ = ["TransformersOptions", "TransformersPlugin"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,21 @@ _LOAD_LOCK = threading.Lock()
 _CHECKPOINT_FILES = ["*.json", "*.txt", "*.model", "*.safetensors"]
 
 
+class TransformersOptions(BaseModel):
+    """``options:`` of the transformers-backed plugins."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: float32, bfloat16 on CPU: linear layers on oneDNN with weights packed once, checked at load.
+    onednn_linear: StrictBool = True
+    #: Tokens per row when short sequences share the rows of a pass.
+    pack_row_tokens: Annotated[StrictInt, Field(ge=1)] = 64
+    #: The encoder under torch.compile, checked against eager at load (see bertserve.compiling).
+    compile: StrictBool = False
+    #: Packed passes as a TorchScript trace; unset: on CPUs, off on GPUs (see bertserve.tracing).
+    trace: StrictBool | None = None
+
+
 class TransformersPlugin(EncoderPlugin):
     """A BERT-family encoder loaded with ``from_pretrained`` from a hub id or a local directory."""
 
@@ -62,9 +79,11 @@ class TransformersPlugin(EncoderPlugin):
     default_source: ClassVar[str]
     #: Positions the model reserves before the first token (RoBERTa offsets by padding_idx + 1).
     position_offset: ClassVar[int] = 0
+    options_schema: ClassVar[type[TransformersOptions]] = TransformersOptions
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)
+        self.options = parse_options(self.options_schema, spec.options, where=f"model {spec.name!r} options")
         self._tokenizers: ThreadTokenizers[Any] | None = None  # see bertserve.thread_tokenizers
         self._model: Any = None  # the full model: a base encoder or a ...ForQuestionAnswering
         self._encoder: Any = None  # the base encoder inside it
@@ -79,7 +98,6 @@ class TransformersPlugin(EncoderPlugin):
         self._onednn_layers = 0  # linear layers running on oneDNN (see bertserve.onednn_linear)
         self._compiled = False  # the encoder runs under torch.compile (see bertserve.compiling)
         self._traced: tracing.TracedEncoder | None = None  # packed passes run traced (see bertserve.tracing)
-        self._pack_row_tokens = int(spec.options.get("pack_row_tokens", 64))
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -147,7 +165,7 @@ class TransformersPlugin(EncoderPlugin):
         default_pooling = self.spec.default_pooling or st_pooling or Pooling.MEAN
         if default_pooling not in poolings:
             raise ConfigError(f"default pooling {default_pooling.value!r} is not offered by {source!r}")
-        compile_wanted = bool(self.spec.options.get("compile", False))
+        compile_wanted = self.options.compile
         self._onednn_layers = 0 if compile_wanted else self._swap_in_onednn_linear()
         self._packs = self._packing_works()
         if compile_wanted:
@@ -362,7 +380,7 @@ class TransformersPlugin(EncoderPlugin):
     def _pack(self, batch: Sequence[Encoding]) -> PackedBatch:
         return pack(
             batch,
-            row_tokens=self._pack_row_tokens,
+            row_tokens=self.options.pack_row_tokens,
             pad_id=self._pad_id,
             position_offset=self.position_offset,
             with_token_types=self._uses_token_types,
@@ -409,8 +427,8 @@ class TransformersPlugin(EncoderPlugin):
         """On CPU in float32 or bfloat16, move the linear layers to oneDNN, if the model's outputs
         stay within tolerance of torch's; return how many moved. Options: onednn_linear: false
         keeps torch's."""
-        wanted = bool(self.spec.options.get("onednn_linear", True))
-        if not (wanted and self._device.type == "cpu" and self._dtype in onednn_linear.packable_dtypes()):
+        on_cpu = self._device.type == "cpu"
+        if not (self.options.onednn_linear and on_cpu and self._dtype in onednn_linear.packable_dtypes()):
             return 0
         inputs = self._inputs(self.tokenize(["A check of oneDNN linear layers.", "Short one."]))
         before = self._output_tensors(inputs)
@@ -476,10 +494,7 @@ class TransformersPlugin(EncoderPlugin):
 
     def _trace_wanted(self) -> bool:
         """Options: trace (default: on CPUs; GPUs have not been measured with it)."""
-        wanted = self.spec.options.get("trace", self._device.type == "cpu")
-        if not isinstance(wanted, bool):
-            raise ConfigError(f"option trace of model {self.spec.name!r} must be true or false, not {wanted!r}")
-        return wanted
+        return self.options.trace if self.options.trace is not None else self._device.type == "cpu"
 
     def _trace_encoder(self) -> None:
         """Run packed passes as a trace of the encoder if it gives what eager passes give for

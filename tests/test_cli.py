@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -68,3 +69,22 @@ async def test_errors_exit_non_zero_with_the_status(target: str) -> None:
     assert run.stderr.startswith("bertserve: NOT_FOUND: no model named 'no-such-model'")
     run = await bertserve(target, "models")
     assert run.returncode == 0 and any(m["name"] == "minilm" for m in json.loads(run.stdout))
+
+
+async def test_a_closed_pipe_ends_the_command_quietly(target: str) -> None:
+    """`bertserve embed ... | head`: the reader leaves early, and the command stops without a traceback."""
+    texts = [f"sentence number {i}" for i in range(64)]  # 64 x 384 numbers: far more JSON than a pipe holds
+    command = shlex.join([sys.executable, "-m", "bertserve.cli", "embed", "--model", "minilm", *texts, "--target"])
+    command += " " + shlex.quote(target)
+    run = await asyncio.to_thread(
+        subprocess.run,
+        f"set -o pipefail; {command} | head -c 100",
+        shell=True,
+        executable="/bin/bash",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert len(run.stdout) == 100
+    assert run.stderr == ""
+    assert run.returncode == 141  # as any writer that SIGPIPE ends

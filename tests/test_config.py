@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bertserve.api import Pooling
-from bertserve.config import load_config
+from bertserve.config import ModelSettings, ServerSettings, check_options, load_config
+from bertserve.discovery import discover_plugins
 from bertserve.errors import ConfigError
+from bertserve.transformers_plugin import TransformersOptions
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -46,33 +51,162 @@ def test_processes_from_env_and_flag(tmp_path: Path) -> None:
     assert load_config(path, environ={}).processes == 1
     assert load_config(path, environ={"BERTSERVE_PROCESSES": "3"}).processes == 3
     assert load_config(path, environ={"BERTSERVE_PROCESSES": "3"}, overrides={"processes": 2}).processes == 2
-    with pytest.raises(ConfigError, match="processes 'many' is not a number"):
+    with pytest.raises(ConfigError, match=r"server\.processes: expected a whole number, got 'many'"):
         load_config(path, environ={"BERTSERVE_PROCESSES": "many"})
+
+
+_KNOWN_MODEL_SETTINGS = (
+    "name, plugin, source, device, dtype, revision, pooling, max_input_tokens, allow_pickle, max_batch_tokens, "
+    "max_batch_size, max_queue_tokens, max_queue_requests, max_wait_ms, pass_overhead_tokens, workers, "
+    "max_context_bytes, options"
+)
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("models: []\n", "config lists no models"),
-        ("models: [{name: a}]\n", "models[0] needs at least 'name' and 'plugin'"),
-        ("models: [{name: a, plugin: bert, colour: red}]\n", "models[0] (a): unknown setting(s) ['colour']"),
-        ("models: [{name: a, plugin: bert, pooling: max}]\n", "pooling 'max' is not cls, mean or pooler"),
-        ("models: [{name: a, plugin: bert}, {name: a, plugin: bert}]\n", "repeated: ['a']"),
-        ("models: [{name: 'a b', plugin: bert}]\n", "model name 'a b'"),
-        ("server: {default_model: z}\nmodels: [{name: a, plugin: bert}]\n", "default_model 'z' is not among"),
-        ("server: {colour: red}\nmodels: [{name: a, plugin: bert}]\n", "unknown server setting(s) ['colour']"),
+        ("models: []\n", "models: the config lists no models"),
+        ("models: [{name: a}]\n", "models[0].plugin: missing"),
+        (
+            "models: [{name: a, plugin: bert, colour: red}]\n",
+            f"models[0].colour: unknown setting; known: {_KNOWN_MODEL_SETTINGS}",
+        ),
+        (
+            "models: [{name: a, plugin: bert, pooling: max}]\n",
+            "models[0].pooling: expected 'cls', 'mean' or 'pooler', got 'max'",
+        ),
+        (
+            "models: [{name: a, plugin: bert}, {name: a, plugin: bert}]\n",
+            "models: names must be unique; repeated: ['a']",
+        ),
+        (
+            "models: [{name: 'a b', plugin: bert}]\n",
+            "models[0].name: use letters, digits, '.', '_' and '-', starting with a letter or digit, got 'a b'",
+        ),
+        (
+            "server: {default_model: z}\nmodels: [{name: a, plugin: bert}]\n",
+            "server.default_model: 'z' is not among the models ['a']",
+        ),
+        (
+            "server: {colour: red}\nmodels: [{name: a, plugin: bert}]\n",
+            "server.colour: unknown setting; known: address, port",
+        ),
         ("[1, 2", "config is not valid YAML"),
+        ("models: [{name: a, plugin: bert, workers: 0}]\n", "models[0].workers: must be at least 1, got 0"),
+        ("server: {processes: 0}\nmodels: [{name: a, plugin: bert}]\n", "server.processes: must be at least 1, got 0"),
+        # Wrong types, from the file: each names its path, the problem and the value.
+        ("models: [{name: a, plugin: bert, max_wait_ms: '5'}]\n", "models[0].max_wait_ms: expected a number, got '5'"),
         (
-            "models: [{name: a, plugin: bert, workers: 0}]\n",
-            "models[0] (a): workers must be a whole number of at least 1",
+            "server: {port: '50053'}\nmodels: [{name: a, plugin: bert}]\n",
+            "server.port: expected a whole number, got '50053'",
         ),
         (
-            "server: {processes: 0}\nmodels: [{name: a, plugin: bert}]\n",
-            "processes 0 must be a whole number of at least 1",
+            "server: {log_level: 5}\nmodels: [{name: a, plugin: bert}]\n",
+            "server.log_level: expected 'debug', 'info', 'warning' or 'error', got 5",
         ),
+        (
+            "server: {tokenizer_threads: '2'}\nmodels: [{name: a, plugin: bert}]\n",
+            "server.tokenizer_threads: expected a whole number, got '2'",
+        ),
+        (
+            "server: {grace_period_s: ten}\nmodels: [{name: a, plugin: bert}]\n",
+            "server.grace_period_s: expected a number, got 'ten'",
+        ),
+        (
+            "models: [{name: a, plugin: bert, max_input_tokens: x}]\n",
+            "models[0].max_input_tokens: expected a whole number, got 'x'",
+        ),
+        (
+            "models: [{name: a, plugin: bert, allow_pickle: 'yes'}]\n",
+            "models[0].allow_pickle: expected true or false, got 'yes'",
+        ),
+        (
+            "models: [{name: a, plugin: bert, device: gpu}]\n",
+            "models[0].device: expected auto, cpu, cuda or cuda:N, got 'gpu'",
+        ),
+        (
+            "models: [{name: a, plugin: bert, dtype: fp8}]\n",
+            "models[0].dtype: expected 'auto', 'float32', 'float16' or 'bfloat16', got 'fp8'",
+        ),
+        ("server: {port: 70000}\nmodels: [{name: a, plugin: bert}]\n", "server.port: must be at most 65535, got 70000"),
+        ("models: 5\n", "models: expected a list, got 5"),
+        ("models: [5]\n", "models[0]: expected a mapping, got 5"),
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(_write(tmp_path, text), environ={})
     assert message in str(info.value)
+    if not message.startswith("config is not valid YAML"):
+        assert str(info.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"BERTSERVE_PORT": "port"}, "server.port: expected a whole number, got 'port'"),
+        ({"BERTSERVE_PORT": "99999"}, "server.port: must be at most 65535, got 99999"),
+        ({"BERTSERVE_LOG_LEVEL": "5"}, "server.log_level: expected 'debug', 'info', 'warning' or 'error', got 5"),
+    ],
+)
+def test_the_environment_is_checked_like_the_file(tmp_path: Path, environ: dict[str, str], message: str) -> None:
+    path = _write(tmp_path, "models: [{name: a, plugin: bert}]\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ=environ)
+    assert str(info.value) == message
+
+
+def test_plugin_options_are_checked_against_the_plugins_schema(tmp_path: Path) -> None:
+    text = "models: [{name: a, plugin: bert}, {name: b, plugin: bert, options: {onednn_lnear: false}}]\n"
+    config = load_config(_write(tmp_path, text), environ={})
+    with pytest.raises(ConfigError) as info:
+        check_options(config, discover_plugins().plugins)
+    assert str(info.value) == (
+        "models[1].options.onednn_lnear: unknown option; known: onednn_linear, pack_row_tokens, compile, trace"
+    )
+    text = "models: [{name: a, plugin: bert, options: {trace: 'yes', pack_row_tokens: 0}}]\n"
+    with pytest.raises(ConfigError) as info:
+        check_options(load_config(_write(tmp_path, text), environ={}), discover_plugins().plugins)
+    assert str(info.value) == (
+        "models[0].options.pack_row_tokens: must be at least 1, got 0\n"
+        "models[0].options.trace: expected true or false, got 'yes'"
+    )
+    # A model whose plugin is missing fails on its own, with the reason; its options are not judged.
+    check_options(load_config(_write(tmp_path, "models: [{name: a, plugin: nope, options: {x: 1}}]\n"), environ={}), {})
+
+
+def test_the_readme_documents_every_setting() -> None:
+    """The README's configuration reference and the schema list the same settings."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("## Configuration", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    documented = yaml.safe_load(block)
+    assert set(documented["server"]) == set(ServerSettings.model_fields)
+    [model] = documented["models"]
+    assert set(model) == set(ModelSettings.model_fields)
+    assert set(model["options"]) == set(TransformersOptions.model_fields)
+    # And the documented values are valid ones.
+    ServerSettings.model_validate(documented["server"])
+    ModelSettings.model_validate(model)
+    TransformersOptions.model_validate(model["options"])
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("models: [{name: a, plugin: bert, max_wait_ms: '5'}]\n", "models[0].max_wait_ms: expected a number, got '5'"),
+        (
+            "models: [{name: a, plugin: bert, options: {onednn_lnear: false}}]\n",
+            "models[0].options.onednn_lnear: unknown option; known: onednn_linear, pack_row_tokens, compile, trace",
+        ),
+    ],
+)
+def test_serve_exits_2_on_a_bad_config(tmp_path: Path, text: str, message: str) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bertserve.cli", "serve", "--config", str(_write(tmp_path, text))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1] == f"bertserve: {message}"
+    assert "Traceback" not in run.stderr

@@ -67,12 +67,58 @@ async def test_answer_without_qa_head_is_unimplemented(client: AsyncClient) -> N
     assert err.message.startswith("model 'bert' has no question-answering head")
 
 
-async def test_failed_model_is_unavailable_while_others_serve(client: AsyncClient) -> None:
+async def test_failed_model_is_a_failed_precondition_while_others_serve(client: AsyncClient) -> None:
+    """A model that failed to load answers FAILED_PRECONDITION: a retry cannot succeed, unlike UNAVAILABLE."""
     err = await _error(client.embed("hello", model="missing"))
-    assert err.code is grpc.StatusCode.UNAVAILABLE
+    assert err.code is grpc.StatusCode.FAILED_PRECONDITION
     assert err.message.startswith("model 'missing' failed to load: ")
     err = await _error(client.embed("hello", model="wrong-plugin"))
-    assert err.code is grpc.StatusCode.UNAVAILABLE
+    assert err.code is grpc.StatusCode.FAILED_PRECONDITION
     assert "is a 'bert' model; plugin 'albert' serves ['albert']" in err.message
     result = await client.embed("still serving", model="bert")
     assert result.embeddings.shape[0] == 1
+
+
+async def test_a_huge_model_name_is_cut_in_the_message(client: AsyncClient) -> None:
+    """A 100 KB name quoted in full would overflow the status metadata and turn NOT_FOUND into RESOURCE_EXHAUSTED."""
+    err = await _error(client.embed("hello", model="m" * 100_000))
+    assert err.code is grpc.StatusCode.NOT_FOUND
+    assert err.message.startswith(f"no model named {'m' * 64!r}... (100000 characters); configured models: [")
+    assert len(err.message) < 2000
+
+
+# Embed's field 1 (model, a string) holding bytes that are not UTF-8.
+NOT_UTF8 = b"\x0a\x02\xff\xfe"
+
+
+async def test_a_request_that_does_not_parse_is_invalid_argument(
+    channel: grpc.aio.Channel, caplog: pytest.LogCaptureFixture
+) -> None:
+    embed = channel.unary_unary("/bertserve.v1.EncoderService/Embed")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await embed(NOT_UTF8, timeout=10)
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith("the request does not parse as bertserve.v1.EmbedRequest: ")
+    assert not [r for r in caplog.records if r.levelno >= 40], "a request that does not parse is no server error"
+    models = channel.unary_unary("/bertserve.v1.ModelService/GetModel")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await models(NOT_UTF8, timeout=10)
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith("the request does not parse as bertserve.v1.GetModelRequest: ")
+
+
+async def test_a_stream_item_that_does_not_parse_fails_alone(channel: grpc.aio.Channel) -> None:
+    from bertserve_client.v1 import encoder_service_pb2
+
+    good = encoder_service_pb2.EmbedStreamRequest(
+        request=encoder_service_pb2.EmbedRequest(model="bert", inputs=["hello"])
+    ).SerializeToString()
+    bad = b"\x0a" + bytes([len(NOT_UTF8)]) + NOT_UTF8  # field 1 (request) holding the broken EmbedRequest
+    stream = channel.stream_stream(
+        "/bertserve.v1.EncoderService/EmbedStream",
+        response_deserializer=encoder_service_pb2.EmbedStreamResponse.FromString,
+    )
+    replies = [r async for r in stream(iter([good, bad, good]), timeout=30)]
+    assert [r.WhichOneof("result") for r in replies] == ["response", "error", "response"]
+    assert replies[1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert replies[1].error.message.startswith("the request does not parse as bertserve.v1.EmbedStreamRequest: ")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 from pathlib import Path
 
 import grpc
@@ -143,3 +144,20 @@ async def test_a_loading_model_is_unavailable_until_ready(tmp_path: Path) -> Non
             assert (await client.embed("now", model="minilm")).embeddings.shape == (1, 384)
     finally:
         await server.stop(grace=1)
+
+
+async def test_a_model_whose_plugin_is_missing_is_logged_at_start(
+    tiny_models: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "server: {address: 127.0.0.1, port: 0}\nmodels:\n"
+        f"  - {{name: fine, plugin: bert, source: '{tiny_models['bert']}'}}\n"
+        "  - {name: typo, plugin: nope, source: x}\n"
+    )
+    with caplog.at_level(logging.ERROR, logger="bertserve.app"):
+        server = BertServer(load_config(config))
+    [record] = [r for r in caplog.records if r.name == "bertserve.app"]
+    assert record.getMessage().startswith("model 'typo' cannot load: no plugin 'nope' is installed; installed: [")
+    assert server.router.get("typo").failure_reason.startswith("no plugin 'nope' is installed")
+    await server.stop(grace=0)

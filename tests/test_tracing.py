@@ -153,9 +153,9 @@ async def test_a_trace_option_that_is_not_a_boolean_fails_that_model_alone(serve
     async with AsyncClient(f"127.0.0.1:{served.port}") as client:
         with pytest.raises(BertserveError) as e:
             await client.embed(["x"], model="trace-word")
-        assert e.value.code == grpc.StatusCode.UNAVAILABLE
+        assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
         assert e.value.message == (
-            "model 'trace-word' failed to load: ConfigError: option trace of model 'trace-word' must be true or "
-            "false, not 'yes'"
+            "model 'trace-word' failed to load: ConfigError: model 'trace-word' options.trace: expected true or "
+            "false, got 'yes'"
         )
         assert (await client.embed(["x"], model="bert")).embeddings.shape[0] == 1

