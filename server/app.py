@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from bertserve.config import ServerConfig
 from bertserve.device_workers import DeviceWorkers
 from bertserve.discovery import PluginRegistry, discover_plugins
+from bertserve.domain import CallLimits
 from bertserve.model_host import ModelHost
 from bertserve.parsing import add_servicer
 from bertserve.router import Router
@@ -31,7 +32,6 @@ _SERVICES = (
     encoder_service_pb2.DESCRIPTOR.services_by_name["EncoderService"].full_name,
     model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
 )
-_MESSAGE_LIMIT = 64 * 1024 * 1024  # token embeddings of a large batch run to megabytes
 
 
 class BertServer:
@@ -72,14 +72,20 @@ class BertServer:
         """Bind, serve, and load every model concurrently; returns the bound port."""
         server = grpc.aio.server(
             options=[
-                ("grpc.max_receive_message_length", _MESSAGE_LIMIT),
-                ("grpc.max_send_message_length", _MESSAGE_LIMIT),
+                ("grpc.max_receive_message_length", self.config.max_receive_message_bytes),
+                ("grpc.max_send_message_length", self.config.max_send_message_bytes),
                 ("grpc.so_reuseport", int(self._share_port)),
             ]
         )
         add_servicer(
             encoder_service_pb2_grpc.add_EncoderServiceServicer_to_server,
-            EncoderServicer(self.router, stream_max_in_flight=self.config.stream_max_in_flight),
+            EncoderServicer(
+                self.router,
+                stream_max_in_flight=self.config.stream_max_in_flight,
+                limits=CallLimits(
+                    self.config.max_input_bytes, self.config.max_send_message_bytes, self.config.max_concurrent_calls
+                ),
+            ),
             server,
         )
         add_servicer(model_service_pb2_grpc.add_ModelServiceServicer_to_server, ModelServicer(self.router), server)

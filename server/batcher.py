@@ -1,10 +1,12 @@
 """Per-model dynamic batching: many small calls become few well-packed forward passes.
 
 Work arrives as sequences (one Embed input, one Answer window), each with its own future.
-One loop per model looks ahead over the pending sequences of the oldest one's operation, splits
-them by length into the passes that cost least (bertserve.packing: a fixed cost per pass against
-padding, within the token budget of longest x count and the size cap), runs the group holding
-the oldest sequence on the model's worker thread, and resolves each future.
+One loop per model gives the requests that wait turns, in the order they came: it looks ahead
+over the pending sequences of the operation of the request whose turn it is, taken in turns from
+every request, splits them by length into the passes that cost least (bertserve.packing: a fixed
+cost per pass against padding, within the token budget of longest x count and the size cap), runs
+the group holding that request's sequence on the model's worker thread, and resolves each future.
+So a small call never waits for all of a large one: it goes in one of the next passes.
 A lone request on an idle model goes straight through; requests that arrive while the device
 is busy wait for the pass in flight, then share the next one. Under load (the oldest pending work
 had to wait for a pass, or another worker is still busy), max_wait_ms lets the loop linger that
@@ -28,11 +30,14 @@ from typing import Any, Generic, TypeVar
 from bertserve.errors import BertserveError, InternalFailure, InvalidRequest, ModelUnavailable, Overloaded
 from bertserve.packing import plan_groups
 
-__all__ = ["FAILURES_BEFORE_UNHEALTHY", "BatchLimits", "BatchStats", "Batcher", "Completed"]
+__all__ = ["FAILURES_BEFORE_UNHEALTHY", "MAX_RETRY_AFTER_S", "BatchLimits", "BatchStats", "Batcher", "Completed"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")  # one sequence of work
+
+#: The longest retry hint a refused call gets, in seconds.
+MAX_RETRY_AFTER_S = 10.0
 
 #: Forward passes in a row that must fail before the model reports itself unhealthy (NOT_SERVING).
 FAILURES_BEFORE_UNHEALTHY = 3
@@ -80,6 +85,7 @@ class _Pending(Generic[T]):
     cost: int
     future: asyncio.Future[Completed]
     deadline: float | None
+    request: int  # which submit() it came with: passes take turns between requests
     enqueued_ns: int = field(default_factory=time.monotonic_ns)
 
 
@@ -108,6 +114,8 @@ class Batcher:
         self._closed = False
         self._tokens_per_s = 0.0  # smoothed throughput, for retry hints
         self._failures_in_a_row = 0  # forward passes that failed since the last that succeeded
+        self._requests = 0  # submit() calls so far: each one's number
+        self._last_turn = 0  # the request whose turn it last was
         self.on_health_change: Callable[[bool], None] = lambda healthy: None
         self._last_pass_end_ns = 0  # when the latest forward pass finished
 
@@ -152,15 +160,17 @@ class Batcher:
             or self._queued_tokens + total > limits.max_queue_tokens
         ):
             self.stats.refused += 1
-            retry = self._retry_after_s()
+            retry = self.retry_after_s()
             raise Overloaded(
                 f"model {self.name!r} is at capacity: {len(self._pending)} sequences / {self._queued_tokens} tokens "
                 f"queued (limits {limits.max_queue_requests} / {limits.max_queue_tokens}); retry in {retry:.2f}s",
                 retry_after_s=retry,
             )
         loop = asyncio.get_running_loop()
+        request = self._requests = self._requests + 1
         pending = [
-            _Pending(op, item, cost, loop.create_future(), deadline) for item, cost in zip(items, costs, strict=True)
+            _Pending(op, item, cost, loop.create_future(), deadline, request)
+            for item, cost in zip(items, costs, strict=True)
         ]
         self._pending.extend(pending)
         self._queued_tokens += total
@@ -172,9 +182,10 @@ class Batcher:
                 p.future.cancel()
             raise
 
-    def _retry_after_s(self) -> float:
+    def retry_after_s(self) -> float:
+        """How long the queued work takes to drain at the measured rate: a hint, capped, never minutes."""
         rate = self._tokens_per_s or 1000.0
-        return max(0.05, self._queued_tokens / rate)
+        return min(MAX_RETRY_AFTER_S, max(0.05, self._queued_tokens / rate))
 
     async def _loop(self) -> None:
         """Serve until stopped. A fault of the loop itself fails the calls it holds, is logged once,
@@ -300,10 +311,13 @@ class Batcher:
                 return
 
     def _take_batch(self, idle_workers: int) -> list[_Pending[Any]]:
-        """Remove and return the next batch: the oldest live sequence plus its nearest-length peers.
+        """Remove and return the next batch: one sequence of the request whose turn it is, and the
+        sequences that plan well with it, taken in turns from every request of its operation.
 
-        With several workers idle, the batch takes only its share of the pending work, so that a
-        large request (20 Answer windows, 32 sentences) runs on all of them rather than on one.
+        Requests take turns in the order they came: a small call queued behind a large one goes in
+        one of the next passes, and a large call is spread over passes between other work. With
+        several workers idle, the batch takes only its share of the pending work, so that a large
+        request (20 Answer windows, 32 sentences) runs on all of them rather than on one.
         """
         now = time.monotonic()
         live = []
@@ -318,9 +332,11 @@ class Batcher:
         self._pending = live
         if not live:
             return []
-        anchor = live[0]
-        # Plan over the anchor's operation only, and over a bounded look-ahead of the queue.
-        candidates = [p for p in live if p.op == anchor.op][: 4 * self.limits.max_batch_size]
+        turn = min((p.request for p in live if p.request > self._last_turn), default=live[0].request)
+        anchor = next(p for p in live if p.request == turn)
+        # Plan over the anchor's operation only, the requests interleaved from its own on, and over a
+        # bounded look-ahead.
+        candidates = _in_turns([p for p in live if p.op == anchor.op], turn)[: 4 * self.limits.max_batch_size]
         share = -(-len(candidates) // max(1, idle_workers))
         groups = plan_groups(
             [p.cost for p in candidates],
@@ -328,8 +344,9 @@ class Batcher:
             max_batch_tokens=self.limits.max_batch_tokens,
             overhead_tokens=self._overhead_of(anchor.op),
         )
-        # The oldest sequence's group runs first: the plan cuts padding, the order keeps it fair.
+        # The anchor's group runs first: the plan cuts padding, the turns keep it fair.
         batch = [candidates[i] for i in next(g for g in groups if 0 in g)]
+        self._last_turn = turn
         taken = set(map(id, batch))
         self._pending = [p for p in live if id(p) not in taken]
         self._queued_tokens -= sum(p.cost for p in batch)
@@ -341,3 +358,14 @@ class Batcher:
     def _observe(self, tokens: int, elapsed_ns: int) -> None:
         rate = tokens / max(elapsed_ns, 1) * 1e9
         self._tokens_per_s = rate if not self._tokens_per_s else 0.8 * self._tokens_per_s + 0.2 * rate
+
+
+def _in_turns(pending: list[_Pending[Any]], first: int) -> list[_Pending[Any]]:
+    """The sequences interleaved by request: the first of each request (from request `first` on,
+    then the earlier ones), then the second of each, and so on."""
+    by_request: dict[int, list[_Pending[Any]]] = {}
+    for p in pending:
+        by_request.setdefault(p.request, []).append(p)
+    order = sorted(by_request, key=lambda r: (r < first, r))
+    queues = [by_request[r] for r in order]
+    return [q[k] for k in range(max(len(q) for q in queues)) for q in queues if k < len(q)]

@@ -50,6 +50,10 @@ class ServerConfig:
     torch_threads: int = 0  # torch intra-op threads per process; 0: the cores split between the processes
     tokenizer_threads: int = 2  # the pool that tokenizes and decodes answers off the event loop
     stream_max_in_flight: int = 64  # items of one EmbedStream being worked on at once
+    max_concurrent_calls: int = 1024  # EncoderService calls in flight; more are refused with a retry hint
+    max_input_bytes: int = 8 * 1024 * 1024  # one call's (or stream item's) request, checked before any work
+    max_receive_message_bytes: int = 64 * 1024 * 1024  # gRPC's limit on a request message
+    max_send_message_bytes: int = 64 * 1024 * 1024  # gRPC's limit on a reply; larger replies are refused up front
     models: tuple[ModelSpec, ...] = field(default_factory=tuple)
 
     @property
@@ -83,6 +87,10 @@ class ServerSettings(_Schema):
     torch_threads: Annotated[Whole, Field(ge=0)] = _SERVER["torch_threads"]
     tokenizer_threads: AtLeastOne = _SERVER["tokenizer_threads"]
     stream_max_in_flight: AtLeastOne = _SERVER["stream_max_in_flight"]
+    max_concurrent_calls: AtLeastOne = _SERVER["max_concurrent_calls"]
+    max_input_bytes: AtLeastOne = _SERVER["max_input_bytes"]
+    max_receive_message_bytes: Annotated[StrictInt, Field(ge=1024)] = _SERVER["max_receive_message_bytes"]
+    max_send_message_bytes: Annotated[StrictInt, Field(ge=1024)] = _SERVER["max_send_message_bytes"]
 
     @pydantic.field_validator("log_level", mode="before")
     @classmethod

@@ -13,6 +13,7 @@ from bertserve.batcher import Completed
 __all__ = [
     "AnswerQuery",
     "AnswerSpan",
+    "CallLimits",
     "EmbedQuery",
     "EmbedResult",
     "TokenizeQuery",
@@ -20,6 +21,15 @@ __all__ = [
     "UsageMeter",
     "usage_of",
 ]
+
+
+@dataclass(frozen=True)
+class CallLimits:
+    """What one call may bring and take back, checked before any work."""
+
+    max_input_bytes: int = 8 * 1024 * 1024  # the request (or stream item) as it came
+    max_reply_bytes: int = 64 * 1024 * 1024  # the reply, as predicted before the model runs
+    max_concurrent_calls: int = 1024  # calls in flight at once; more are refused with a retry hint
 
 
 @dataclass(frozen=True)

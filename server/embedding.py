@@ -14,7 +14,7 @@ from bertserve.router import Router
 __all__ = ["embed", "tokenize"]
 
 
-async def tokenize(router: Router, query: TokenizeQuery) -> TokenizeResult:
+async def tokenize(router: Router, query: TokenizeQuery, *, max_reply_bytes: int = 1 << 62) -> TokenizeResult:
     host = router.get(query.model)
     info = host.require(Capability.TOKENIZE)
     if not query.inputs:
@@ -32,17 +32,17 @@ async def tokenize(router: Router, query: TokenizeQuery) -> TokenizeResult:
             )
     elif query.max_length is not None:
         raise InvalidRequest("max_length applies only with truncate: set truncate too")
-    encodings = await host.off_loop(
-        host.plugin.tokenize,
-        query.inputs,
-        pairs=query.pairs,
-        add_special_tokens=query.add_special_tokens,
-        max_length=max_length,
+    encodings = await host.tokenize(
+        query.inputs, pairs=query.pairs, add_special_tokens=query.add_special_tokens, max_length=max_length
     )
+    reply = 64 + sum(_TOKEN_BYTES * len(e) + sum(len(t.encode()) for t in e.tokens) for e in encodings)
+    _check_reply(reply, max_reply_bytes, len(encodings), "")
     return TokenizeResult(model=host.name, encodings=encodings)
 
 
-async def embed(router: Router, query: EmbedQuery, *, deadline: float | None) -> EmbedResult:
+async def embed(
+    router: Router, query: EmbedQuery, *, deadline: float | None, max_reply_bytes: int = 1 << 62
+) -> EmbedResult:
     host = router.get(query.model)
     info = host.require(Capability.EMBED)
     pooling = query.pooling or info.default_pooling
@@ -59,11 +59,19 @@ async def embed(router: Router, query: EmbedQuery, *, deadline: float | None) ->
 
     limit = info.max_input_tokens
     started = time.monotonic_ns()
-    encodings = await host.off_loop(host.plugin.tokenize, query.inputs, max_length=limit if query.truncate else None)
+    # Cut at the limit whether or not truncate is set: a longer input is then told, not tokenized whole.
+    encodings = await host.tokenize(query.inputs, max_length=limit)
     tokenization_ns = time.monotonic_ns() - started
-    for i, encoding in enumerate(encodings):
-        if len(encoding) > limit:
-            raise InputTooLong(host.name, i, len(encoding), limit)
+    if not query.truncate:
+        for i, encoding in enumerate(encodings):
+            if encoding.truncated:
+                raise InputTooLong(host.name, i, encoding.full_length, limit)
+    vector = 4 * info.hidden_size  # float32
+    reply = 64 + len(encodings) * (vector + 8)
+    if query.with_token_states:
+        reply += sum(len(e) * vector + 24 for e in encodings)
+    or_else = " or leave out return_token_embeddings" if query.with_token_states else ""
+    _check_reply(reply, max_reply_bytes, len(encodings), or_else)
 
     results = await host.run(("embed", pooling, query.with_token_states), encodings, deadline=deadline)
     pooled = np.stack([r.value[0] for r in results]).astype(np.float32, copy=False)
@@ -78,3 +86,17 @@ async def embed(router: Router, query: EmbedQuery, *, deadline: float | None) ->
         truncated_indices=[i for i, e in enumerate(encodings) if e.truncated],
         usage=usage_of(results, tokens=sum(counts), tokenization_ns=tokenization_ns),
     )
+
+
+# A token's share of a Tokenize reply besides its text: id, segment, masks, offsets, sequence id.
+_TOKEN_BYTES = 16
+
+
+def _check_reply(size: int, limit: int, inputs: int, or_else: str) -> None:
+    """Refuse a call whose reply would not fit the send limit before the model runs, not after."""
+    if size > limit:
+        fit = max(1, inputs * limit // size)
+        raise InvalidRequest(
+            f"the reply would hold about {size} bytes, over the server's limit of {limit} bytes per reply "
+            f"(max_send_message_bytes); send at most {fit} inputs per call{or_else}"
+        )

@@ -49,9 +49,9 @@ class InputTooLong(InvalidRequest):
     """One input has more tokens than the model accepts and truncation was not asked for."""
 
     def __init__(self, model: str, index: int, tokens: int, limit: int) -> None:
+        # tokens may count a prefix only (a long input is not tokenized to its end): say "more than".
         super().__init__(
-            f"input {index} has {tokens} tokens, over the limit of {limit} tokens of model {model!r}; "
-            "shorten it or set truncate"
+            f"input {index} has more than {limit} tokens, the limit of model {model!r}; shorten it or set truncate"
         )
         self.index = index
         self.tokens = tokens

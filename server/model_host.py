@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# Texts tokenized in one job of the shared tokenizer pool (see ModelHost.tokenize).
+_TOKENIZE_SLICE = 16
 # A pass overhead so large that the planner never splits a batch that fits the limits.
 _FILL_PASSES = 1e9
 
@@ -131,6 +133,30 @@ class ModelHost:
         """Run a blocking call (tokenization, span search) on the tokenizer pool."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._tokenizer_pool, lambda: fn(*args, **kwargs))
+
+    async def tokenize(
+        self,
+        texts: Sequence[str],
+        *,
+        pairs: Sequence[str] | None = None,
+        add_special_tokens: bool = True,
+        max_length: int | None = None,
+    ) -> list[Encoding]:
+        """The plugin's tokenize, in slices of a few texts, each its own job on the shared pool: a
+        call with many inputs holds one of the pool's threads at a time, and between its slices
+        other calls' jobs, queued behind, get their turn."""
+        plugin = self.plugin
+        encodings: list[Encoding] = []
+        for start in range(0, len(texts), _TOKENIZE_SLICE):
+            part = slice(start, start + _TOKENIZE_SLICE)
+            encodings += await self.off_loop(
+                plugin.tokenize,
+                texts[part],
+                pairs=pairs[part] if pairs is not None else None,
+                add_special_tokens=add_special_tokens,
+                max_length=max_length,
+            )
+        return encodings
 
     async def run(self, op: Hashable, encodings: Sequence[Encoding], *, deadline: float | None) -> list[Completed]:
         """Send encodings through the batcher; one result per encoding, in order."""

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
+from google.protobuf.message import Message
 
 from bertserve import convert, embedding, qa
-from bertserve.errors import BertserveError
+from bertserve.domain import CallLimits
+from bertserve.errors import BertserveError, InvalidRequest, Overloaded
 from bertserve.parsing import Unparsable
 from bertserve.router import Router
 from bertserve.status import grpc_errors, internal_error, status_of
@@ -25,30 +28,74 @@ def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
 
 
 class EncoderServicer(encoder_service_pb2_grpc.EncoderServiceServicer):
-    def __init__(self, router: Router, *, stream_max_in_flight: int = 64) -> None:
+    def __init__(self, router: Router, *, stream_max_in_flight: int = 64, limits: CallLimits | None = None) -> None:
         self._router = router
         self._stream_max_in_flight = stream_max_in_flight
+        self._limits = limits or CallLimits()
+        self._in_flight = 0  # calls being served: past max_concurrent_calls, bertserve refuses more
+
+    @contextlib.contextmanager
+    def _slot(self, model: str) -> Iterator[None]:
+        """A place among the calls in flight, or RESOURCE_EXHAUSTED with the model's retry hint: an
+        overloaded server answers the caller itself, it does not leave it to the transport."""
+        limit = self._limits.max_concurrent_calls
+        if self._in_flight >= limit:
+            try:
+                retry = self._router.get(model).batcher.retry_after_s()
+            except BertserveError:
+                retry = 1.0
+            raise Overloaded(
+                f"the server is at its limit of {limit} calls in flight (max_concurrent_calls); retry in {retry:.2f}s",
+                retry_after_s=retry,
+            )
+        self._in_flight += 1
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+
+    def _admit(self, request: Message) -> None:
+        """Refuse a request over max_input_bytes before any work: its size is known without parsing it again."""
+        size = request.ByteSize()
+        if size > self._limits.max_input_bytes:
+            raise InvalidRequest(
+                f"the request holds {size} bytes, over the server's limit of {self._limits.max_input_bytes} bytes "
+                "per call (max_input_bytes); split it"
+            )
 
     @grpc_errors
     async def Embed(
         self, request: encoder_service_pb2.EmbedRequest, context: grpc.aio.ServicerContext
     ) -> encoder_service_pb2.EmbedResponse:
-        result = await embedding.embed(self._router, convert.embed_query(request), deadline=deadline_of(context))
-        return convert.embed_response(result)
+        with self._slot(request.model):
+            self._admit(request)
+            result = await embedding.embed(
+                self._router,
+                convert.embed_query(request),
+                deadline=deadline_of(context),
+                max_reply_bytes=self._limits.max_reply_bytes,
+            )
+            return convert.embed_response(result)
 
     @grpc_errors
     async def Tokenize(
         self, request: encoder_service_pb2.TokenizeRequest, context: grpc.aio.ServicerContext
     ) -> encoder_service_pb2.TokenizeResponse:
-        result = await embedding.tokenize(self._router, convert.tokenize_query(request))
-        return convert.tokenize_response(result)
+        with self._slot(request.model):
+            self._admit(request)
+            result = await embedding.tokenize(
+                self._router, convert.tokenize_query(request), max_reply_bytes=self._limits.max_reply_bytes
+            )
+            return convert.tokenize_response(result)
 
     @grpc_errors
     async def Answer(
         self, request: encoder_service_pb2.AnswerRequest, context: grpc.aio.ServicerContext
     ) -> encoder_service_pb2.AnswerResponse:
-        result = await qa.answer(self._router, convert.answer_query(request), deadline=deadline_of(context))
-        return convert.answer_response(result)
+        with self._slot(request.model):
+            self._admit(request)
+            result = await qa.answer(self._router, convert.answer_query(request), deadline=deadline_of(context))
+            return convert.answer_response(result)
 
     async def EmbedStream(
         self, request_iterator: AsyncIterator[encoder_service_pb2.EmbedStreamRequest], context: grpc.aio.ServicerContext
@@ -91,7 +138,13 @@ class EncoderServicer(encoder_service_pb2_grpc.EncoderServiceServicer):
             error = encoder_service_pb2.ItemError(code=grpc.StatusCode.INVALID_ARGUMENT.value[0], message=str(item))
             return encoder_service_pb2.EmbedStreamResponse(error=error)
         try:
-            result = await embedding.embed(self._router, convert.embed_query(item.request), deadline=deadline)
+            self._admit(item.request)
+            result = await embedding.embed(
+                self._router,
+                convert.embed_query(item.request),
+                deadline=deadline,
+                max_reply_bytes=self._limits.max_reply_bytes,
+            )
         except BertserveError as e:
             error = encoder_service_pb2.ItemError(code=status_of(e).value[0], message=str(e))
             return encoder_service_pb2.EmbedStreamResponse(error=error)

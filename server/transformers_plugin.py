@@ -51,6 +51,11 @@ _NO_LIMIT = 1_000_000
 # from_pretrained switches torch's process-wide default dtype while it builds a model, so two
 # models loading at once on different threads can get each other's dtype: load one at a time.
 _LOAD_LOCK = threading.Lock()
+# A text longer than this many characters per allowed token is tokenized from a prefix first (real
+# text has more than one token in eight characters; where it has not, the prefix grows).
+_CHARS_PER_TOKEN = 8
+# Tokens past max_length that a prefix must hold, so that where it was cut cannot reach the kept ones.
+_PREFIX_MARGIN = 16
 # What a checkpoint needs from the hub: configs, tokenizer files, safetensors weights.
 _CHECKPOINT_FILES = ["*.json", "*.txt", "*.model", "*.safetensors"]
 
@@ -238,9 +243,12 @@ class TransformersPlugin(EncoderPlugin):
                     f"max_length {max_length} leaves no room for text: model {self.spec.name!r} adds {specials} "
                     f"special tokens to each {'pair' if pairs is not None else 'text'}"
                 )
-        encodings = self._encode(texts, pairs, add_special_tokens, truncate_to=None)
         if max_length is None:
-            return encodings
+            return self._encode(texts, pairs, add_special_tokens, truncate_to=None)
+        if pairs is None:  # never tokenize 200,000 words to learn that they are over 256 tokens
+            limit = max_length * _CHARS_PER_TOKEN
+            texts = [self._deciding_prefix(t, max_length, add_special_tokens) if len(t) > limit else t for t in texts]
+        encodings = self._encode(texts, pairs, add_special_tokens, truncate_to=None)
         # Over-long inputs are rare: tokenize those alone a second time, with truncation.
         long = [i for i, e in enumerate(encodings) if len(e) > max_length]
         if long:
@@ -253,6 +261,23 @@ class TransformersPlugin(EncoderPlugin):
             for i, encoding in zip(long, cut, strict=True):
                 encodings[i] = replace(encoding, full_length=len(encodings[i]))
         return encodings
+
+    def _deciding_prefix(self, text: str, max_length: int, add_special_tokens: bool) -> str:
+        """The shortest prefix (of a few tried) that shows a text to be over max_length tokens.
+
+        A prefix ends at white space, where no tokenizer of the family joins tokens across, and
+        grows fourfold until it holds max_length tokens and a margin, or is the whole text. Its
+        first max_length tokens are the whole text's; cut from it, the encoding's full_length
+        counts the prefix's tokens: all a caller needs to know is that it is over max_length.
+        """
+        size = max_length * _CHARS_PER_TOKEN
+        while size < len(text):
+            end = next((k for k in range(size - 1, size // 2, -1) if text[k].isspace()), size)
+            prefix = text[:end]
+            if len(self._encode([prefix], None, add_special_tokens, truncate_to=None)[0]) > max_length + _PREFIX_MARGIN:
+                return prefix
+            size *= 4
+        return text
 
     def _encode(
         self,

