@@ -42,8 +42,9 @@ async def test_over_long_input_without_truncate_names_index_and_limit(client: As
     info = await client.model("roberta")
     err = await _error(client.embed(["ok", "word " * 300], model="roberta"))
     assert err.code is grpc.StatusCode.INVALID_ARGUMENT
-    assert err.message == (
-        f"input 1 has more than {info.max_input_tokens} tokens, the limit of model 'roberta'; shorten it or set truncate"
+    limit = info.max_input_tokens
+    assert err.message == f"input 1 has more than {limit} tokens, the limit of model 'roberta'; shorten it or set " + (
+        "truncate"
     )
 
 
