@@ -82,13 +82,17 @@ class BertServer:
             EncoderServicer(
                 self.router,
                 stream_max_in_flight=self.config.stream_max_in_flight,
-                limits=CallLimits(
-                    self.config.max_input_bytes, self.config.max_send_message_bytes, self.config.max_concurrent_calls
-                ),
+                limits=CallLimits(self.config.max_send_message_bytes, self.config.max_concurrent_calls),
             ),
             server,
+            max_request_bytes=self.config.max_input_bytes,
         )
-        add_servicer(model_service_pb2_grpc.add_ModelServiceServicer_to_server, ModelServicer(self.router), server)
+        add_servicer(
+            model_service_pb2_grpc.add_ModelServiceServicer_to_server,
+            ModelServicer(self.router),
+            server,
+            max_request_bytes=self.config.max_input_bytes,
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((*_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         try:

@@ -55,6 +55,7 @@ class BatchLimits:
     max_wait_ms: float = 0.0
     pass_overhead_tokens: float = 32.0  # a pass's fixed cost, in padded tokens (see bertserve.packing)
     concurrent_passes: int = 1  # passes in flight at once: one per worker thread
+    max_pass_ms: float = 100.0  # while several requests wait: a pass's compute time at the measured rate; 0: none
 
 
 @dataclass
@@ -338,14 +339,18 @@ class Batcher:
         # bounded look-ahead.
         candidates = _in_turns([p for p in live if p.op == anchor.op], turn)[: 4 * self.limits.max_batch_size]
         share = -(-len(candidates) // max(1, idle_workers))
-        groups = plan_groups(
-            [p.cost for p in candidates],
-            max_batch_size=min(self.limits.max_batch_size, share),
-            max_batch_tokens=self.limits.max_batch_tokens,
-            overhead_tokens=self._overhead_of(anchor.op),
-        )
-        # The anchor's group runs first: the plan cuts padding, the turns keep it fair.
-        batch = [candidates[i] for i in next(g for g in groups if 0 in g)]
+        size = min(self.limits.max_batch_size, share)
+        if len({p.request for p in candidates}) > 1:
+            batch = self._shared_pass(candidates, size)
+        else:
+            groups = plan_groups(
+                [p.cost for p in candidates],
+                max_batch_size=size,
+                max_batch_tokens=self.limits.max_batch_tokens,
+                overhead_tokens=self._overhead_of(anchor.op),
+            )
+            # The anchor's group runs first: the plan cuts padding, the turns keep it fair.
+            batch = [candidates[i] for i in next(g for g in groups if 0 in g)]
         self._last_turn = turn
         taken = set(map(id, batch))
         self._pending = [p for p in live if id(p) not in taken]
@@ -353,6 +358,25 @@ class Batcher:
         self.stats.forward_passes += 1
         self.stats.sequences += len(batch)
         self.stats.largest_pass = max(self.stats.largest_pass, len(batch))
+        return batch
+
+    def _shared_pass(self, candidates: list[_Pending[Any]], size: int) -> list[_Pending[Any]]:
+        """A pass for several waiting requests: the first sequence of each, in turn, then more in
+        turns while they fit, within max_pass_ms of compute at the measured rate, so that every
+        waiting call is served soon. Lengths still bound it: count x longest within the budget."""
+        budget = self.limits.max_batch_tokens
+        if self.limits.max_pass_ms > 0 and self._tokens_per_s > 0:
+            budget = min(budget, int(self._tokens_per_s * self.limits.max_pass_ms / 1000))
+        batch: list[_Pending[Any]] = []
+        longest = 0
+        for p in candidates:
+            if len(batch) == size:
+                break
+            width = max(longest, p.cost)
+            if batch and width * (len(batch) + 1) > budget:
+                continue
+            batch.append(p)
+            longest = width
         return batch
 
     def _observe(self, tokens: int, elapsed_ns: int) -> None:

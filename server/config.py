@@ -117,6 +117,7 @@ class ModelSettings(_Schema):
     max_wait_ms: NonNegative = _MODEL["max_wait_ms"]
     pass_overhead_tokens: NonNegative = _MODEL["pass_overhead_tokens"]
     workers: AtLeastOne = _MODEL["workers"]
+    max_pass_ms: NonNegative = _MODEL["max_pass_ms"]
     max_context_bytes: AtLeastOne = _MODEL["max_context_bytes"]
     options: dict[StrictStr, Any] = Field(default_factory=dict)
 

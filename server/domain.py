@@ -25,9 +25,9 @@ __all__ = [
 
 @dataclass(frozen=True)
 class CallLimits:
-    """What one call may bring and take back, checked before any work."""
+    """What one call may take back, and how many may run at once (the request's own size is
+    checked as it arrives: bertserve.parsing)."""
 
-    max_input_bytes: int = 8 * 1024 * 1024  # the request (or stream item) as it came
     max_reply_bytes: int = 64 * 1024 * 1024  # the reply, as predicted before the model runs
     max_concurrent_calls: int = 1024  # calls in flight at once; more are refused with a retry hint
 

@@ -71,6 +71,7 @@ class ModelHost:
                 max_wait_ms=spec.max_wait_ms,
                 pass_overhead_tokens=spec.pass_overhead_tokens,
                 concurrent_passes=spec.workers,
+                max_pass_ms=spec.max_pass_ms,
             ),
             overhead_of=self._pass_overhead,
         )

@@ -1,9 +1,10 @@
-"""Requests that do not parse: INVALID_ARGUMENT from bertserve, not UNKNOWN and a traceback from gRPC.
+"""Requests refused as they arrive: INVALID_ARGUMENT from bertserve, before any work.
 
 The generated ``add_*Servicer_to_server`` functions register deserializers that raise on a
-malformed message (a string field that is not UTF-8, a truncated field). Registered through
-:func:`add_servicer`, each deserializer instead hands the servicer an :class:`Unparsable`,
-which ``bertserve.status.grpc_errors`` answers with INVALID_ARGUMENT.
+malformed message (a string field that is not UTF-8, a truncated field), which gRPC answers with
+UNKNOWN and a traceback in the log. Registered through :func:`add_servicer`, each deserializer
+instead hands the servicer an :class:`Unparsable`, which ``bertserve.status.grpc_errors``
+answers with INVALID_ARGUMENT; so is a request over max_input_bytes, which is not even parsed.
 """
 
 from __future__ import annotations
@@ -19,17 +20,19 @@ __all__ = ["Unparsable", "add_servicer"]
 
 @dataclass(frozen=True)
 class Unparsable:
-    """A request message that did not parse, in place of the message."""
+    """A request message refused as it arrived, in place of the message: why, for the caller."""
 
-    message_type: str
     reason: str
 
     def __str__(self) -> str:
-        return f"the request does not parse as {self.message_type}: {self.reason}"
+        return self.reason
 
 
-def add_servicer(add_to_server: Callable[[Any, Any], None], servicer: Any, server: grpc.aio.Server) -> None:
-    """Register servicer as add_to_server (a generated function) would, with tolerant deserializers."""
+def add_servicer(
+    add_to_server: Callable[[Any, Any], None], servicer: Any, server: grpc.aio.Server, *, max_request_bytes: int
+) -> None:
+    """Register servicer as add_to_server (a generated function) would, with deserializers that
+    refuse a request over max_request_bytes unread and one that does not parse."""
     captured: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
 
     class Capture:
@@ -42,21 +45,29 @@ def add_servicer(add_to_server: Callable[[Any, Any], None], servicer: Any, serve
     add_to_server(servicer, Capture())
     for service, handlers in captured.items():
         tolerant = {
-            name: handler._replace(request_deserializer=_tolerant(handler.request_deserializer))  # type: ignore[attr-defined]
+            name: handler._replace(  # type: ignore[attr-defined]
+                request_deserializer=_tolerant(handler.request_deserializer, max_request_bytes)
+            )
             for name, handler in handlers.items()
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, tolerant),))
         server.add_registered_method_handlers(service, tolerant)
 
 
-def _tolerant(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+def _tolerant(deserialize: Callable[[bytes], Any], max_request_bytes: int) -> Callable[[bytes], Any]:
     message_class = getattr(deserialize, "__self__", None)
     message_type = getattr(getattr(message_class, "DESCRIPTOR", None), "full_name", "its message type")
 
     def parse(data: bytes) -> Any:
+        if len(data) > max_request_bytes:
+            return Unparsable(
+                f"the request holds {len(data)} bytes, over the server's limit of {max_request_bytes} bytes per "
+                "call (max_input_bytes); split it"
+            )
         try:
             return deserialize(data)
         except Exception as e:  # protobuf's DecodeError, or what a broken encoding raises inside it
-            return Unparsable(message_type, " ".join(str(e).split())[:200] or type(e).__name__)
+            reason = " ".join(str(e).split())[:200] or type(e).__name__
+            return Unparsable(f"the request does not parse as {message_type}: {reason}")
 
     return parse

@@ -156,7 +156,7 @@ def _validate(query: AnswerQuery, model: str, max_context_bytes: int) -> None:
     if not query.questions:
         raise InvalidRequest("questions is empty: send at least one (question, context) pair")
     for i, (question, context) in enumerate(query.questions):
-        if not question.strip():
+        if not question or question.isspace():
             raise InvalidRequest(f"question {i} is empty")
         size = len(context.encode())
         if size > max_context_bytes:
@@ -164,7 +164,7 @@ def _validate(query: AnswerQuery, model: str, max_context_bytes: int) -> None:
                 f"context {i} has {size} bytes, over the limit of {max_context_bytes} bytes (max_context_bytes) "
                 f"of model {model!r}"
             )
-        if not context.strip():
+        if not context or context.isspace():
             raise InvalidRequest(f"context {i} is empty")
     if query.top_k < 1:
         raise InvalidRequest(f"top_k must be at least 1, got {query.top_k}")

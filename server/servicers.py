@@ -8,11 +8,10 @@ import time
 from collections.abc import AsyncIterator, Iterator
 
 import grpc
-from google.protobuf.message import Message
 
 from bertserve import convert, embedding, qa
 from bertserve.domain import CallLimits
-from bertserve.errors import BertserveError, InvalidRequest, Overloaded
+from bertserve.errors import BertserveError, Overloaded
 from bertserve.parsing import Unparsable
 from bertserve.router import Router
 from bertserve.status import grpc_errors, internal_error, status_of
@@ -54,21 +53,11 @@ class EncoderServicer(encoder_service_pb2_grpc.EncoderServiceServicer):
         finally:
             self._in_flight -= 1
 
-    def _admit(self, request: Message) -> None:
-        """Refuse a request over max_input_bytes before any work: its size is known without parsing it again."""
-        size = request.ByteSize()
-        if size > self._limits.max_input_bytes:
-            raise InvalidRequest(
-                f"the request holds {size} bytes, over the server's limit of {self._limits.max_input_bytes} bytes "
-                "per call (max_input_bytes); split it"
-            )
-
     @grpc_errors
     async def Embed(
         self, request: encoder_service_pb2.EmbedRequest, context: grpc.aio.ServicerContext
     ) -> encoder_service_pb2.EmbedResponse:
         with self._slot(request.model):
-            self._admit(request)
             result = await embedding.embed(
                 self._router,
                 convert.embed_query(request),
@@ -82,7 +71,6 @@ class EncoderServicer(encoder_service_pb2_grpc.EncoderServiceServicer):
         self, request: encoder_service_pb2.TokenizeRequest, context: grpc.aio.ServicerContext
     ) -> encoder_service_pb2.TokenizeResponse:
         with self._slot(request.model):
-            self._admit(request)
             result = await embedding.tokenize(
                 self._router, convert.tokenize_query(request), max_reply_bytes=self._limits.max_reply_bytes
             )
@@ -93,7 +81,6 @@ class EncoderServicer(encoder_service_pb2_grpc.EncoderServiceServicer):
         self, request: encoder_service_pb2.AnswerRequest, context: grpc.aio.ServicerContext
     ) -> encoder_service_pb2.AnswerResponse:
         with self._slot(request.model):
-            self._admit(request)
             result = await qa.answer(self._router, convert.answer_query(request), deadline=deadline_of(context))
             return convert.answer_response(result)
 
@@ -138,7 +125,6 @@ class EncoderServicer(encoder_service_pb2_grpc.EncoderServiceServicer):
             error = encoder_service_pb2.ItemError(code=grpc.StatusCode.INVALID_ARGUMENT.value[0], message=str(item))
             return encoder_service_pb2.EmbedStreamResponse(error=error)
         try:
-            self._admit(item.request)
             result = await embedding.embed(
                 self._router,
                 convert.embed_query(item.request),

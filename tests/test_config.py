@@ -57,7 +57,7 @@ def test_processes_from_env_and_flag(tmp_path: Path) -> None:
 
 _KNOWN_MODEL_SETTINGS = (
     "name, plugin, source, device, dtype, revision, pooling, max_input_tokens, allow_pickle, max_batch_tokens, "
-    "max_batch_size, max_queue_tokens, max_queue_requests, max_wait_ms, pass_overhead_tokens, workers, "
+    "max_batch_size, max_queue_tokens, max_queue_requests, max_wait_ms, pass_overhead_tokens, workers, max_pass_ms, "
     "max_context_bytes, options"
 )
 
