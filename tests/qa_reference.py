@@ -60,6 +60,17 @@ def window_logits(
     return encoded, logits
 
 
+def _default_windows(
+    tokenizer: Any, model: Any, question: str, context: str, max_seq_len: int | None, doc_stride: int | None
+) -> tuple[Any, list[tuple[np.ndarray, np.ndarray]]]:
+    """window_logits with the pipeline's defaults for what is unset."""
+    if max_seq_len is None:
+        max_seq_len = min(tokenizer.model_max_length, 384)
+    if doc_stride is None:
+        doc_stride = min(max_seq_len // 2, 128)
+    return window_logits(tokenizer, model, question, context, max_seq_len=max_seq_len, doc_stride=doc_stride)
+
+
 def _p_mask(tokenizer: Any, encoded: Any, w: int) -> list[int]:
     p_mask = [int(tok != 1) for tok in encoded.sequence_ids(w)]
     if tokenizer.cls_token_id is not None:
@@ -163,13 +174,7 @@ def pipeline_answers(
     align_to_words: bool = True,
     logits: tuple[Any, list[tuple[np.ndarray, np.ndarray]]] | None = None,
 ) -> Trace:
-    if max_seq_len is None:
-        max_seq_len = min(tokenizer.model_max_length, 384)
-    if doc_stride is None:
-        doc_stride = min(max_seq_len // 2, 128)
-    encoded, outputs = logits or window_logits(
-        tokenizer, model, question, context, max_seq_len=max_seq_len, doc_stride=doc_stride
-    )
+    encoded, outputs = logits or _default_windows(tokenizer, model, question, context, max_seq_len, doc_stride)
     trace = Trace(windows=len(outputs))
     min_null_score = 1000000.0
     answers: list[dict[str, Any]] = []
@@ -231,13 +236,7 @@ def per_span_answers(
     logits: tuple[Any, list[tuple[np.ndarray, np.ndarray]]] | None = None,
 ) -> Trace:
     """Every legal span of every window, scored as the pipeline scores it; each character span once."""
-    if max_seq_len is None:
-        max_seq_len = min(tokenizer.model_max_length, 384)
-    if doc_stride is None:
-        doc_stride = min(max_seq_len // 2, 128)
-    encoded, outputs = logits or window_logits(
-        tokenizer, model, question, context, max_seq_len=max_seq_len, doc_stride=doc_stride
-    )
+    encoded, outputs = logits or _default_windows(tokenizer, model, question, context, max_seq_len, doc_stride)
     best: dict[tuple[int, int], float] = {}
     null = 1000000.0
     for w, (start_, end_) in enumerate(outputs):
