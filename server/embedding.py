@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from bertserve.api import Capability
+from bertserve.api import Capability, Encoding
 from bertserve.domain import EmbedQuery, EmbedResult, TokenizeQuery, TokenizeResult, usage_of
 from bertserve.errors import CapabilityNotSupported, InputTooLong, InvalidRequest
 from bertserve.router import Router
@@ -35,8 +35,8 @@ async def tokenize(router: Router, query: TokenizeQuery, *, max_reply_bytes: int
     encodings = await host.tokenize(
         query.inputs, pairs=query.pairs, add_special_tokens=query.add_special_tokens, max_length=max_length
     )
-    reply = 64 + sum(_TOKEN_BYTES * len(e) + sum(len(t.encode()) for t in e.tokens) for e in encodings)
-    _check_reply(reply, max_reply_bytes, len(encodings), "")
+    # Every token's text is counted: on the pool, as a large call has millions of them.
+    _check_reply(await host.off_loop(_tokenize_reply_bytes, encodings), max_reply_bytes, len(encodings), "")
     return TokenizeResult(model=host.name, encodings=encodings)
 
 
@@ -90,6 +90,10 @@ async def embed(
 
 # A token's share of a Tokenize reply besides its text: id, segment, masks, offsets, sequence id.
 _TOKEN_BYTES = 16
+
+
+def _tokenize_reply_bytes(encodings: list[Encoding]) -> int:
+    return 64 + sum(_TOKEN_BYTES * len(e) + sum(len(t.encode()) for t in e.tokens) for e in encodings)
 
 
 def _check_reply(size: int, limit: int, inputs: int, or_else: str) -> None:
