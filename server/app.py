@@ -28,6 +28,8 @@ __all__ = ["BertServer"]
 
 log = logging.getLogger(__name__)
 
+_NO_LIMIT = 2**31 - 1  # the largest value a grpc integer channel argument takes
+
 _SERVICES = (
     encoder_service_pb2.DESCRIPTOR.services_by_name["EncoderService"].full_name,
     model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
@@ -75,6 +77,11 @@ class BertServer:
                 ("grpc.max_receive_message_length", self.config.max_receive_message_bytes),
                 ("grpc.max_send_message_length", self.config.max_send_message_bytes),
                 ("grpc.so_reuseport", int(self._share_port)),
+                # grpc core cancels (status CANCELLED, no message) calls that arrive faster than the
+                # event loop picks them up once 1,000 wait; every call must reach bertserve, whose
+                # own limit (max_concurrent_calls) refuses with RESOURCE_EXHAUSTED and a retry hint.
+                ("grpc.server.max_pending_requests", _NO_LIMIT),
+                ("grpc.server.max_pending_requests_hard_limit", _NO_LIMIT),
             ]
         )
         add_servicer(

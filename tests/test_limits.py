@@ -118,3 +118,18 @@ async def test_calls_past_the_limit_get_resource_exhausted_with_a_bounded_hint(l
         at_limit = "the server is at its limit of 4 calls in flight (max_concurrent_calls); retry in "
         assert err.message.startswith((at_limit, "model 'slow' is at capacity"))
     assert all(np.isfinite(s.embeddings).all() for s in served)  # type: ignore[union-attr]
+
+
+async def test_a_burst_past_the_limit_is_answered_by_bertserve_never_cancelled(limited: str) -> None:
+    """Thousands of calls at once on one channel: each is served or refused with a hint. None is
+    cancelled by the transport for arriving faster than the server picks calls up."""
+    async with AsyncClient(limited, timeout=120) as client:
+        outcomes = await asyncio.gather(
+            *(client.embed(f"sentence number {i}", model="bert") for i in range(2500)), return_exceptions=True
+        )
+    codes = {o.code if isinstance(o, BertserveError) else type(o).__name__ for o in outcomes}
+    assert codes <= {"EmbedResult", grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+    refused = [o for o in outcomes if isinstance(o, BertserveError)]
+    assert refused and all(
+        e.retry_after_s is not None and e.message.startswith("the server is at its limit") for e in refused
+    )
