@@ -17,6 +17,7 @@ from bertserve.config import ServerConfig
 from bertserve.device_workers import DeviceWorkers
 from bertserve.discovery import PluginRegistry, discover_plugins
 from bertserve.domain import CallLimits
+from bertserve.errors import ModelUnavailable
 from bertserve.model_host import ModelHost
 from bertserve.parsing import add_servicer
 from bertserve.router import Router
@@ -28,6 +29,7 @@ __all__ = ["BertServer"]
 
 log = logging.getLogger(__name__)
 
+_ANSWER_LEFTOVERS_S = 0.5  # after the grace period: time to send the calls still waiting their error
 _NO_LIMIT = 2**31 - 1  # the largest value a grpc integer channel argument takes
 
 _SERVICES = (
@@ -142,7 +144,18 @@ class BertServer:
         grace = self.config.grace_period_s if grace is None else grace
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
-            await self._server.stop(grace)
+            # gRPC would cut the calls left at the end of the grace period with a bare CANCELLED;
+            # bertserve answers them first, with UNAVAILABLE (a retry elsewhere succeeds) and why.
+            stopping = asyncio.create_task(self._server.stop(grace + _ANSWER_LEFTOVERS_S))
+            done, _ = await asyncio.wait([stopping], timeout=grace)
+            if not done:
+                late = ModelUnavailable(
+                    f"the server is shutting down and the call did not finish within its grace period "
+                    f"of {grace:g}s (grace_period_s); retry it"
+                )
+                for host in self.router:
+                    host.batcher.abandon(late)
+            await stopping
         if self._loading is not None and not self._loading.done():
             self._loading.cancel()
         await asyncio.gather(*(host.stop() for host in self.router), return_exceptions=True)

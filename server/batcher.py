@@ -113,6 +113,8 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._abandoned: BertserveError | None = None  # set when the drain ran out of time
+        self._running: dict[int, list[_Pending[Any]]] = {}  # the batches of the passes in flight, by id
         self._tokens_per_s = 0.0  # smoothed throughput, for retry hints
         self._failures_in_a_row = 0  # forward passes that failed since the last that succeeded
         self._requests = 0  # submit() calls so far: each one's number
@@ -140,6 +142,16 @@ class Batcher:
         if self._task is not None:
             await self._task
 
+    def abandon(self, error: BertserveError) -> None:
+        """Stop waiting for the work queued or in flight: each of its calls fails with error now, and
+        so does any later submit. A pass still running finishes on its worker, unheard."""
+        self._abandoned = error
+        self._closed = True
+        pending, self._pending, self._queued_tokens = self._pending, [], 0
+        for batch in (pending, *self._running.values()):
+            self._fail(batch, error)
+        self._wakeup.set()
+
     async def submit(
         self, op: Hashable, items: Sequence[T], costs: Sequence[int], *, deadline: float | None = None
     ) -> list[Completed]:
@@ -147,6 +159,8 @@ class Batcher:
 
         deadline is a time.monotonic() value after which the work is dropped unrun.
         """
+        if self._abandoned is not None:
+            raise self._abandoned
         if self._closed:
             raise ModelUnavailable(f"model {self.name!r} is shutting down")
         total = sum(costs)
@@ -232,6 +246,7 @@ class Batcher:
         """Run one batch on a worker thread and resolve its futures, whatever happens."""
         pass_id = self.stats.forward_passes
         started = time.monotonic_ns()
+        self._running[id(batch)] = batch
         try:
             results = await asyncio.get_running_loop().run_in_executor(
                 self._executor, self._run_batch, batch[0].op, [p.item for p in batch]
@@ -248,6 +263,7 @@ class Batcher:
             return
         finally:
             self._last_pass_end_ns = time.monotonic_ns()
+            del self._running[id(batch)]
         self._passed(ok=True)
         elapsed = self._last_pass_end_ns - started
         if log.isEnabledFor(logging.DEBUG):

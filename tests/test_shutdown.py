@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from bertserve_client import BertserveError, Client
+from bertserve_client import BertserveError, Client, EmbedResult
 
 from served import Served
 
@@ -42,13 +42,13 @@ def serve(tmp_path: Path) -> Iterator[object]:
             served.process.wait()
 
 
-def _call_in_flight(served: Served) -> tuple[threading.Thread, list[object]]:
+def _call_in_flight(served: Served, texts: list[str] = TEXTS) -> tuple[threading.Thread, list[object]]:
     outcome: list[object] = []
 
     def call() -> None:
         with Client(f"127.0.0.1:{served.port}", timeout=120) as client:
             try:
-                outcome.append(client.embed(TEXTS, model="slow"))
+                outcome.append(client.embed(texts, model="slow"))
             except BertserveError as e:
                 outcome.append(e)
         outcome.append(time.monotonic())
@@ -67,10 +67,26 @@ def test_the_grace_period_is_the_configured_one(serve: object) -> None:
     caller.join(60)
     error, ended = outcome
     assert isinstance(error, BertserveError)
-    assert error.code in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
-    assert ended - terminated < 4, "cut off after the configured 1 s, not a default of its own"  # type: ignore[operator]
+    assert error.code is grpc.StatusCode.UNAVAILABLE
+    assert error.message == (
+        "the server is shutting down and the call did not finish within its grace period of 1s (grace_period_s); "
+        "retry it"
+    )
+    assert 1 <= ended - terminated < 3, "cut off after the configured 1 s, not a default of its own"  # type: ignore[operator]
     assert served.process.wait(30) == 0
     served.wait_for(r"draining in-flight calls for up to 1s")
+
+
+def test_a_call_in_flight_is_answered_within_the_grace_period(serve: object) -> None:
+    served: Served = serve(grace_period_s=60)  # type: ignore[operator]
+    caller, outcome = _call_in_flight(served, TEXTS[:60])  # some seconds of work
+    terminated = time.monotonic()
+    served.process.send_signal(signal.SIGTERM)
+    caller.join(60)
+    result, ended = outcome
+    assert isinstance(result, EmbedResult) and result.embeddings.shape[0] == 60
+    assert ended > terminated + 0.5, "the call was still in flight when the signal landed"  # type: ignore[operator]
+    assert served.process.wait(30) == 0, "exits once the calls in flight are answered, not after the grace period"
 
 
 def test_a_second_signal_exits_at_once(serve: object) -> None:
