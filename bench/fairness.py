@@ -111,6 +111,7 @@ async def scenario(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--max-pass-ms", type=float, default=None, help="the model's max_pass_ms")
     args = parser.parse_args(argv)
     sentences = workload(8000)
     names = ["small", "large", "small+large", "small+max"]
@@ -119,7 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A queue that holds the four large callers' 4,000 sentences at once.
         model = (
             f"{{name: minilm, plugin: bert, source: '{minilm_dir()}', device: cpu, "
-            "max_queue_requests: 8192, max_queue_tokens: 1048576}"
+            "max_queue_requests: 8192, max_queue_tokens: 1048576"
+            + ("" if args.max_pass_ms is None else f", max_pass_ms: {args.max_pass_ms}")
+            + "}"
         )
         with serve(Path(tmp) / "bertserve.yaml", [model], Settings()) as target, ProcessPoolExecutor(2) as pool:
             asyncio.run(scenario(target, "small", sentences, 2.0, pool))  # warm-up

@@ -39,6 +39,13 @@ T = TypeVar("T")  # one sequence of work
 #: The longest retry hint a refused call gets, in seconds.
 MAX_RETRY_AFTER_S = 10.0
 
+#: How long passes stay within max_pass_ms after calls last contended, though one request waits
+#: alone: traffic that came lately comes again, and should not wait behind a pass of a whole batch.
+CONTENTION_MEMORY_NS = 1_000_000_000
+
+# A pass overhead so large that the planner never splits a batch that fits the limits.
+_FILL_PASSES = 1e9
+
 #: Forward passes in a row that must fail before the model reports itself unhealthy (NOT_SERVING).
 FAILURES_BEFORE_UNHEALTHY = 3
 
@@ -55,7 +62,7 @@ class BatchLimits:
     max_wait_ms: float = 0.0
     pass_overhead_tokens: float = 32.0  # a pass's fixed cost, in padded tokens (see bertserve.packing)
     concurrent_passes: int = 1  # passes in flight at once: one per worker thread
-    max_pass_ms: float = 100.0  # while several requests wait: a pass's compute time at the measured rate; 0: none
+    max_pass_ms: float = 100.0  # while calls contend: a pass's compute time at the measured rate; 0: none
 
 
 @dataclass
@@ -99,11 +106,11 @@ class Batcher:
         run_batch: RunBatch,
         executor: Executor,
         limits: BatchLimits,
-        overhead_of: Callable[[Hashable], float] | None = None,
+        packed: Callable[[Hashable], bool] | None = None,
     ) -> None:
         self.name = name
-        # A pass's fixed cost in padded tokens, per operation (packed operations pay no padding).
-        self._overhead_of = overhead_of or (lambda op: limits.pass_overhead_tokens)
+        # Whether an operation's passes are packed: they cost their tokens and pay no padding.
+        self._packed = packed or (lambda op: False)
         self.limits = limits
         self.stats = BatchStats()
         self._run_batch = run_batch
@@ -121,10 +128,12 @@ class Batcher:
         self._last_turn = 0  # the request whose turn it last was
         self.on_health_change: Callable[[bool], None] = lambda healthy: None
         self._last_pass_end_ns = 0  # when the latest forward pass finished
+        self._contended_ns = -CONTENTION_MEMORY_NS  # when a call last came while others were queued or running
 
     @property
     def tokens_per_s(self) -> float:
-        """The model's measured throughput (smoothed over recent passes); 0 before its first pass."""
+        """The tokens a pass computes per second (padding included, where passes pad), smoothed over
+        recent passes; 0 before the first pass."""
         return self._tokens_per_s
 
     @property
@@ -183,6 +192,8 @@ class Batcher:
             )
         loop = asyncio.get_running_loop()
         request = self._requests = self._requests + 1
+        if self._pending or self._running:
+            self._contended_ns = time.monotonic_ns()
         pending = [
             _Pending(op, item, cost, loop.create_future(), deadline, request)
             for item, cost in zip(items, costs, strict=True)
@@ -277,7 +288,9 @@ class Batcher:
                 elapsed / 1e6,
                 len(self._pending),
             )
-        self._observe(sum(p.cost for p in batch), elapsed)
+        costs = [p.cost for p in batch]
+        # The rate is of what a pass computes: a padded pass computes its padding too.
+        self._observe(sum(costs) if self._packed(batch[0].op) else len(costs) * max(costs), elapsed)
         for p, result in zip(batch, results, strict=True):
             if not p.future.done():
                 p.future.set_result(Completed(result, started - p.enqueued_ns, pass_id, elapsed))
@@ -356,14 +369,20 @@ class Batcher:
         candidates = _in_turns([p for p in live if p.op == anchor.op], turn)[: 4 * self.limits.max_batch_size]
         share = -(-len(candidates) // max(1, idle_workers))
         size = min(self.limits.max_batch_size, share)
+        packed = self._packed(anchor.op)
         if len({p.request for p in candidates}) > 1:
-            batch = self._shared_pass(candidates, size)
+            batch = self._shared_pass(candidates, size, packed=packed)
+        elif time.monotonic_ns() - self._contended_ns < CONTENTION_MEMORY_NS:
+            # One request waits, but others came lately: the next one should not wait long for this
+            # pass either. Shortest first, so that a padded pass pads little.
+            batch = self._shared_pass(sorted(candidates, key=lambda p: p.cost), size, packed=packed)
         else:
             groups = plan_groups(
                 [p.cost for p in candidates],
                 max_batch_size=size,
                 max_batch_tokens=self.limits.max_batch_tokens,
-                overhead_tokens=self._overhead_of(anchor.op),
+                # Packed passes compute no padding: one pass takes all that fits.
+                overhead_tokens=_FILL_PASSES if packed else self.limits.pass_overhead_tokens,
             )
             # The anchor's group runs first: the plan cuts padding, the turns keep it fair.
             batch = [candidates[i] for i in next(g for g in groups if 0 in g)]
@@ -376,23 +395,24 @@ class Batcher:
         self.stats.largest_pass = max(self.stats.largest_pass, len(batch))
         return batch
 
-    def _shared_pass(self, candidates: list[_Pending[Any]], size: int) -> list[_Pending[Any]]:
-        """A pass for several waiting requests: the first sequence of each, in turn, then more in
-        turns while they fit, within max_pass_ms of compute at the measured rate, so that every
-        waiting call is served soon. Lengths still bound it: count x longest within the budget."""
+    def _shared_pass(self, candidates: list[_Pending[Any]], size: int, *, packed: bool) -> list[_Pending[Any]]:
+        """A pass while calls contend: the first sequence of each waiting request, in turn, then more
+        in turns while they fit, within max_pass_ms of compute at the measured rate, so that every
+        waiting call is served soon, and one that comes next waits little for this pass to end.
+        A packed pass costs its tokens; a padded one, count x longest."""
         budget = self.limits.max_batch_tokens
         if self.limits.max_pass_ms > 0 and self._tokens_per_s > 0:
             budget = min(budget, int(self._tokens_per_s * self.limits.max_pass_ms / 1000))
         batch: list[_Pending[Any]] = []
-        longest = 0
+        longest = total = 0
         for p in candidates:
             if len(batch) == size:
                 break
             width = max(longest, p.cost)
-            if batch and width * (len(batch) + 1) > budget:
+            if batch and (total + p.cost if packed else width * (len(batch) + 1)) > budget:
                 continue
             batch.append(p)
-            longest = width
+            longest, total = width, total + p.cost
         return batch
 
     def _observe(self, tokens: int, elapsed_ns: int) -> None:

@@ -22,8 +22,6 @@ T = TypeVar("T")
 
 # Texts tokenized in one job of the shared tokenizer pool (see ModelHost.tokenize).
 _TOKENIZE_SLICE = 16
-# A pass overhead so large that the planner never splits a batch that fits the limits.
-_FILL_PASSES = 1e9
 
 
 class ModelState(enum.Enum):
@@ -73,7 +71,7 @@ class ModelHost:
                 concurrent_passes=spec.workers,
                 max_pass_ms=spec.max_pass_ms,
             ),
-            overhead_of=self._pass_overhead,
+            packed=self._packed,
         )
         self.on_state_change: Callable[[ModelHost], None] = lambda host: None
         self.batcher.on_health_change = lambda healthy: self.on_state_change(self)
@@ -163,11 +161,9 @@ class ModelHost:
         """Send encodings through the batcher; one result per encoding, in order."""
         return await self.batcher.submit(op, encodings, [len(e) for e in encodings], deadline=deadline)
 
-    def _pass_overhead(self, op: Hashable) -> float:
-        """Packed embeddings compute no padding, so one pass should take all it can; others trade off."""
-        if self.info is not None and op[0] == "embed" and op[1] in self.info.packed_poolings:  # type: ignore[index]
-            return _FILL_PASSES
-        return self.spec.pass_overhead_tokens
+    def _packed(self, op: Hashable) -> bool:
+        """Whether the plugin packs the passes of op: their cost is their tokens, with no padding."""
+        return self.info is not None and op[0] == "embed" and op[1] in self.info.packed_poolings  # type: ignore[index]
 
     def _run_batch(self, op: Hashable, batch: Sequence[Encoding]) -> Sequence[Any]:
         """On the worker thread: one forward pass of the operation op over the batch."""

@@ -71,19 +71,28 @@ async def test_a_small_call_goes_ahead_of_most_of_a_large_one(client: AsyncClien
 # -- on a server with small limits ---------------------------------------------------------------
 
 
+@pytest.fixture
+def limited(limited_server: BertServer) -> str:
+    return f"127.0.0.1:{limited_server.port}"
+
+
 @pytest.fixture(scope="module")
-async def limited(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+async def limited_server(
+    tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[BertServer]:
     config = tmp_path_factory.mktemp("limited") / "c.yaml"
     config.write_text(
         "server: {address: 127.0.0.1, port: 0, max_send_message_bytes: 65536, max_concurrent_calls: 4}\n"
         "models:\n"
         f"  - {{name: bert, plugin: bert, source: '{tiny_models['bert']}'}}\n"
         f"  - {{name: slow, {MINILM}, max_batch_size: 1, max_queue_requests: 8}}\n"
+        # So short a pass budget that a pass under it holds one sequence.
+        f"  - {{name: short-passes, plugin: bert, source: '{tiny_models['bert']}', max_pass_ms: 0.001}}\n"
     )
     server = BertServer(load_config(config))
     await server.start()
     await server.wait_until_loaded()
-    yield f"127.0.0.1:{server.port}"
+    yield server
     await server.stop(grace=1)
 
 
@@ -133,3 +142,20 @@ async def test_a_burst_past_the_limit_is_answered_by_bertserve_never_cancelled(l
     assert refused and all(
         e.retry_after_s is not None and e.message.startswith("the server is at its limit") for e in refused
     )
+
+
+async def test_passes_are_short_while_calls_contend_and_full_for_a_call_alone(limited_server: BertServer) -> None:
+    texts = [f"sentence {i} of a call" for i in range(32)]
+    stats = limited_server.router.get("short-passes").batcher.stats
+    async with AsyncClient(f"127.0.0.1:{limited_server.port}", timeout=60) as client:
+        await client.embed("measure the rate", model="short-passes")
+        await asyncio.sleep(1.2)  # longer than calls are remembered as contending
+
+        before = stats.forward_passes
+        await client.embed(texts, model="short-passes")
+        assert stats.forward_passes - before == 1, "a call with the model to itself gets a full pass"
+
+        await asyncio.gather(*(client.embed(texts, model="short-passes") for _ in range(2)))
+        before = stats.forward_passes
+        await client.embed(texts, model="short-passes")
+        assert stats.forward_passes - before == len(texts), "right after contention, passes keep within max_pass_ms"
