@@ -11,7 +11,7 @@ With the same seeded workload as bench/throughput.py:
   c  bertserve over gRPC on loopback, single-sentence calls, concurrency 1, 8, 64 and 256
   d  bertserve, 32-sentence calls, concurrency 4
 The server runs in its own process; ratios are against a and b measured in this run. Both sides
-keep attention off cuDNN, as bertserve does (see bertserve.placement): with it, every new input
+keep attention off cuDNN, as bertserve does (see bertserve.runtime.placement): with it, every new input
 shape costs a plan build of tens of milliseconds.
 """
 

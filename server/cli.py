@@ -15,6 +15,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from bertserve import __version__
+
 __all__ = ["main"]
 
 
@@ -28,6 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bertserve", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"bertserve {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the gRPC server")
@@ -45,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--target", default=os.environ.get("BERTSERVE_TARGET", "localhost:50051"))
         sub.add_argument("--model", default="", help="model name (default: the server's default model)")
         sub.add_argument("--timeout", type=float, default=60.0, help="deadline in seconds")
+        tls = sub.add_argument_group("TLS and auth")
+        tls.add_argument("--tls", action="store_true", help="TLS with the system's CA certificates")
+        tls.add_argument("--tls-ca", metavar="FILE", help="TLS, trusting the CA certificate in FILE")
+        tls.add_argument("--tls-cert", metavar="FILE", help="client certificate, for mutual TLS")
+        tls.add_argument("--tls-key", metavar="FILE", help="the client certificate's key")
+        tls.add_argument("--token", help="bearer token (default: env BERTSERVE_TOKEN)")
         return sub
 
     embed = client_command("embed", help="embed texts and print the vectors as JSON")
@@ -86,11 +95,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from bertserve.app import BertServer
     from bertserve.config import check_options, load_config
     from bertserve.discovery import discover_plugins
+    from bertserve.edge.app import BertServer
     from bertserve.errors import ConfigError
-    from bertserve.runtime import configure_runtime
+    from bertserve.runtime.threads import configure_runtime
 
     try:
         config = load_config(
@@ -128,9 +137,16 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from bertserve_client import Client
+    from bertserve_client import Client, tls_credentials
 
-    return Client(args.target, timeout=args.timeout)
+    credentials = None
+    if args.tls or args.tls_ca or args.tls_cert or args.tls_key:
+        try:
+            credentials = tls_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+        except (ValueError, OSError) as e:
+            print(f"bertserve: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+    return Client(args.target, timeout=args.timeout, credentials=credentials, token=args.token)
 
 
 def _print(value: Any) -> int:

@@ -11,11 +11,13 @@ that plugin's own schema (``EncoderPlugin.options_schema``) by :func:`check_opti
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, cast
 
 import pydantic
 import yaml
@@ -35,6 +37,40 @@ __all__ = [
 ]
 
 DEFAULT_CONFIG = "default_config.yaml"
+#: The environment variable that may hold tokens, as a YAML list like a tokens file's.
+TOKENS_ENV = "BERTSERVE_TOKENS"
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """PEM files of the gRPC port's certificate; a client CA turns on mutual TLS."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None
+
+
+@dataclass(frozen=True)
+class TokenGrant:
+    """One bearer token, as the server keeps it: its name, the sha256 of the token, what it may do."""
+
+    name: str
+    digest: bytes
+    scopes: tuple[str, ...]
+    models: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Token auth: on when tokens_file or the BERTSERVE_TOKENS variable lists tokens."""
+
+    tokens_file: str | None = None
+    protect_reflection: bool = False  # reflection needs a token too (health always stays open)
+    tokens: tuple[TokenGrant, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.tokens)
 
 
 @dataclass(frozen=True)
@@ -54,6 +90,8 @@ class ServerConfig:
     max_input_bytes: int = 8 * 1024 * 1024  # one call's (or stream item's) request, checked before any work
     max_receive_message_bytes: int = 64 * 1024 * 1024  # gRPC's limit on a request message
     max_send_message_bytes: int = 64 * 1024 * 1024  # gRPC's limit on a reply; larger replies are refused up front
+    tls: TlsConfig | None = None  # None: plaintext
+    auth: AuthConfig = field(default_factory=AuthConfig)
     models: tuple[ModelSpec, ...] = field(default_factory=tuple)
 
     @property
@@ -75,6 +113,33 @@ class _Schema(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class TlsSettings(_Schema):
+    """``server.tls:``: PEM files, re-read on SIGHUP or when they change."""
+
+    cert_file: StrictStr
+    key_file: StrictStr
+    client_ca_file: StrictStr | None = None
+
+
+class AuthSettings(_Schema):
+    """``server.auth:``. The tokens themselves are never in this file."""
+
+    tokens_file: StrictStr | None = None
+    protect_reflection: StrictBool = False
+
+
+Scope = Literal["inference", "admin"]
+
+
+class TokenSettings(_Schema):
+    """One entry of a tokens file (or of ``BERTSERVE_TOKENS``)."""
+
+    name: Annotated[StrictStr, Field(min_length=1)]
+    token: Annotated[pydantic.SecretStr, Field(min_length=16)]
+    scopes: list[Scope] = Field(default_factory=lambda: [cast(Scope, "inference")], min_length=1)
+    models: list[StrictStr] = Field(default_factory=lambda: ["*"], min_length=1)
+
+
 class ServerSettings(_Schema):
     """``server:`` of the file."""
 
@@ -91,6 +156,8 @@ class ServerSettings(_Schema):
     max_input_bytes: AtLeastOne = _SERVER["max_input_bytes"]
     max_receive_message_bytes: Annotated[StrictInt, Field(ge=1024)] = _SERVER["max_receive_message_bytes"]
     max_send_message_bytes: Annotated[StrictInt, Field(ge=1024)] = _SERVER["max_send_message_bytes"]
+    tls: TlsSettings | None = None
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
     @pydantic.field_validator("log_level", mode="before")
     @classmethod
@@ -124,6 +191,9 @@ class ModelSettings(_Schema):
     def spec(self) -> ModelSpec:
         values = self.model_dump(exclude={"pooling"})
         return ModelSpec(**values, default_pooling=Pooling(self.pooling) if self.pooling else None)
+
+
+_Tokens = pydantic.TypeAdapter(list[TokenSettings])
 
 
 class _File(_Schema):
@@ -173,7 +243,7 @@ def load_config(
         settings = _File.model_validate(raw)
     except pydantic.ValidationError as e:
         raise ConfigError("\n".join(_describe(error) for error in e.errors())) from None
-    return _checked(settings)
+    return _checked(settings, env)
 
 
 def _scalar(text: str) -> Any:
@@ -183,7 +253,7 @@ def _scalar(text: str) -> Any:
         return text
 
 
-def _checked(settings: _File) -> ServerConfig:
+def _checked(settings: _File, env: Mapping[str, str]) -> ServerConfig:
     names = [m.name for m in settings.models]
     if not names:
         raise ConfigError("models: the config lists no models")
@@ -193,11 +263,62 @@ def _checked(settings: _File) -> ServerConfig:
     default = settings.server.default_model
     if default and default not in names:
         raise ConfigError(f"server.default_model: {default!r} is not among the models {names}")
-    server = settings.server.model_dump()
+    server = settings.server.model_dump(exclude={"tls", "auth"})
+    tls = settings.server.tls
+    if tls is not None:
+        for key, path in tls.model_dump().items():
+            if path is not None:
+                _readable(f"server.tls.{key}", path)
     return ServerConfig(
         **{**server, "default_model": default or names[0]},
+        tls=TlsConfig(**tls.model_dump()) if tls else None,
+        auth=_auth(settings.server.auth, env),
         models=tuple(m.spec() for m in settings.models),
     )
+
+
+def _readable(where: str, path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{where}: cannot read {path!r}: {getattr(e, 'strerror', None) or e}") from None
+
+
+def _auth(settings: AuthSettings, env: Mapping[str, str]) -> AuthConfig:
+    """The tokens of the tokens file and of BERTSERVE_TOKENS (both YAML lists of TokenSettings)."""
+    sources = []
+    if settings.tokens_file:
+        sources.append((f"{settings.tokens_file}", _readable("server.auth.tokens_file", settings.tokens_file)))
+    if env.get(TOKENS_ENV):
+        sources.append((TOKENS_ENV, env[TOKENS_ENV]))
+    grants: list[TokenGrant] = []
+    for where, text in sources:
+        try:
+            raw = yaml.safe_load(text) or []
+        except yaml.YAMLError:
+            raise ConfigError(f"{where}: not valid YAML (the tokens are not shown)") from None
+        try:
+            entries = _Tokens.validate_python(raw)
+        except pydantic.ValidationError as e:  # never the token's value in the message
+            raise ConfigError(
+                "\n".join(_describe(error, prefix=where, known=TokenSettings, secret=True) for error in e.errors())
+            ) from None
+        grants += [
+            TokenGrant(
+                e.name,
+                hashlib.sha256(e.token.get_secret_value().encode()).digest(),
+                tuple(dict.fromkeys(e.scopes)),
+                tuple(e.models),
+            )
+            for e in entries
+        ]
+    names = [g.name for g in grants]
+    if repeated := sorted({n for n in names if names.count(n) > 1}):
+        raise ConfigError(f"tokens: names must be unique; repeated: {repeated}")
+    digests = [g.digest for g in grants]
+    if len(set(digests)) != len(digests):
+        raise ConfigError("tokens: two entries hold the same token")
+    return AuthConfig(settings.tokens_file, settings.protect_reflection, tuple(grants))
 
 
 def check_options(config: ServerConfig, plugins: dict[str, Any]) -> None:
@@ -235,8 +356,8 @@ _PHRASES = {
 }
 
 
-def _describe(error: Any, *, prefix: str = "", known: type[BaseModel] | None = None) -> str:
-    """One validation error as 'path: problem, got value'."""
+def _describe(error: Any, *, prefix: str = "", known: type[BaseModel] | None = None, secret: bool = False) -> str:
+    """One validation error as 'path: problem, got value' (without the value where it may be a secret)."""
     loc = list(error["loc"])
     path = prefix
     for part in loc:
@@ -258,13 +379,20 @@ def _describe(error: Any, *, prefix: str = "", known: type[BaseModel] | None = N
         problem = "use letters, digits, '.', '_' and '-', starting with a letter or digit"
     elif kind == "string_pattern_mismatch" and path.endswith(".device"):
         problem = "expected auto, cpu, cuda or cuda:N"
+    elif kind in ("string_too_short", "too_short") and path.endswith(".token"):
+        problem = f"must be at least {ctx['min_length']} characters"
     else:
         problem = _PHRASES.get(kind, error["msg"])
+    if secret:
+        return f"{path}: {problem}"
     return f"{path}: {problem}, got {got!r}"
 
 
 def _schema_at(loc: list[Any]) -> type[BaseModel] | None:
     if not loc[:-1]:
         return _File
+    nested: dict[tuple[Any, ...], type[BaseModel]] = {("server", "tls"): TlsSettings, ("server", "auth"): AuthSettings}
+    if tuple(loc[:2]) in nested and len(loc) == 3:
+        return nested[tuple(loc[:2])]
     schemas: dict[str, type[BaseModel]] = {"server": ServerSettings, "models": ModelSettings}
     return schemas.get(loc[0])

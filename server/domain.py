@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bertserve.api import Encoding, Pooling
-from bertserve.batcher import Completed
+from bertserve.serving.batcher import Completed
 
 __all__ = [
     "AnswerQuery",
@@ -26,7 +26,7 @@ __all__ = [
 @dataclass(frozen=True)
 class CallLimits:
     """What one call may take back, and how many may run at once (the request's own size is
-    checked as it arrives: bertserve.parsing)."""
+    checked as it arrives: bertserve.edge.parsing)."""
 
     max_reply_bytes: int = 64 * 1024 * 1024  # the reply, as predicted before the model runs
     max_concurrent_calls: int = 1024  # calls in flight at once; more are refused with a retry hint

@@ -1,4 +1,4 @@
-"""Domain errors of bertserve, mapped to gRPC status codes in one place (``bertserve.status``).
+"""Domain errors of bertserve, mapped to gRPC status codes in one place (``bertserve.edge.status``).
 
     BertserveError
     ├── InvalidRequest            INVALID_ARGUMENT: malformed request, empty input, bad option

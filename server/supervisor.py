@@ -63,6 +63,13 @@ def serve_processes(config: ServerConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stop)
 
+    def reload_certificates(signum: int, frame: object) -> None:
+        for process, _ in children:  # each serves the port's TLS on its own
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGHUP)
+
+    signal.signal(signal.SIGHUP, reload_certificates)
+
     def start(index: int) -> tuple[BaseProcess, Event]:
         listening = context.Event()
         process = context.Process(
@@ -141,8 +148,8 @@ def _reserve_port(config: ServerConfig) -> socket.socket:
 def _serve_one(config: ServerConfig, index: int, total: int, listening: Event, supervisor: int) -> None:
     """One server process (spawned): its own logging, thread settings and event loop."""
     _end_with(supervisor)
-    from bertserve.app import BertServer
-    from bertserve.runtime import configure_runtime
+    from bertserve.edge.app import BertServer
+    from bertserve.runtime.threads import configure_runtime
 
     logging.basicConfig(
         level=config.log_level.upper(),

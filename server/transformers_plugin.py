@@ -24,7 +24,6 @@ from huggingface_hub import snapshot_download
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from transformers import AutoConfig, AutoModel, AutoModelForQuestionAnswering, AutoTokenizer
 
-from bertserve import compiling, onednn_linear, tracing
 from bertserve.api import (
     Capability,
     EmbedOutput,
@@ -37,10 +36,11 @@ from bertserve.api import (
 )
 from bertserve.config import parse_options
 from bertserve.errors import CapabilityNotSupported, ConfigError, InvalidRequest
-from bertserve.packed_inputs import PackedBatch, pack
-from bertserve.placement import dtype_name, resolve_device, resolve_dtype, without_per_shape_attention_plans
-from bertserve.sources import resolve_source
-from bertserve.thread_tokenizers import ThreadTokenizers
+from bertserve.runtime import compiling, onednn_linear, tracing
+from bertserve.runtime.packed_inputs import PackedBatch, pack
+from bertserve.runtime.placement import dtype_name, resolve_device, resolve_dtype, without_per_shape_attention_plans
+from bertserve.runtime.sources import resolve_source
+from bertserve.runtime.thread_tokenizers import ThreadTokenizers
 
 __all__ = ["TransformersOptions", "TransformersPlugin"]
 
@@ -69,9 +69,9 @@ class TransformersOptions(BaseModel):
     onednn_linear: StrictBool = True
     #: Tokens per row when short sequences share the rows of a pass.
     pack_row_tokens: Annotated[StrictInt, Field(ge=1)] = 64
-    #: The encoder under torch.compile, checked against eager at load (see bertserve.compiling).
+    #: The encoder under torch.compile, checked against eager at load (see bertserve.runtime.compiling).
     compile: StrictBool = False
-    #: Packed passes as a TorchScript trace; unset: on CPUs, off on GPUs (see bertserve.tracing).
+    #: Packed passes as a TorchScript trace; unset: on CPUs, off on GPUs (see bertserve.runtime.tracing).
     trace: StrictBool | None = None
 
 
@@ -89,7 +89,7 @@ class TransformersPlugin(EncoderPlugin):
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)
         self.options = parse_options(self.options_schema, spec.options, where=f"model {spec.name!r} options")
-        self._tokenizers: ThreadTokenizers[Any] | None = None  # see bertserve.thread_tokenizers
+        self._tokenizers: ThreadTokenizers[Any] | None = None  # see bertserve.runtime.thread_tokenizers
         self._model: Any = None  # the full model: a base encoder or a ...ForQuestionAnswering
         self._encoder: Any = None  # the base encoder inside it
         self._source: str | None = None  # the local directory fetch() resolved
@@ -99,10 +99,10 @@ class TransformersPlugin(EncoderPlugin):
         self._max_tokens = 0
         self._pad_id = 0
         self._dtype = torch.float32
-        self._packs = False  # run CLS and MEAN embeddings as packed rows (see bertserve.packed_inputs)
-        self._onednn_layers = 0  # linear layers running on oneDNN (see bertserve.onednn_linear)
-        self._compiled = False  # the encoder runs under torch.compile (see bertserve.compiling)
-        self._traced: tracing.TracedEncoder | None = None  # packed passes run traced (see bertserve.tracing)
+        self._packs = False  # run CLS and MEAN embeddings as packed rows (see bertserve.runtime.packed_inputs)
+        self._onednn_layers = 0  # linear layers running on oneDNN (see bertserve.runtime.onednn_linear)
+        self._compiled = False  # the encoder runs under torch.compile (see bertserve.runtime.compiling)
+        self._traced: tracing.TracedEncoder | None = None  # packed passes run traced (see bertserve.runtime.tracing)
 
     # -- loading -----------------------------------------------------------------------------
 

@@ -10,8 +10,8 @@ import grpc
 import numpy as np
 import pytest
 
-from bertserve.app import BertServer
 from bertserve.config import load_config
+from bertserve.edge.app import BertServer
 from bertserve_client import AsyncClient, BertserveError, EmbedResult
 
 from conftest import EMBED_MODELS

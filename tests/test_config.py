@@ -10,7 +10,15 @@ import pytest
 import yaml
 
 from bertserve.api import Pooling
-from bertserve.config import ModelSettings, ServerSettings, check_options, load_config
+from bertserve.config import (
+    AuthSettings,
+    ModelSettings,
+    ServerSettings,
+    TlsSettings,
+    TokenSettings,
+    check_options,
+    load_config,
+)
 from bertserve.discovery import discover_plugins
 from bertserve.errors import ConfigError
 from bertserve.transformers_plugin import TransformersOptions
@@ -181,6 +189,10 @@ def test_the_readme_documents_every_setting() -> None:
     block = readme.split("## Configuration", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
     documented = yaml.safe_load(block)
     assert set(documented["server"]) == set(ServerSettings.model_fields)
+    assert set(documented["server"]["tls"]) == set(TlsSettings.model_fields)
+    assert set(documented["server"]["auth"]) == set(AuthSettings.model_fields)
+    tokens = readme.split("## TLS and tokens", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    assert set(yaml.safe_load(tokens)[0]) == set(TokenSettings.model_fields)
     [model] = documented["models"]
     assert set(model) == set(ModelSettings.model_fields)
     assert set(model["options"]) == set(TransformersOptions.model_fields)
@@ -210,3 +222,56 @@ def test_serve_exits_2_on_a_bad_config(tmp_path: Path, text: str, message: str) 
     assert run.returncode == 2
     assert run.stderr.strip().splitlines()[-1] == f"bertserve: {message}"
     assert "Traceback" not in run.stderr
+
+
+def _tokens_error(tmp_path: Path, tokens: str, *, env: str | None = None) -> str:
+    (tmp_path / "tokens.yaml").write_text(tokens)
+    text = f"server: {{auth: {{tokens_file: '{tmp_path / 'tokens.yaml'}'}}}}\nmodels: [{{name: a, plugin: bert}}]\n"
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, text), environ={} if env is None else {"BERTSERVE_TOKENS": env})
+    return str(info.value)
+
+
+def test_tokens_are_checked_and_never_shown(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens.yaml"
+    assert _tokens_error(tmp_path, "- {name: app, token: short-secret}\n") == (
+        f"{tokens}[0].token: must be at least 16 characters"
+    )
+    assert _tokens_error(tmp_path, "- {name: app, token: a-long-enough-secret, scopes: [everything]}\n") == (
+        f"{tokens}[0].scopes[0]: expected 'inference' or 'admin'"
+    )
+    assert _tokens_error(tmp_path, "- {name: app, token: a-long-enough-secret, scope: [admin]}\n") == (
+        f"{tokens}[0].scope: unknown setting; known: name, token, scopes, models"
+    )
+    repeated = "- {name: app, token: a-long-enough-secret}\n"
+    assert _tokens_error(tmp_path, repeated, env="[{name: app, token: another-long-secret}]") == (
+        "tokens: names must be unique; repeated: ['app']"
+    )
+    assert _tokens_error(tmp_path, repeated, env="[{name: other, token: a-long-enough-secret}]") == (
+        "tokens: two entries hold the same token"
+    )
+
+
+def test_tokens_come_from_the_file_and_the_environment_as_hashes(tmp_path: Path) -> None:
+    (tmp_path / "tokens.yaml").write_text("- {name: app, token: a-long-enough-secret, models: [a]}\n")
+    text = f"server: {{auth: {{tokens_file: '{tmp_path / 'tokens.yaml'}'}}}}\nmodels: [{{name: a, plugin: bert}}]\n"
+    config = load_config(
+        _write(tmp_path, text),
+        environ={"BERTSERVE_TOKENS": "[{name: ops, token: 0123456789abcdef, scopes: [admin, inference]}]"},
+    )
+    assert [(g.name, g.scopes, g.models) for g in config.auth.tokens] == [
+        ("app", ("inference",), ("a",)),
+        ("ops", ("admin", "inference"), ("*",)),
+    ]
+    assert config.auth.enabled and "a-long-enough-secret" not in repr(config)
+    assert not load_config(_write(tmp_path, "models: [{name: a, plugin: bert}]\n"), environ={}).auth.enabled
+
+
+def test_tls_files_must_be_readable(tmp_path: Path) -> None:
+    text = "server: {tls: {cert_file: /nonexistent/server.pem, key_file: /nonexistent/server.key}}\n"
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, text + "models: [{name: a, plugin: bert}]\n"), environ={})
+    assert str(info.value) == "server.tls.cert_file: cannot read '/nonexistent/server.pem': No such file or directory"
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, "server: {tls: {cert_file: a}}\nmodels: [{name: a, plugin: bert}]\n"), environ={})
+    assert str(info.value) == "server.tls.key_file: missing"

@@ -12,9 +12,9 @@ import grpc
 import numpy as np
 import pytest
 
-from bertserve.app import BertServer
-from bertserve.batcher import MAX_RETRY_AFTER_S
 from bertserve.config import load_config
+from bertserve.edge.app import BertServer
+from bertserve.serving.batcher import MAX_RETRY_AFTER_S
 from bertserve_client import AsyncClient, BertserveError
 
 from conftest import TINY

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from bertserve import onednn_linear
-from bertserve.app import BertServer
+from bertserve.edge.app import BertServer
+from bertserve.runtime import onednn_linear
 from bertserve.transformers_plugin import TransformersPlugin
 from bertserve_client import AsyncClient
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bertserve.app import BertServer
 from bertserve.config import load_config
+from bertserve.edge.app import BertServer
 from bertserve_client import AsyncClient, Client
 
 from served import Served
@@ -42,7 +42,7 @@ def two_processes(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPat
 
 
 async def test_two_processes_share_one_port_and_both_serve(two_processes: Served) -> None:
-    assert len(two_processes.wait_for(r"\[[12]/2\] bertserve\.app: bertserve listening", count=2)) == 2
+    assert len(two_processes.wait_for(r"\[[12]/2\] bertserve\.edge\.app: bertserve listening", count=2)) == 2
     assert "torch intra-op threads 1 each" in two_processes.wait_for(r"2 server processes")[0]
     servers = two_processes.servers()
     assert len(servers) == 2

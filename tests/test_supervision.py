@@ -17,11 +17,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bertserve.api import EmbedOutput, Encoding, Pooling, QAWindowLogits
-from bertserve.app import BertServer
-from bertserve.batcher import FAILURES_BEFORE_UNHEALTHY
 from bertserve.config import load_config
 from bertserve.discovery import PluginRegistry, discover_plugins
+from bertserve.edge.app import BertServer
 from bertserve.plugins.spanbert import SpanBertPlugin
+from bertserve.serving.batcher import FAILURES_BEFORE_UNHEALTHY
 from bertserve_client import AsyncClient, BertserveError
 
 MARK = "[MASK]"  # the tiny vocabulary's mask token: a text holding it is "marked"

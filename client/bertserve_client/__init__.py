@@ -7,12 +7,14 @@
         result.embeddings          # numpy float32, shape [2, hidden_size]
         client.answer(("Where is the tower?", "The tower is in Paris."))[0][0].text
 
-`AsyncClient` takes the same arguments and its methods are awaited. Failed calls raise
+`AsyncClient` takes the same arguments and its methods are awaited. Against a server with TLS
+pass `credentials=tls_credentials(ca_file, cert_file, key_file)`; with token auth, `token=`
+(or set `BERTSERVE_TOKEN`). Failed calls raise
 `BertserveError` (with `.code`, `.message` and `.retry_after_s`). The generated stubs of the
 contract are in `bertserve_client.v1`.
 """
 
-from bertserve_client._client import AsyncClient, Client
+from bertserve_client._client import AsyncClient, Client, tls_credentials
 from bertserve_client._errors import BertserveError
 from bertserve_client._types import Answer, Answers, EmbedResult, ModelInfo, Tokenization, Usage
 
@@ -26,4 +28,5 @@ __all__ = [
     "ModelInfo",
     "Tokenization",
     "Usage",
+    "tls_credentials",
 ]

@@ -7,7 +7,9 @@ and turns grpc.RpcError into BertserveError.
 from __future__ import annotations
 
 import enum
+import os
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeAlias
 
@@ -39,6 +41,9 @@ class _Default(enum.Enum):
 Timeout: TypeAlias = float | Literal[_Default.TIMEOUT] | None
 _DEFAULT = _Default.TIMEOUT
 
+#: The environment variable a client takes its bearer token from when none is given.
+TOKEN_ENV = "BERTSERVE_TOKEN"
+
 # Token embeddings of a batch easily pass gRPC's 4 MiB default.
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _DEFAULT_OPTIONS: dict[str, Any] = {
@@ -58,8 +63,16 @@ class _Base:
     """
 
     def __init__(
-        self, channels: Sequence[grpc.Channel | grpc.aio.Channel], *, owns_channel: bool, timeout: float | None
+        self,
+        channels: Sequence[grpc.Channel | grpc.aio.Channel],
+        *,
+        owns_channel: bool,
+        timeout: float | None,
+        token: str | None,
     ) -> None:
+        token = token if token is not None else os.environ.get(TOKEN_ENV, "")
+        # Sent with every call: a server with token auth refuses calls without it.
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._owns_channel = owns_channel
         self._timeout = timeout
         self._channels = list(channels)
@@ -123,6 +136,7 @@ class Client(_Base):
         options: Sequence[tuple[str, Any]] = (),
         channel: grpc.Channel | None = None,
         channels: int = 1,
+        token: str | None = None,
     ) -> None:
         """Connect to `target` (TLS when `credentials` are given) or use `channel` as is.
 
@@ -138,13 +152,13 @@ class Client(_Base):
             return grpc.secure_channel(target, credentials, opts)
 
         opened = _open_channels(open_one, channels, options, channel)
-        super().__init__(opened, owns_channel=channel is None, timeout=timeout)
+        super().__init__(opened, owns_channel=channel is None, timeout=timeout, token=token)
 
     def _call(self, method: str, request: Message, timeout: Timeout) -> Any:
         i = self._least_busy()
         self._in_flight[i] += 1
         try:
-            return self._rpcs[i][method](request, timeout=self._deadline(timeout))
+            return self._rpcs[i][method](request, timeout=self._deadline(timeout), metadata=self._metadata)
         except grpc.RpcError as err:
             raise from_rpc_error(err) from err
         finally:
@@ -194,7 +208,7 @@ class Client(_Base):
         requests = (_stream_request(i, model, pooling, normalize, truncate) for i in items)
         i = self._least_busy()
         self._in_flight[i] += 1
-        responses = self._rpcs[i]["EmbedStream"](requests, timeout=self._deadline(timeout))
+        responses = self._rpcs[i]["EmbedStream"](requests, timeout=self._deadline(timeout), metadata=self._metadata)
         try:
             for response in responses:
                 yield parse_stream_item(response)
@@ -305,6 +319,7 @@ class AsyncClient(_Base):
         options: Sequence[tuple[str, Any]] = (),
         channel: grpc.aio.Channel | None = None,
         channels: int = 1,
+        token: str | None = None,
     ) -> None:
         def open_one(opts: list[tuple[str, Any]]) -> grpc.aio.Channel:
             if credentials is None:
@@ -312,13 +327,13 @@ class AsyncClient(_Base):
             return grpc.aio.secure_channel(target, credentials, opts)
 
         opened = _open_channels(open_one, channels, options, channel)
-        super().__init__(opened, owns_channel=channel is None, timeout=timeout)
+        super().__init__(opened, owns_channel=channel is None, timeout=timeout, token=token)
 
     async def _call(self, method: str, request: Message, timeout: Timeout) -> Any:
         i = self._least_busy()
         self._in_flight[i] += 1
         try:
-            return await self._rpcs[i][method](request, timeout=self._deadline(timeout))
+            return await self._rpcs[i][method](request, timeout=self._deadline(timeout), metadata=self._metadata)
         except grpc.RpcError as err:
             raise from_rpc_error(err) from err
         finally:
@@ -368,7 +383,7 @@ class AsyncClient(_Base):
 
         i = self._least_busy()
         self._in_flight[i] += 1
-        call = self._rpcs[i]["EmbedStream"](requests(), timeout=self._deadline(timeout))
+        call = self._rpcs[i]["EmbedStream"](requests(), timeout=self._deadline(timeout), metadata=self._metadata)
         try:
             async for response in call:
                 yield parse_stream_item(response)
@@ -461,3 +476,19 @@ def _stream_request(
         item, model=model, pooling=pooling, normalize=normalize, truncate=truncate, return_token_embeddings=False
     )
     return encoder_service_pb2.EmbedStreamRequest(request=request)
+
+
+def tls_credentials(
+    ca_file: str | os.PathLike[str] | None = None,
+    cert_file: str | os.PathLike[str] | None = None,
+    key_file: str | os.PathLike[str] | None = None,
+) -> grpc.ChannelCredentials:
+    """TLS credentials for `credentials=`: the CA that signed the server's certificate (None: the
+    system's roots), and for mutual TLS the client's certificate and key."""
+    if (cert_file is None) != (key_file is None):
+        raise ValueError("mutual TLS needs both a client certificate and its key")
+
+    def read(path: str | os.PathLike[str] | None) -> bytes | None:
+        return None if path is None else Path(path).read_bytes()
+
+    return grpc.ssl_channel_credentials(read(ca_file), read(key_file), read(cert_file))

@@ -15,7 +15,7 @@ from bertserve.domain import (
     Usage,
 )
 from bertserve.errors import InvalidRequest
-from bertserve.model_host import ModelHost, ModelState
+from bertserve.serving.model_host import ModelHost, ModelState
 from bertserve_client._tensor import numpy_to_tensor
 from bertserve_client.v1 import common_pb2, encoder_service_pb2, model_service_pb2
 

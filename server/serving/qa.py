@@ -4,7 +4,7 @@ Each (question, context) pair is cut into overlapping windows. The windows of ev
 the call go through the model's batcher a pass's worth at a time, two parts in flight, so a
 context of any length (up to the model's max_context_bytes) keeps memory and queue use bounded
 while other callers' work shares the passes in between. Each part's logits are folded into the
-running answers of their pairs as soon as they come back (bertserve.qa_spans), then dropped.
+running answers of their pairs as soon as they come back (bertserve.serving.qa_spans), then dropped.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from collections import deque
 from collections.abc import Callable, Iterator
 
 from bertserve.api import Capability, EncoderPlugin, Encoding, QAWindowLogits
-from bertserve.batcher import Completed
 from bertserve.domain import AnswerQuery, AnswerResult, UsageMeter
 from bertserve.errors import InvalidRequest, Overloaded
-from bertserve.model_host import ModelHost
-from bertserve.qa_spans import DistinctSpans, MergedAnswers
-from bertserve.router import Router
+from bertserve.serving.batcher import Completed
+from bertserve.serving.model_host import ModelHost
+from bertserve.serving.qa_spans import DistinctSpans, MergedAnswers
+from bertserve.serving.router import Router
 
 __all__ = ["answer"]
 

@@ -3,7 +3,7 @@
 The generated ``add_*Servicer_to_server`` functions register deserializers that raise on a
 malformed message (a string field that is not UTF-8, a truncated field), which gRPC answers with
 UNKNOWN and a traceback in the log. Registered through :func:`add_servicer`, each deserializer
-instead hands the servicer an :class:`Unparsable`, which ``bertserve.status.grpc_errors``
+instead hands the servicer an :class:`Unparsable`, which ``bertserve.edge.status.grpc_errors``
 answers with INVALID_ARGUMENT; so is a request over max_input_bytes, which is not even parsed.
 """
 

@@ -9,7 +9,7 @@ import numpy as np
 from bertserve.api import Capability, Encoding
 from bertserve.domain import EmbedQuery, EmbedResult, TokenizeQuery, TokenizeResult, usage_of
 from bertserve.errors import CapabilityNotSupported, InputTooLong, InvalidRequest
-from bertserve.router import Router
+from bertserve.serving.router import Router
 
 __all__ = ["embed", "tokenize"]
 

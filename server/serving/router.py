@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from bertserve.errors import ModelNotFound, quoted
-from bertserve.model_host import ModelHost
+from bertserve.serving.model_host import ModelHost
 
 __all__ = ["Router"]
 

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from bertserve.api import ModelSpec
 from bertserve.errors import ConfigError
-from bertserve.placement import resolve_device
+from bertserve.runtime.placement import resolve_device
 
 __all__ = ["DeviceWorkers"]
 

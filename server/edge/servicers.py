@@ -9,12 +9,14 @@ from collections.abc import AsyncIterator, Iterator
 
 import grpc
 
-from bertserve import convert, embedding, qa
+from bertserve import __version__
 from bertserve.domain import CallLimits
+from bertserve.edge import convert
+from bertserve.edge.parsing import Unparsable
+from bertserve.edge.status import grpc_errors, internal_error, status_of
 from bertserve.errors import BertserveError, Overloaded
-from bertserve.parsing import Unparsable
-from bertserve.router import Router
-from bertserve.status import grpc_errors, internal_error, status_of
+from bertserve.serving import embedding, qa
+from bertserve.serving.router import Router
 from bertserve_client.v1 import encoder_service_pb2, encoder_service_pb2_grpc, model_service_pb2, model_service_pb2_grpc
 
 __all__ = ["EncoderServicer", "ModelServicer"]
@@ -152,7 +154,8 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     ) -> model_service_pb2.ListModelsResponse:
         default = self._router.default_model
         return model_service_pb2.ListModelsResponse(
-            models=[convert.model_proto(h, is_default=h.name == default) for h in self._router]
+            models=[convert.model_proto(h, is_default=h.name == default) for h in self._router],
+            server_version=__version__,
         )
 
     @grpc_errors

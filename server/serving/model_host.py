@@ -11,8 +11,8 @@ from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 from bertserve.api import Capability, EncoderPlugin, Encoding, ModelInfo, ModelSpec
-from bertserve.batcher import Batcher, BatchLimits, Completed
 from bertserve.errors import BertserveError, CapabilityNotSupported, ModelFailed, ModelUnavailable, Overloaded
+from bertserve.serving.batcher import Batcher, BatchLimits, Completed
 
 __all__ = ["ModelHost", "ModelState"]
 
@@ -34,7 +34,7 @@ class ModelHost:
     """Owns a plugin instance; every call into it runs off the event loop.
 
     Loading and forward passes run on the worker of the model's device, which every model on that
-    device shares (see bertserve.device_workers); tokenization runs on the shared tokenizer pool,
+    device shares (see bertserve.runtime.device_workers); tokenization runs on the shared tokenizer pool,
     so the next batch is tokenized while the current one computes.
     """
 

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from bertserve.edge.parsing import Unparsable
 from bertserve.errors import (
     BertserveError,
     CapabilityNotSupported,
@@ -25,7 +26,6 @@ from bertserve.errors import (
     ModelUnavailable,
     Overloaded,
 )
-from bertserve.parsing import Unparsable
 
 __all__ = ["STATUS_OF", "abort_with", "grpc_errors", "internal_error", "status_of"]
 

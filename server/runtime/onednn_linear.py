@@ -80,7 +80,7 @@ def _packed_linear(
 
 @functools.cache
 def _scripted_packed_linear() -> Any:
-    """_packed_linear as TorchScript, so that a traced encoder (bertserve.tracing) records the
+    """_packed_linear as TorchScript, so that a traced encoder (bertserve.runtime.tracing) records the
     call: the tracer cannot record the op's empty list of scalars; a script function types it.
     Scripted when first traced, not at import: TorchScript is deprecated, and a torch without it
     must still run eager."""

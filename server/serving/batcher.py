@@ -3,7 +3,7 @@
 Work arrives as sequences (one Embed input, one Answer window), each with its own future.
 One loop per model gives the requests that wait turns, in the order they came: it looks ahead
 over the pending sequences of the operation of the request whose turn it is, taken in turns from
-every request, splits them by length into the passes that cost least (bertserve.packing: a fixed
+every request, splits them by length into the passes that cost least (bertserve.serving.packing: a fixed
 cost per pass against padding, within the token budget of longest x count and the size cap), runs
 the group holding that request's sequence on the model's worker thread, and resolves each future.
 So a small call never waits for all of a large one: it goes in one of the next passes.
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from bertserve.errors import BertserveError, InternalFailure, InvalidRequest, ModelUnavailable, Overloaded
-from bertserve.packing import plan_groups
+from bertserve.serving.packing import plan_groups
 
 __all__ = ["FAILURES_BEFORE_UNHEALTHY", "MAX_RETRY_AFTER_S", "BatchLimits", "BatchStats", "Batcher", "Completed"]
 
@@ -60,7 +60,7 @@ class BatchLimits:
     max_queue_tokens: int = 262144
     max_queue_requests: int = 1024
     max_wait_ms: float = 0.0
-    pass_overhead_tokens: float = 32.0  # a pass's fixed cost, in padded tokens (see bertserve.packing)
+    pass_overhead_tokens: float = 32.0  # a pass's fixed cost, in padded tokens (see bertserve.serving.packing)
     concurrent_passes: int = 1  # passes in flight at once: one per worker thread
     max_pass_ms: float = 100.0  # while calls contend: a pass's compute time at the measured rate; 0: none
 

@@ -3,26 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
-from bertserve.config import ServerConfig
-from bertserve.device_workers import DeviceWorkers
+from bertserve.config import ServerConfig, TlsConfig
 from bertserve.discovery import PluginRegistry, discover_plugins
 from bertserve.domain import CallLimits
+from bertserve.edge.auth import ANY_SCOPE, INFERENCE, AuthInterceptor, Principal, TokenTable
+from bertserve.edge.parsing import add_servicer
+from bertserve.edge.reflection import METHODS as REFLECTION_METHODS
+from bertserve.edge.reflection import enable_reflection
+from bertserve.edge.servicers import EncoderServicer, ModelServicer
+from bertserve.edge.tls import CertificateFiles, RotatingCredentials
 from bertserve.errors import ModelUnavailable
-from bertserve.model_host import ModelHost
-from bertserve.parsing import add_servicer
-from bertserve.router import Router
-from bertserve.runtime import freeze_loaded_heap
-from bertserve.servicers import EncoderServicer, ModelServicer
+from bertserve.runtime.device_workers import DeviceWorkers
+from bertserve.runtime.threads import freeze_loaded_heap
+from bertserve.serving.model_host import ModelHost
+from bertserve.serving.router import Router
 from bertserve_client.v1 import encoder_service_pb2, encoder_service_pb2_grpc, model_service_pb2, model_service_pb2_grpc
 
 __all__ = ["BertServer"]
@@ -32,10 +38,11 @@ log = logging.getLogger(__name__)
 _ANSWER_LEFTOVERS_S = 0.5  # after the grace period: time to send the calls still waiting their error
 _NO_LIMIT = 2**31 - 1  # the largest value a grpc integer channel argument takes
 
-_SERVICES = (
-    encoder_service_pb2.DESCRIPTOR.services_by_name["EncoderService"].full_name,
-    model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
+_SERVICE_DESCRIPTORS = (
+    encoder_service_pb2.DESCRIPTOR.services_by_name["EncoderService"],
+    model_service_pb2.DESCRIPTOR.services_by_name["ModelService"],
 )
+_SERVICES = tuple(service.full_name for service in _SERVICE_DESCRIPTORS)
 
 
 class BertServer:
@@ -70,46 +77,53 @@ class BertServer:
         self._server: grpc.aio.Server | None = None
         self._loading: asyncio.Task[None] | None = None
         self._health_tasks: set[asyncio.Task[None]] = set()
+        self._tls = RotatingCredentials(_files_of(config.tls)) if config.tls else None
         self.port = 0
 
     async def start(self) -> int:
         """Bind, serve, and load every model concurrently; returns the bound port."""
+        config = self.config
         server = grpc.aio.server(
+            interceptors=self._interceptors(),
             options=[
-                ("grpc.max_receive_message_length", self.config.max_receive_message_bytes),
-                ("grpc.max_send_message_length", self.config.max_send_message_bytes),
+                ("grpc.max_receive_message_length", config.max_receive_message_bytes),
+                ("grpc.max_send_message_length", config.max_send_message_bytes),
                 ("grpc.so_reuseport", int(self._share_port)),
                 # grpc core cancels (status CANCELLED, no message) calls that arrive faster than the
                 # event loop picks them up once 1,000 wait; every call must reach bertserve, whose
                 # own limit (max_concurrent_calls) refuses with RESOURCE_EXHAUSTED and a retry hint.
                 ("grpc.server.max_pending_requests", _NO_LIMIT),
                 ("grpc.server.max_pending_requests_hard_limit", _NO_LIMIT),
-            ]
+            ],
         )
         add_servicer(
             encoder_service_pb2_grpc.add_EncoderServiceServicer_to_server,
             EncoderServicer(
                 self.router,
-                stream_max_in_flight=self.config.stream_max_in_flight,
-                limits=CallLimits(self.config.max_send_message_bytes, self.config.max_concurrent_calls),
+                stream_max_in_flight=config.stream_max_in_flight,
+                limits=CallLimits(config.max_send_message_bytes, config.max_concurrent_calls),
             ),
             server,
-            max_request_bytes=self.config.max_input_bytes,
+            max_request_bytes=config.max_input_bytes,
         )
         add_servicer(
             model_service_pb2_grpc.add_ModelServiceServicer_to_server,
             ModelServicer(self.router),
             server,
-            max_request_bytes=self.config.max_input_bytes,
+            max_request_bytes=config.max_input_bytes,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection((*_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        enable_reflection((*_SERVICES, health.SERVICE_NAME), server)
         try:
-            self.port = server.add_insecure_port(self.config.bind)
+            if self._tls is not None:
+                self.port = server.add_secure_port(config.bind, self._tls.server_credentials())
+            else:
+                self.port = server.add_insecure_port(config.bind)
         except RuntimeError:  # grpc's word for a failed bind
             self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot bind {self.config.bind}: the address is in use or not this machine's")
+            raise OSError(f"cannot bind {config.bind}: the address is in use or not this machine's")
+        self._log_security()
         await server.start()
         self._server = server
         for host in self.router:
@@ -118,6 +132,33 @@ class BertServer:
         self._loading = asyncio.create_task(self._load_all(), name="load-models")
         log.info("bertserve listening on %s (port %d)", self.config.bind, self.port)
         return self.port
+
+    def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        auth = self.config.auth
+        if not auth.enabled:
+            return []
+        scopes = {method: INFERENCE for method in _methods(_SERVICE_DESCRIPTORS)}
+        if auth.protect_reflection:
+            scopes.update(dict.fromkeys(REFLECTION_METHODS, ANY_SCOPE))
+        principals = [Principal(g.name, g.digest, frozenset(g.scopes), frozenset(g.models)) for g in auth.tokens]
+        return [AuthInterceptor(TokenTable(principals), scopes, default_model=self.router.default_model)]
+
+    def _log_security(self) -> None:
+        config = self.config
+        if self._tls is not None:
+            log.info("TLS on%s", " with client certificates required (mTLS)" if self._tls.mutual else "")
+        elif not _is_loopback(config.address):
+            log.warning(
+                "serving plaintext on %s, which is not a loopback address: set server.tls for other machines' calls",
+                config.address,
+            )
+        if config.auth.enabled:
+            log.info("token auth on: %d tokens", len(config.auth.tokens))
+
+    def reload_certificates(self) -> None:
+        """Re-read the TLS files at the next handshake (SIGHUP)."""
+        if self._tls is not None:
+            self._tls.request_reload()
 
     async def _load_all(self) -> None:
         await asyncio.gather(*(host.load() for host in self.router))
@@ -179,10 +220,29 @@ class BertServer:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_certificates)
         await stop.wait()
         log.info("shutting down: draining in-flight calls for up to %.0fs", self.config.grace_period_s)
         await self.stop()
         log.info("bertserve stopped")
+
+
+def _methods(services: Sequence[ServiceDescriptor]) -> list[str]:
+    return [f"/{service.full_name}/{method.name}" for service in services for method in service.methods]
+
+
+def _files_of(tls: TlsConfig) -> CertificateFiles:
+    ca = Path(tls.client_ca_file) if tls.client_ca_file else None
+    return CertificateFiles(Path(tls.cert_file), Path(tls.key_file), ca)
+
+
+def _is_loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 def _health_status(serving: bool) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:

@@ -1,0 +1,199 @@
+"""Bearer-token authentication and scopes, checked before any servicer runs.
+
+Tokens come from a file or an environment variable, never from the server's YAML. Each has a
+name (what logs show; the token itself is never logged), the kinds of RPC it may call
+(inference, admin) and the models it may use. A presented token is hashed and compared with
+every known token's hash in constant time.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import hmac
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from bertserve.errors import quoted
+
+__all__ = ["ADMIN", "ANY_SCOPE", "INFERENCE", "AuthInterceptor", "Principal", "TokenTable", "caller"]
+
+log = logging.getLogger(__name__)
+
+INFERENCE = "inference"
+ADMIN = "admin"
+ALL_MODELS = "*"
+ANY_SCOPE = ""  # an RPC that any known token may call
+
+#: The token name of the current call ("" when auth is off or the RPC is open to all).
+caller: contextvars.ContextVar[str] = contextvars.ContextVar("bertserve_caller", default="")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """What one token may do."""
+
+    name: str
+    digest: bytes  # sha256 of the token
+    scopes: frozenset[str]
+    models: frozenset[str]  # model names, or ALL_MODELS
+
+    def may_use(self, model: str) -> bool:
+        return ALL_MODELS in self.models or model in self.models
+
+
+class TokenTable:
+    """The known tokens, looked up by the token a caller presents."""
+
+    def __init__(self, principals: Sequence[Principal]) -> None:
+        self._principals = tuple(principals)
+
+    def __len__(self) -> int:
+        return len(self._principals)
+
+    def find(self, token: str) -> Principal | None:
+        digest = hashlib.sha256(token.encode()).digest()
+        found = None
+        for principal in self._principals:  # every one, always: the time taken does not depend on which
+            if hmac.compare_digest(principal.digest, digest):
+                found = principal
+        return found
+
+
+def digest_of(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def _bearer(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
+    for key, value in metadata or ():
+        if key == "authorization":
+            text = value.decode(errors="replace") if isinstance(value, bytes) else value
+            scheme, _, token = text.strip().partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else ""
+    return None
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Refuse calls without a known token (UNAUTHENTICATED) or outside its scopes (PERMISSION_DENIED).
+
+    rpc_scopes maps each protected method ("/package.Service/Method") to the scope it needs;
+    methods not in it (health, and reflection unless protected) are open to all.
+    """
+
+    def __init__(self, tokens: TokenTable, rpc_scopes: dict[str, str], default_model: str) -> None:
+        self._tokens = tokens
+        self._rpc_scopes = rpc_scopes
+        self._default_model = default_model
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        scope = self._rpc_scopes.get(details.method)  # None: open to all
+        if handler is None or scope is None:
+            return handler
+        verdict = self._check(details, scope)
+        if isinstance(verdict, Refusal):
+            return _refusing(handler, verdict)
+        return _with_principal(handler, verdict, self._model_refusal)
+
+    def _check(self, details: grpc.HandlerCallDetails, scope: str) -> Principal | Refusal:
+        token = _bearer(details.invocation_metadata)  # type: ignore[arg-type]
+        if token is None:
+            return Refusal(
+                grpc.StatusCode.UNAUTHENTICATED, "this server requires a token: send 'authorization: Bearer <token>'"
+            )
+        if not token:
+            return Refusal(grpc.StatusCode.UNAUTHENTICATED, "the authorization metadata is not 'Bearer <token>'")
+        principal = self._tokens.find(token)
+        if principal is None:
+            log.info("refused %s: unknown token", details.method)
+            return Refusal(grpc.StatusCode.UNAUTHENTICATED, "the token is not known to this server")
+        if scope != ANY_SCOPE and scope not in principal.scopes:
+            log.info("refused %s to token %r: it lacks the %s scope", details.method, principal.name, scope)
+            return Refusal(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"token {principal.name!r} may not call {details.method}: it needs the {scope} scope",
+            )
+        return principal
+
+    def _model_refusal(self, principal: Principal, request: Any) -> Refusal | None:
+        model = _model_of(request)
+        if model is None or principal.may_use(model or self._default_model):
+            return None
+        shown = f"model {quoted(model)}" if model else f"the default model ({quoted(self._default_model)})"
+        return Refusal(grpc.StatusCode.PERMISSION_DENIED, f"token {principal.name!r} may not use {shown}")
+
+
+@dataclass(frozen=True)
+class Refusal:
+    code: grpc.StatusCode
+    message: str
+
+
+def _model_of(request: Any) -> str | None:
+    """The model a request names ("" for the default), or None for a request that names none."""
+    if not hasattr(request, "DESCRIPTOR"):  # one that did not parse: its handler says so
+        return None
+    if "request" in request.DESCRIPTOR.fields_by_name:  # an EmbedStream item
+        request = request.request
+    fields = request.DESCRIPTOR.fields_by_name
+    if "model" in fields:
+        return str(request.model)
+    if "name" in fields:  # GetModel and the model-management requests
+        return str(request.name)
+    return None
+
+
+def _refusing(handler: grpc.RpcMethodHandler, refusal: Refusal) -> grpc.RpcMethodHandler:
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(refusal.code, refusal.message)
+
+    async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await context.abort(refusal.code, refusal.message)
+        yield  # pragma: no cover - abort raises
+
+    return _replace(handler, unary, streaming)
+
+
+def _with_principal(
+    handler: grpc.RpcMethodHandler,
+    principal: Principal,
+    refusal_of: Callable[[Principal, Any], Refusal | None],
+) -> grpc.RpcMethodHandler:
+    """The handler, run as principal: each request's model is checked against the token's models."""
+    inner = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        caller.set(principal.name)
+        if (refusal := refusal_of(principal, request)) is not None:
+            await context.abort(refusal.code, refusal.message)
+        return await inner(request, context)
+
+    async def streaming(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        caller.set(principal.name)
+
+        async def checked() -> AsyncIterator[Any]:
+            async for request in requests:
+                if (refusal := refusal_of(principal, request)) is not None:
+                    await context.abort(refusal.code, refusal.message)
+                yield request
+
+        async for response in inner(checked(), context):
+            yield response
+
+    return _replace(handler, unary, streaming)
+
+
+def _replace(handler: grpc.RpcMethodHandler, unary: Any, streaming: Any) -> grpc.RpcMethodHandler:
+    if handler.unary_unary:
+        return handler._replace(unary_unary=unary)  # type: ignore[attr-defined,no-any-return]
+    if handler.stream_stream:
+        return handler._replace(stream_stream=streaming)  # type: ignore[attr-defined,no-any-return]
+    raise NotImplementedError("bertserve's protected RPCs are unary or bidirectional streams")

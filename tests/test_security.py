@@ -1,0 +1,367 @@
+"""TLS, mutual TLS, certificate rotation, bearer tokens and their scopes, through real servers on
+loopback, with certificates made at test time."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from certs import Pki, make_pki, subject_of
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
+
+from bertserve.config import load_config
+from bertserve.edge.app import BertServer
+from bertserve_client import AsyncClient, BertserveError, Client, tls_credentials
+from bertserve_client.v1 import encoder_service_pb2, encoder_service_pb2_grpc, model_service_pb2, model_service_pb2_grpc
+
+from served import Served
+
+INFERENCE_TOKEN = "inference-token-0123456789"
+ADMIN_TOKEN = "admin-token-0123456789abcdef"
+BERT_ONLY_TOKEN = "bert-only-token-0123456789"
+TOKENS = f"""
+- {{name: app, token: {INFERENCE_TOKEN}}}
+- {{name: operator, token: {ADMIN_TOKEN}, scopes: [admin]}}
+- {{name: bert-caller, token: {BERT_ONLY_TOKEN}, models: [bert]}}
+"""
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+async def _start(config: Path) -> BertServer:
+    server = BertServer(load_config(config, environ={}))
+    await server.start()
+    await server.wait_until_loaded()
+    return server
+
+
+@pytest.fixture(scope="module")
+async def secured(
+    pki: Pki, tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[BertServer]:
+    """TLS (no client certificates asked) and token auth, two models."""
+    tmp = tmp_path_factory.mktemp("secured")
+    (tmp / "tokens.yaml").write_text(TOKENS)
+    config = tmp / "c.yaml"
+    config.write_text(
+        "server:\n  address: 127.0.0.1\n  port: 0\n"
+        f"  tls: {{cert_file: '{pki.server.cert}', key_file: '{pki.server.key}'}}\n"
+        f"  auth: {{tokens_file: '{tmp / 'tokens.yaml'}'}}\n"
+        "models:\n"
+        f"  - {{name: bert, plugin: bert, source: '{tiny_models['bert']}'}}\n"
+        f"  - {{name: roberta, plugin: roberta, source: '{tiny_models['roberta']}'}}\n"
+    )
+    server = await _start(config)
+    yield server
+    await server.stop(grace=1)
+
+
+def _address(server: BertServer) -> str:
+    return f"127.0.0.1:{server.port}"
+
+
+def _tls(pki: Pki, *, client_cert: bool = False) -> grpc.ChannelCredentials:
+    if client_cert:
+        return tls_credentials(pki.ca, pki.client.cert, pki.client.key)
+    return tls_credentials(pki.ca)
+
+
+async def _error(call: object) -> BertserveError:
+    with pytest.raises(BertserveError) as info:
+        await call  # type: ignore[misc]
+    return info.value
+
+
+# -- TLS -------------------------------------------------------------------------------------------
+
+
+async def test_a_tls_call_succeeds(secured: BertServer, pki: Pki) -> None:
+    async with AsyncClient(_address(secured), credentials=_tls(pki), token=INFERENCE_TOKEN) as client:
+        result = await client.embed("over TLS", model="bert")
+    assert result.embeddings.shape[0] == 1
+
+
+async def test_a_plaintext_call_to_a_tls_port_fails(secured: BertServer) -> None:
+    async with AsyncClient(_address(secured), token=INFERENCE_TOKEN, timeout=5) as client:
+        err = await _error(client.embed("in the clear", model="bert"))
+    assert err.code is grpc.StatusCode.UNAVAILABLE
+    assert "Socket closed" in err.message or "failed to connect" in err.message
+
+
+async def test_a_client_that_does_not_trust_the_ca_is_refused(secured: BertServer, tmp_path: Path) -> None:
+    stranger = make_pki(tmp_path / "other", ca_name="another CA")
+    async with AsyncClient(_address(secured), credentials=_tls(stranger), token=INFERENCE_TOKEN, timeout=5) as client:
+        err = await _error(client.embed("who are you", model="bert"))
+    assert err.code is grpc.StatusCode.UNAVAILABLE
+    assert "handshake" in err.message.lower() or "failed to connect" in err.message
+
+
+async def test_mutual_tls_requires_a_client_certificate(pki: Pki, tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "server:\n  address: 127.0.0.1\n  port: 0\n"
+        f"  tls: {{cert_file: '{pki.server.cert}', key_file: '{pki.server.key}', client_ca_file: '{pki.ca}'}}\n"
+        f"models:\n  - {{name: bert, plugin: bert, source: '{tiny_models['bert']}'}}\n"
+    )
+    server = await _start(config)
+    try:
+        async with AsyncClient(_address(server), credentials=_tls(pki), timeout=5) as client:
+            err = await _error(client.embed("no certificate", model="bert"))
+        assert err.code is grpc.StatusCode.UNAVAILABLE
+        async with AsyncClient(_address(server), credentials=_tls(pki, client_cert=True)) as client:
+            assert (await client.embed("with a certificate", model="bert")).embeddings.shape[0] == 1
+    finally:
+        await server.stop(grace=1)
+
+
+def test_a_certificate_rotated_by_sighup_is_served_to_new_connections(
+    pki: Pki, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    live = tmp_path / "live"
+    live.mkdir()
+    cert, key = live / "server.pem", live / "server.key"
+    shutil.copy(pki.server.cert, cert)
+    shutil.copy(pki.server.key, key)
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"server: {{address: 127.0.0.1, port: 0, tls: {{cert_file: '{cert}', key_file: '{key}'}}}}\n"
+        f"models:\n  - {{name: bert, plugin: bert, source: '{tiny_models['bert']}'}}\n"
+    )
+    served = Served(config)
+    try:
+        served.wait_for("model 'bert' ready")
+        address = f"127.0.0.1:{served.port}"
+        with Client(address, credentials=_tls(pki), timeout=10) as old:
+            old.embed("before the rotation", model="bert")
+            rotated = make_pki(tmp_path / "rotated", ca_name="rotated CA", server_name="rotated server")
+            # Replace both files at once, as a secret update does.
+            shutil.copy(rotated.server.cert, live / "next.pem")
+            shutil.copy(rotated.server.key, live / "next.key")
+            (live / "next.pem").replace(cert)
+            (live / "next.key").replace(key)
+            served.process.send_signal(signal.SIGHUP)
+            with Client(address, credentials=_tls(rotated), timeout=10) as new:
+                assert new.embed("after the rotation", model="bert").embeddings.shape[0] == 1
+            # The connection opened before the rotation goes on, on its old certificate.
+            assert old.embed("still open", model="bert").embeddings.shape[0] == 1
+        with Client(address, credentials=_tls(pki), timeout=5) as stale:
+            with pytest.raises(BertserveError) as info:
+                stale.embed("trusting the old CA only", model="bert")
+            assert info.value.code is grpc.StatusCode.UNAVAILABLE
+        served.wait_for("TLS certificates re-read from")
+        assert subject_of(cert.read_bytes()) == "rotated server"
+    finally:
+        served.process.terminate()
+        served.process.wait(30)
+
+
+def test_plaintext_off_loopback_is_warned_about(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "server: {address: 0.0.0.0, port: 0}\n"
+        f"models:\n  - {{name: bert, plugin: bert, source: '{tiny_models['bert']}'}}\n"
+    )
+    served = Served(config)
+    try:
+        [line] = served.wait_for("serving plaintext on")
+        assert "WARNING" in line and "0.0.0.0, which is not a loopback address: set server.tls" in line
+    finally:
+        served.process.terminate()
+        served.process.wait(30)
+
+
+# -- tokens and scopes -----------------------------------------------------------------------------
+
+
+def _calls(channel: grpc.aio.Channel) -> dict[str, object]:
+    """Every protected RPC, as a coroutine factory taking call metadata; each names model bert."""
+    encoder = encoder_service_pb2_grpc.EncoderServiceStub(channel)
+    models = model_service_pb2_grpc.ModelServiceStub(channel)
+    pb = encoder_service_pb2
+
+    async def stream(metadata: tuple[tuple[str, str], ...]) -> object:
+        items = [pb.EmbedStreamRequest(request=pb.EmbedRequest(model="bert", inputs=["streamed"]))]
+        return [r async for r in encoder.EmbedStream(iter(items), metadata=metadata)]
+
+    return {
+        "Embed": lambda md: encoder.Embed(pb.EmbedRequest(model="bert", inputs=["a text"]), metadata=md),
+        "Tokenize": lambda md: encoder.Tokenize(pb.TokenizeRequest(model="bert", inputs=["a text"]), metadata=md),
+        "Answer": lambda md: encoder.Answer(
+            pb.AnswerRequest(model="bert", questions=[pb.Question(question="q?", context="c.")]), metadata=md
+        ),
+        "EmbedStream": stream,
+        "ListModels": lambda md: models.ListModels(model_service_pb2.ListModelsRequest(), metadata=md),
+        "GetModel": lambda md: models.GetModel(model_service_pb2.GetModelRequest(name="bert"), metadata=md),
+    }
+
+
+async def _code_of(call: object) -> tuple[grpc.StatusCode, str]:
+    try:
+        await call  # type: ignore[misc]
+    except grpc.aio.AioRpcError as e:
+        return e.code(), e.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
+def _bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+@pytest.fixture(scope="module")
+async def tls_channel(secured: BertServer, pki: Pki) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.secure_channel(_address(secured), _tls(pki)) as channel:
+        yield channel
+
+
+@pytest.mark.parametrize("rpc", ["Embed", "Tokenize", "Answer", "EmbedStream", "ListModels", "GetModel"])
+async def test_every_rpc_checks_its_token(tls_channel: grpc.aio.Channel, rpc: str) -> None:
+    call = _calls(tls_channel)[rpc]
+    assert await _code_of(call(())) == (  # type: ignore[operator]
+        grpc.StatusCode.UNAUTHENTICATED,
+        "this server requires a token: send 'authorization: Bearer <token>'",
+    )
+    assert await _code_of(call(_bearer("not-a-known-token-at-all"))) == (  # type: ignore[operator]
+        grpc.StatusCode.UNAUTHENTICATED,
+        "the token is not known to this server",
+    )
+    assert await _code_of(call((("authorization", INFERENCE_TOKEN),))) == (  # type: ignore[operator]
+        grpc.StatusCode.UNAUTHENTICATED,
+        "the authorization metadata is not 'Bearer <token>'",
+    )
+    method = f"/bertserve.v1.{'ModelService' if rpc in ('ListModels', 'GetModel') else 'EncoderService'}/{rpc}"
+    assert await _code_of(call(_bearer(ADMIN_TOKEN))) == (  # type: ignore[operator]
+        grpc.StatusCode.PERMISSION_DENIED,
+        f"token 'operator' may not call {method}: it needs the inference scope",
+    )
+    code, message = await _code_of(call(_bearer(INFERENCE_TOKEN)))  # type: ignore[operator]
+    # The tiny BERT has no QA head: past auth, Answer gets the model's own answer.
+    expected = grpc.StatusCode.UNIMPLEMENTED if rpc == "Answer" else grpc.StatusCode.OK
+    assert code is expected, message
+
+
+async def test_a_token_limited_to_some_models_is_refused_the_others(tls_channel: grpc.aio.Channel) -> None:
+    encoder = encoder_service_pb2_grpc.EncoderServiceStub(tls_channel)
+    md = _bearer(BERT_ONLY_TOKEN)
+    pb = encoder_service_pb2
+    assert (await encoder.Embed(pb.EmbedRequest(model="bert", inputs=["mine"]), metadata=md)).model == "bert"
+    assert (await encoder.Embed(pb.EmbedRequest(inputs=["the default is bert"]), metadata=md)).model == "bert"
+    assert await _code_of(encoder.Embed(pb.EmbedRequest(model="roberta", inputs=["not mine"]), metadata=md)) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "token 'bert-caller' may not use model 'roberta'",
+    )
+    items = [pb.EmbedStreamRequest(request=pb.EmbedRequest(model=m, inputs=["x"])) for m in ("bert", "roberta")]
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        _ = [r async for r in encoder.EmbedStream(iter(items), metadata=md)]
+    assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert info.value.details() == "token 'bert-caller' may not use model 'roberta'"
+    models = model_service_pb2_grpc.ModelServiceStub(tls_channel)
+    assert await _code_of(models.GetModel(model_service_pb2.GetModelRequest(name="roberta"), metadata=md)) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "token 'bert-caller' may not use model 'roberta'",
+    )
+
+
+async def test_health_and_reflection_stay_open(tls_channel: grpc.aio.Channel) -> None:
+    health = health_pb2_grpc.HealthStub(tls_channel)
+    reply = await health.Check(health_pb2.HealthCheckRequest(service="bertserve.v1.EncoderService"))
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    services = await _listed_services(tls_channel, "grpc.reflection.v1alpha.ServerReflection", ())
+    assert "bertserve.v1.EncoderService" in services
+
+
+async def _listed_services(channel: grpc.aio.Channel, service: str, metadata: tuple[tuple[str, str], ...]) -> set[str]:
+    """ListServices through the reflection service of that name (v1 or v1alpha: the same wire format)."""
+    call = channel.stream_stream(
+        f"/{service}/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    replies = [r async for r in call(iter([request]), metadata=metadata)]
+    return {s.name for s in replies[0].list_services_response.service}
+
+
+async def test_the_client_and_the_cli_send_the_token(secured: BertServer, pki: Pki, tmp_path: Path) -> None:
+    async with AsyncClient(_address(secured), credentials=_tls(pki)) as anonymous:
+        err = await _error(anonymous.embed("no token", model="bert"))
+    assert err.code is grpc.StatusCode.UNAUTHENTICATED
+    assert err.message == "this server requires a token: send 'authorization: Bearer <token>'"
+    base = [sys.executable, "-m", "bertserve.cli", "tokenize", "--model", "bert", "a text"]
+    base += ["--target", _address(secured), "--tls-ca", str(pki.ca)]
+    ok = await asyncio.to_thread(
+        subprocess.run, base, capture_output=True, text=True, env={**os.environ, "BERTSERVE_TOKEN": INFERENCE_TOKEN}
+    )
+    assert ok.returncode == 0, ok.stderr
+    flagged = await asyncio.to_thread(
+        subprocess.run, [*base, "--token", INFERENCE_TOKEN], capture_output=True, text=True
+    )
+    assert flagged.returncode == 0, flagged.stderr
+    refused = await asyncio.to_thread(
+        subprocess.run, [*base, "--token", "wrong-token-wrong-token"], capture_output=True, text=True
+    )
+    assert refused.returncode != 0
+    assert "UNAUTHENTICATED" in refused.stderr and "the token is not known to this server" in refused.stderr
+
+
+# -- reflection and version ------------------------------------------------------------------------
+
+
+async def test_reflection_answers_as_v1_and_v1alpha(channel: grpc.aio.Channel) -> None:
+    for service in ("grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"):
+        services = await _listed_services(channel, service, ())
+        assert {"bertserve.v1.EncoderService", "grpc.health.v1.Health", service} <= services
+    call = channel.stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    ask = reflection_pb2.ServerReflectionRequest(file_containing_symbol="grpc.reflection.v1.ServerReflection")
+    [reply] = [r async for r in call(iter([ask]))]
+    assert reply.file_descriptor_response.file_descriptor_proto, "v1 describes itself"
+
+
+async def test_protected_reflection_needs_a_token(pki: Pki, tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    (tmp_path / "tokens.yaml").write_text(TOKENS)
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"server: {{address: 127.0.0.1, port: 0, auth: {{tokens_file: '{tmp_path / 'tokens.yaml'}', "
+        "protect_reflection: true}}\n"
+        f"models:\n  - {{name: bert, plugin: bert, source: '{tiny_models['bert']}'}}\n"
+    )
+    server = await _start(config)
+    try:
+        async with grpc.aio.insecure_channel(_address(server)) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await _listed_services(channel, "grpc.reflection.v1.ServerReflection", ())
+            assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+            # Any known token will do, whatever its scopes.
+            services = await _listed_services(channel, "grpc.reflection.v1.ServerReflection", _bearer(ADMIN_TOKEN))
+            assert "bertserve.v1.EncoderService" in services
+            health = health_pb2_grpc.HealthStub(channel)
+            assert (
+                await health.Check(health_pb2.HealthCheckRequest())
+            ).status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await server.stop(grace=1)
+
+
+async def test_the_server_tells_its_version(channel: grpc.aio.Channel) -> None:
+    from bertserve import __version__
+
+    reply = await model_service_pb2_grpc.ModelServiceStub(channel).ListModels(model_service_pb2.ListModelsRequest())
+    assert reply.server_version == __version__
+    command = [sys.executable, "-m", "bertserve.cli", "--version"]
+    shown = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True)
+    assert shown.returncode == 0 and shown.stdout.strip() == f"bertserve {__version__}"
