@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import signal
 import sys
@@ -99,6 +98,7 @@ def _serve(args: argparse.Namespace) -> int:
     from bertserve.discovery import discover_plugins
     from bertserve.edge.app import BertServer
     from bertserve.errors import ConfigError
+    from bertserve.logs import configure_logging
     from bertserve.runtime.threads import configure_runtime
 
     try:
@@ -114,9 +114,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"bertserve: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    configure_logging(config.log_level, config.log_format)
     registry = discover_plugins()
     try:
         check_options(config, registry.plugins)

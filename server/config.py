@@ -80,6 +80,8 @@ class ServerConfig:
     address: str = "0.0.0.0"
     port: int = 50051
     log_level: str = "info"
+    log_format: str = "text"  # text | json (one object per line)
+    access_log: bool = True  # one line per call on the bertserve.access logger
     default_model: str = ""
     grace_period_s: float = 10.0
     processes: int = 1  # server processes sharing the port; the kernel spreads connections over them
@@ -146,6 +148,8 @@ class ServerSettings(_Schema):
     address: StrictStr = _SERVER["address"]
     port: Annotated[Whole, Field(ge=0, le=65535)] = _SERVER["port"]
     log_level: Literal["debug", "info", "warning", "error"] = _SERVER["log_level"]
+    log_format: Literal["text", "json"] = _SERVER["log_format"]
+    access_log: StrictBool = _SERVER["access_log"]
     default_model: StrictStr = _SERVER["default_model"]
     grace_period_s: NonNegative = _SERVER["grace_period_s"]
     processes: AtLeastOne = _SERVER["processes"]

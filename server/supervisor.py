@@ -149,13 +149,10 @@ def _serve_one(config: ServerConfig, index: int, total: int, listening: Event, s
     """One server process (spawned): its own logging, thread settings and event loop."""
     _end_with(supervisor)
     from bertserve.edge.app import BertServer
+    from bertserve.logs import configure_logging
     from bertserve.runtime.threads import configure_runtime
 
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s [{index}/{total}] %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(config.log_level, config.log_format, process=f"[{index}/{total}] ")
     configure_runtime(config)
     asyncio.run(BertServer(config, share_port=True).serve_forever(on_listening=listening.set))
 

@@ -68,7 +68,7 @@ async def client(faulty: BertServer) -> AsyncIterator[AsyncClient]:
         yield c
 
 
-_INTERNAL = re.compile(r"internal error in (.+) of model 'faulty' \(request id ([0-9a-f]{12})\)")
+_INTERNAL = re.compile(r"internal error in (.+) of model 'faulty' \(request id ([0-9a-f]{16})\)")
 
 
 async def _internal(call: Any) -> tuple[str, str]:
@@ -91,6 +91,25 @@ async def test_a_failed_pass_fails_its_calls_is_logged_once_and_serving_goes_on(
     assert "a marked input reached the model" in str(record.exc_info[1])
     result = await client.embed(["an innocent text"], model="faulty")
     assert result.embeddings.shape[0] == 1
+
+
+async def test_an_internal_error_carries_the_callers_request_id(
+    faulty: BertServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    from bertserve_client.v1 import encoder_service_pb2, encoder_service_pb2_grpc
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{faulty.port}") as channel:
+        stub = encoder_service_pb2_grpc.EncoderServiceStub(channel)
+        request = encoder_service_pb2.EmbedRequest(model="faulty", inputs=[f"{MARK} marked"])
+        with caplog.at_level(logging.ERROR), pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Embed(request, metadata=(("x-request-id", "trace-me-42"),))
+    assert info.value.code() is grpc.StatusCode.INTERNAL
+    assert info.value.details() == (
+        "internal error in a forward pass over 1 sequences of model 'faulty' (request id trace-me-42)"
+    )
+    assert ("x-request-id", "trace-me-42") in tuple(info.value.initial_metadata() or ())
+    [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert record.getMessage() == "a forward pass over 1 sequences of model 'faulty' failed (request id trace-me-42)"
 
 
 async def test_a_plugin_that_returns_too_few_results_fails_the_call_not_hangs(

@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from bertserve.config import ServerConfig, TlsConfig
 from bertserve.discovery import PluginRegistry, discover_plugins
 from bertserve.domain import CallLimits
+from bertserve.edge.access_log import AccessLog
 from bertserve.edge.auth import ANY_SCOPE, INFERENCE, AuthInterceptor, Principal, TokenTable
 from bertserve.edge.parsing import add_servicer
 from bertserve.edge.reflection import METHODS as REFLECTION_METHODS
@@ -134,14 +135,19 @@ class BertServer:
         return self.port
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        """The access log outermost (it logs refused calls too), then token auth."""
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        if self.config.access_log:
+            interceptors.append(AccessLog(_methods(_SERVICE_DESCRIPTORS)))
         auth = self.config.auth
         if not auth.enabled:
-            return []
+            return interceptors
         scopes = {method: INFERENCE for method in _methods(_SERVICE_DESCRIPTORS)}
         if auth.protect_reflection:
             scopes.update(dict.fromkeys(REFLECTION_METHODS, ANY_SCOPE))
         principals = [Principal(g.name, g.digest, frozenset(g.scopes), frozenset(g.models)) for g in auth.tokens]
-        return [AuthInterceptor(TokenTable(principals), scopes, default_model=self.router.default_model)]
+        interceptors.append(AuthInterceptor(TokenTable(principals), scopes, default_model=self.router.default_model))
+        return interceptors
 
     def _log_security(self) -> None:
         config = self.config

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import functools
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 
+from bertserve import request_ids
 from bertserve.edge.parsing import Unparsable
 from bertserve.errors import (
     BertserveError,
@@ -82,7 +82,7 @@ async def abort_with(context: grpc.aio.ServicerContext, error: BertserveError) -
 
 
 def internal_error(where: str) -> str:
-    """Log the exception being handled under a fresh request id; return the message for the caller."""
-    request_id = uuid.uuid4().hex[:12]
+    """Log the exception being handled under the call's request id; return the message for the caller."""
+    request_id = request_ids.current.get() or request_ids.new()
     log.exception("internal error in %s (request id %s)", where, request_id)
     return f"internal error (request id {request_id})"

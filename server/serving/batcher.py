@@ -21,12 +21,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from bertserve import request_ids
 from bertserve.errors import BertserveError, InternalFailure, InvalidRequest, ModelUnavailable, Overloaded
 from bertserve.serving.packing import plan_groups
 
@@ -94,6 +94,7 @@ class _Pending(Generic[T]):
     future: asyncio.Future[Completed]
     deadline: float | None
     request: int  # which submit() it came with: passes take turns between requests
+    request_id: str  # the call's, for its error message and the log
     enqueued_ns: int = field(default_factory=time.monotonic_ns)
 
 
@@ -195,7 +196,7 @@ class Batcher:
         if self._pending or self._running:
             self._contended_ns = time.monotonic_ns()
         pending = [
-            _Pending(op, item, cost, loop.create_future(), deadline, request)
+            _Pending(op, item, cost, loop.create_future(), deadline, request, request_ids.current.get())
             for item, cost in zip(items, costs, strict=True)
         ]
         self._pending.extend(pending)
@@ -221,9 +222,8 @@ class Batcher:
                 await self._serve()
                 return
             except Exception as e:
-                failure = self._fault("the batching loop", e)
                 pending, self._pending, self._queued_tokens = self._pending, [], 0
-                self._fail(pending, failure)
+                self._fault("the batching loop", e, pending)
 
     async def _serve(self) -> None:
         in_flight: set[asyncio.Task[None]] = set()
@@ -269,7 +269,7 @@ class Batcher:
             self._passed(ok=False)
             return
         except Exception as e:  # a fault: logged once here, with its traceback; each caller gets its id
-            self._fail(batch, self._fault(f"a forward pass over {len(batch)} sequences", e))
+            self._fault(f"a forward pass over {len(batch)} sequences", e, batch)
             self._passed(ok=False)
             return
         finally:
@@ -295,11 +295,16 @@ class Batcher:
             if not p.future.done():
                 p.future.set_result(Completed(result, started - p.enqueued_ns, pass_id, elapsed))
 
-    def _fault(self, what: str, error: Exception) -> InternalFailure:
-        """Log a fault once, with its traceback, under a fresh request id; the error each caller gets."""
-        request_id = uuid.uuid4().hex[:12]
-        log.error("%s of model %r failed (request id %s)", what, self.name, request_id, exc_info=error)
-        return InternalFailure(f"internal error in {what} of model {self.name!r} (request id {request_id})")
+    def _fault(self, what: str, error: Exception, batch: list[_Pending[Any]]) -> None:
+        """Log a fault once, with its traceback and the request ids of its calls; fail each call
+        with INTERNAL and its own request id."""
+        fallback = request_ids.new()  # work submitted outside any call
+        ids = sorted({p.request_id or fallback for p in batch}) or [fallback]
+        log.error("%s of model %r failed (request id %s)", what, self.name, ", ".join(ids), exc_info=error)
+        for p in batch:
+            if not p.future.done():
+                message = f"internal error in {what} of model {self.name!r} (request id {p.request_id or fallback})"
+                p.future.set_exception(InternalFailure(message))
 
     @staticmethod
     def _fail(batch: list[_Pending[Any]], error: Exception) -> None:

@@ -1,0 +1,164 @@
+"""One structured log line per call, and the call's request id in its response metadata.
+
+The line names the RPC, model, status code, inputs, tokens, queue and inference milliseconds,
+the whole call's milliseconds, the peer, the token's name (never the token) and the request id.
+It goes to the ``bertserve.access`` logger: text or JSON as ``server.log_format`` says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from typing import Any
+
+import grpc
+
+from bertserve import request_ids
+from bertserve.edge.auth import caller
+
+__all__ = ["AccessLog"]
+
+log = logging.getLogger("bertserve.access")
+
+
+class AccessLog(grpc.aio.ServerInterceptor):
+    """Outermost interceptor of the methods given: refused calls are logged too."""
+
+    def __init__(self, methods: Collection[str]) -> None:
+        self._methods = frozenset(methods)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or details.method not in self._methods:
+            return handler
+        rpc = details.method.rsplit("/", 1)[-1]
+        if handler.unary_unary:
+            return handler._replace(unary_unary=_unary(handler.unary_unary, rpc))  # type: ignore[attr-defined,no-any-return]
+        if handler.stream_stream:
+            return handler._replace(stream_stream=_streaming(handler.stream_stream, rpc))  # type: ignore[attr-defined,no-any-return]
+        return handler
+
+
+async def _begin(context: grpc.aio.ServicerContext) -> str:
+    request_id = request_ids.from_metadata(context.invocation_metadata())  # type: ignore[arg-type]
+    request_ids.current.set(request_id)
+    await context.send_initial_metadata(((request_ids.HEADER, request_id),))
+    return request_id
+
+
+def _unary(inner: Any, rpc: str) -> Any:
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started = time.perf_counter()
+        request_id = await _begin(context)
+        response, raised = None, None
+        try:
+            response = await inner(request, context)
+            return response
+        except BaseException as e:
+            raised = e
+            raise
+        finally:
+            _write(rpc, request, response, _code_of(context, raised), context, started, request_id, items=None)
+
+    return handle
+
+
+def _streaming(inner: Any, rpc: str) -> Any:
+    async def handle(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        started = time.perf_counter()
+        request_id = await _begin(context)
+        seen: list[Any] = []  # the first request, for its model; and a count of the items answered
+        answered, raised = 0, None
+
+        async def counted() -> AsyncIterator[Any]:
+            async for request in requests:
+                if not seen:
+                    seen.append(request)
+                yield request
+
+        try:
+            async for response in inner(counted(), context):
+                answered += 1
+                yield response
+        except BaseException as e:
+            raised = e
+            raise
+        finally:
+            first = seen[0].request if seen and hasattr(seen[0], "request") else None
+            _write(rpc, first, None, _code_of(context, raised), context, started, request_id, items=answered)
+
+    return handle
+
+
+def _write(*args: Any, **kwargs: Any) -> None:
+    """Log the call; a fault here is logged, never the call's."""
+    try:
+        _line(*args, **kwargs)
+    except Exception:
+        log.exception("cannot write the access log line of a %s call", args[0])
+
+
+def _line(
+    rpc: str,
+    request: Any,
+    response: Any,
+    code: str,
+    context: grpc.aio.ServicerContext,
+    started: float,
+    request_id: str,
+    *,
+    items: int | None,
+) -> None:
+    if not log.isEnabledFor(logging.INFO):
+        return
+    usage = None
+    if response is not None and "usage" in response.DESCRIPTOR.fields_by_name and response.HasField("usage"):
+        usage = response.usage
+    fields: dict[str, Any] = {
+        "rpc": rpc,
+        "model": getattr(response, "model", "") or _model_of(request),
+        "code": code,
+        "inputs": _inputs_of(request) if items is None else items,
+        "tokens": usage.tokens if usage else 0,
+        "queue_ms": round(usage.queue_time_ns / 1e6, 3) if usage else 0.0,
+        "inference_ms": round(usage.inference_time_ns / 1e6, 3) if usage else 0.0,
+        "ms": round((time.perf_counter() - started) * 1000, 3),
+        "peer": context.peer(),
+        "token_name": caller.get() or "-",
+        "request_id": request_id,
+    }
+    log.info(" ".join(f"{k}={v}" for k, v in fields.items()), extra=fields)
+
+
+def _code_of(context: grpc.aio.ServicerContext, raised: BaseException | None) -> str:
+    code = context.code()  # what the call was aborted with, or set to; None when neither
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    if isinstance(raised, asyncio.CancelledError) or context.cancelled():
+        return "CANCELLED"
+    if raised is not None and not isinstance(raised, GeneratorExit):
+        return "UNKNOWN"  # what gRPC answers for an exception it was not told the code of
+    return "OK"
+
+
+def _model_of(request: Any) -> str:
+    if request is None or not hasattr(request, "DESCRIPTOR"):
+        return ""
+    fields = request.DESCRIPTOR.fields_by_name
+    return str(request.model if "model" in fields else request.name if "name" in fields else "")
+
+
+def _inputs_of(request: Any) -> int:
+    if request is None or not hasattr(request, "DESCRIPTOR"):
+        return 0
+    fields = request.DESCRIPTOR.fields_by_name
+    for name in ("inputs", "questions"):
+        if name in fields:
+            return len(getattr(request, name))
+    return 0

@@ -1,0 +1,28 @@
+"""Logging set-up of a server process: text lines, or one JSON object per line (python-json-logger),
+as ``server.log_format`` says. Extra fields of a record (the access log's) become JSON fields."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from pythonjsonlogger.json import JsonFormatter
+
+__all__ = ["configure_logging"]
+
+
+def configure_logging(level: str, log_format: str, *, process: str = "") -> None:
+    """process: "[i/n] " in a server of several processes, so that lines tell them apart."""
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        fields = "%(asctime)s %(levelname)s %(name)s %(message)s" + (" %(processName)s" if process else "")
+        handler.setFormatter(
+            JsonFormatter(
+                fields,
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger", "processName": "process"},
+                json_ensure_ascii=False,
+            )
+        )
+    else:
+        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {process}%(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)

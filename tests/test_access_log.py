@@ -1,0 +1,102 @@
+"""The access log: one structured line per call, and the request id that ties the caller, the
+log and error messages together."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grpc
+import pytest
+
+from bertserve_client.v1 import encoder_service_pb2, encoder_service_pb2_grpc
+
+from served import Served
+
+
+@pytest.fixture(scope="module")
+def json_logging(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> object:
+    tmp = tmp_path_factory.mktemp("access")
+    (tmp / "tokens.yaml").write_text("- {name: app, token: an-access-log-token-0123}\n")
+    config = tmp / "c.yaml"
+    config.write_text(
+        "server:\n  address: 127.0.0.1\n  port: 0\n  log_format: json\n"
+        f"  auth: {{tokens_file: '{tmp / 'tokens.yaml'}'}}\n"
+        f"models:\n  - {{name: bert, plugin: bert, source: '{tiny_models['bert']}'}}\n"
+    )
+    served = Served(config)
+    served.wait_for("model 'bert' ready")
+    yield served
+    served.process.terminate()
+    served.process.wait(30)
+
+
+def _access_lines(served: Served, request_id: str) -> list[dict[str, object]]:
+    lines = served.wait_for(f'"request_id": "{request_id}"')
+    return [json.loads(line) for line in lines]
+
+
+def test_a_call_writes_one_json_line_with_its_request_id(json_logging: Served) -> None:
+    served = json_logging
+    with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+        stub = encoder_service_pb2_grpc.EncoderServiceStub(channel)
+        request = encoder_service_pb2.EmbedRequest(model="bert", inputs=["one text", "and another"])
+        metadata = (("authorization", "Bearer an-access-log-token-0123"), ("x-request-id", "req-abc-123"))
+        reply, call = stub.Embed.with_call(request, metadata=metadata)
+    assert ("x-request-id", "req-abc-123") in call.initial_metadata()
+    [line] = _access_lines(served, "req-abc-123")
+    assert line["logger"] == "bertserve.access" and line["level"] == "INFO"
+    assert {k: line[k] for k in ("rpc", "model", "code", "inputs", "tokens", "token_name", "request_id")} == {
+        "rpc": "Embed",
+        "model": "bert",
+        "code": "OK",
+        "inputs": 2,
+        "tokens": reply.usage.tokens,
+        "token_name": "app",
+        "request_id": "req-abc-123",
+    }
+    assert float(line["queue_ms"]) >= 0 and float(line["inference_ms"]) > 0  # type: ignore[arg-type]
+    assert float(line["ms"]) >= float(line["inference_ms"])  # type: ignore[arg-type]
+    assert str(line["peer"]).startswith("ipv4:127.0.0.1:")
+
+
+def test_a_refused_call_is_logged_and_an_id_is_made_up_when_none_is_sent(json_logging: Served) -> None:
+    served = json_logging
+    with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+        stub = encoder_service_pb2_grpc.EncoderServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Embed(encoder_service_pb2.EmbedRequest(model="bert", inputs=["no token"]))
+    err: grpc.Call = info.value  # type: ignore[assignment]
+    assert err.code() is grpc.StatusCode.UNAUTHENTICATED
+    [request_id] = [v for k, v in err.initial_metadata() if k == "x-request-id"]
+    assert len(request_id) == 16
+    [line] = _access_lines(served, request_id)
+    assert (line["rpc"], line["code"], line["token_name"], line["inputs"]) == ("Embed", "UNAUTHENTICATED", "-", 1)
+
+
+def test_every_rpc_is_logged_with_its_code(json_logging: Served) -> None:
+    served = json_logging
+    pb = encoder_service_pb2
+    with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+        stub = encoder_service_pb2_grpc.EncoderServiceStub(channel)
+        auth = ("authorization", "Bearer an-access-log-token-0123")
+        stub.Tokenize(
+            pb.TokenizeRequest(model="bert", inputs=["a", "b", "c"]), metadata=(auth, ("x-request-id", "tok-1"))
+        )
+        with pytest.raises(grpc.RpcError):
+            stub.Embed(pb.EmbedRequest(model="nope", inputs=["x"]), metadata=(auth, ("x-request-id", "emb-404")))
+        items = [pb.EmbedStreamRequest(request=pb.EmbedRequest(model="bert", inputs=[f"item {i}"])) for i in range(3)]
+        replies = list(stub.EmbedStream(iter(items), metadata=(auth, ("x-request-id", "stream-1"))))
+    assert len(replies) == 3
+    [tokenized] = _access_lines(served, "tok-1")
+    assert (tokenized["rpc"], tokenized["code"], tokenized["inputs"]) == ("Tokenize", "OK", 3)
+    [missing] = _access_lines(served, "emb-404")
+    assert (missing["rpc"], missing["model"], missing["code"]) == ("Embed", "nope", "NOT_FOUND")
+    [streamed] = _access_lines(served, "stream-1")
+    assert (streamed["rpc"], streamed["model"], streamed["code"], streamed["inputs"]) == (
+        "EmbedStream",
+        "bert",
+        "OK",
+        3,
+    )
+    assert not served.wait_for("cannot write the access log line", count=0)
