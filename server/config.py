@@ -82,6 +82,7 @@ class ServerConfig:
     log_level: str = "info"
     log_format: str = "text"  # text | json (one object per line)
     access_log: bool = True  # one line per call on the bertserve.access logger
+    metrics_port: int | None = None  # Prometheus /metrics over HTTP on this port (0: any free one); None: off
     default_model: str = ""
     grace_period_s: float = 10.0
     processes: int = 1  # server processes sharing the port; the kernel spreads connections over them
@@ -150,6 +151,7 @@ class ServerSettings(_Schema):
     log_level: Literal["debug", "info", "warning", "error"] = _SERVER["log_level"]
     log_format: Literal["text", "json"] = _SERVER["log_format"]
     access_log: StrictBool = _SERVER["access_log"]
+    metrics_port: Annotated[Whole, Field(ge=0, le=65535)] | None = _SERVER["metrics_port"]
     default_model: StrictStr = _SERVER["default_model"]
     grace_period_s: NonNegative = _SERVER["grace_period_s"]
     processes: AtLeastOne = _SERVER["processes"]

@@ -18,9 +18,11 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -46,6 +48,7 @@ def serve_processes(config: ServerConfig) -> int:
     threads = config.torch_threads or max(1, (os.cpu_count() or 1) // config.processes)
     child_config = replace(config, port=port, processes=1, torch_threads=threads)
     context = multiprocessing.get_context("spawn")  # no forked copies of a parent's threads or locks
+    samples = _serve_metrics_of_all(config)
     stopping = False
     children: list[tuple[BaseProcess, Event]] = []
 
@@ -99,12 +102,36 @@ def serve_processes(config: ServerConfig) -> int:
                 if process.is_alive() or stopping:
                     continue
                 log.error("process %d exited (exit status %s); restarting it", i + 1, process.exitcode)
+                _forget_samples_of(process)
                 time.sleep(_RESTART_DELAY_S)
                 children[i] = start(i + 1)
         return 0
     finally:
         _stop_all([p for p, _ in children], config.grace_period_s)
         reserved.close()
+        if samples is not None:
+            shutil.rmtree(samples, ignore_errors=True)
+
+
+def _serve_metrics_of_all(config: ServerConfig) -> str | None:
+    """With metrics_port set: a directory where every server process writes its samples (set
+    before any starts: prometheus_client reads it at import), and one /metrics over all of them."""
+    if config.metrics_port is None:
+        return None
+    directory = tempfile.mkdtemp(prefix="bertserve-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    from bertserve.metrics import serve_metrics
+
+    serve_metrics(config.address, config.metrics_port)
+    return directory
+
+
+def _forget_samples_of(process: BaseProcess) -> None:
+    """A dead process's live gauges (queue depth, model state) leave the sums."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR") and process.pid is not None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(process.pid)  # type: ignore[no-untyped-call]
 
 
 def _started(process: BaseProcess, listening: Event, stopping: Callable[[], bool]) -> bool:

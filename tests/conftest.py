@@ -102,6 +102,14 @@ def server_config(tiny_models: dict[str, Path], tmp: Path, extra: str = "") -> P
     return path
 
 
+async def start_server(config: Path) -> BertServer:
+    """A server of the config file (the environment left out), started, its models loaded."""
+    server = BertServer(load_config(config, environ={}))
+    await server.start()
+    await server.wait_until_loaded()
+    return server
+
+
 @pytest.fixture(scope="session")
 def config_path(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     return server_config(tiny_models, tmp_path_factory.mktemp("config"))

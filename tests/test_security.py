@@ -18,11 +18,11 @@ from certs import Pki, make_pki, subject_of
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
-from bertserve.config import load_config
 from bertserve.edge.app import BertServer
 from bertserve_client import AsyncClient, BertserveError, Client, tls_credentials
 from bertserve_client.v1 import encoder_service_pb2, encoder_service_pb2_grpc, model_service_pb2, model_service_pb2_grpc
 
+from conftest import start_server
 from served import Served
 
 INFERENCE_TOKEN = "inference-token-0123456789"
@@ -38,13 +38,6 @@ TOKENS = f"""
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-async def _start(config: Path) -> BertServer:
-    server = BertServer(load_config(config, environ={}))
-    await server.start()
-    await server.wait_until_loaded()
-    return server
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +56,7 @@ async def secured(
         f"  - {{name: bert, plugin: bert, source: '{tiny_models['bert']}'}}\n"
         f"  - {{name: roberta, plugin: roberta, source: '{tiny_models['roberta']}'}}\n"
     )
-    server = await _start(config)
+    server = await start_server(config)
     yield server
     await server.stop(grace=1)
 
@@ -115,7 +108,7 @@ async def test_mutual_tls_requires_a_client_certificate(pki: Pki, tiny_models: d
         f"  tls: {{cert_file: '{pki.server.cert}', key_file: '{pki.server.key}', client_ca_file: '{pki.ca}'}}\n"
         f"models:\n  - {{name: bert, plugin: bert, source: '{tiny_models['bert']}'}}\n"
     )
-    server = await _start(config)
+    server = await start_server(config)
     try:
         async with AsyncClient(_address(server), credentials=_tls(pki), timeout=5) as client:
             err = await _error(client.embed("no certificate", model="bert"))
@@ -340,7 +333,7 @@ async def test_protected_reflection_needs_a_token(pki: Pki, tiny_models: dict[st
         "protect_reflection: true}}\n"
         f"models:\n  - {{name: bert, plugin: bert, source: '{tiny_models['bert']}'}}\n"
     )
-    server = await _start(config)
+    server = await start_server(config)
     try:
         async with grpc.aio.insecure_channel(_address(server)) as channel:
             with pytest.raises(grpc.aio.AioRpcError) as info:

@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from bertserve import request_ids
+from bertserve import metrics, request_ids
 from bertserve.edge.auth import caller
 
 __all__ = ["AccessLog"]
@@ -24,10 +24,18 @@ log = logging.getLogger("bertserve.access")
 
 
 class AccessLog(grpc.aio.ServerInterceptor):
-    """Outermost interceptor of the methods given: refused calls are logged too."""
+    """Outermost interceptor of the methods given: refused calls are counted and logged too.
 
-    def __init__(self, methods: Collection[str]) -> None:
+    Every call is counted in the metrics; lines are written when lines is set. Metric labels
+    name configured models only (a caller's unknown name is "-"), so that callers cannot grow
+    the label sets without bound.
+    """
+
+    def __init__(self, methods: Collection[str], models: Collection[str], default_model: str, *, lines: bool) -> None:
         self._methods = frozenset(methods)
+        self._models = frozenset(models)
+        self._default_model = default_model
+        self._lines = lines
 
     async def intercept_service(
         self,
@@ -39,10 +47,35 @@ class AccessLog(grpc.aio.ServerInterceptor):
             return handler
         rpc = details.method.rsplit("/", 1)[-1]
         if handler.unary_unary:
-            return handler._replace(unary_unary=_unary(handler.unary_unary, rpc))  # type: ignore[attr-defined,no-any-return]
+            return handler._replace(unary_unary=_unary(handler.unary_unary, rpc, self._record))  # type: ignore[attr-defined,no-any-return]
         if handler.stream_stream:
-            return handler._replace(stream_stream=_streaming(handler.stream_stream, rpc))  # type: ignore[attr-defined,no-any-return]
+            return handler._replace(stream_stream=_streaming(handler.stream_stream, rpc, self._record))  # type: ignore[attr-defined,no-any-return]
         return handler
+
+    def _record(
+        self,
+        rpc: str,
+        request: Any,
+        response: Any,
+        code: str,
+        context: grpc.aio.ServicerContext,
+        started: float,
+        request_id: str,
+        *,
+        items: int | None,
+    ) -> None:
+        """Count the call and log its line; a fault here is logged, never the call's."""
+        try:
+            seconds = time.perf_counter() - started
+            named = getattr(response, "model", "") or _model_of(request)
+            label = named or self._default_model
+            label = label if label in self._models else "-"
+            metrics.CALLS.labels(rpc, label, code).inc()
+            metrics.CALL_SECONDS.labels(rpc, label).observe(seconds)
+            if self._lines and log.isEnabledFor(logging.INFO):
+                _line(rpc, named, request, response, code, context, seconds, request_id, items=items)
+        except Exception:
+            log.exception("cannot record a %s call", rpc)
 
 
 async def _begin(context: grpc.aio.ServicerContext) -> str:
@@ -52,7 +85,10 @@ async def _begin(context: grpc.aio.ServicerContext) -> str:
     return request_id
 
 
-def _unary(inner: Any, rpc: str) -> Any:
+Record = Callable[..., None]
+
+
+def _unary(inner: Any, rpc: str, record: Record) -> Any:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
         request_id = await _begin(context)
@@ -64,12 +100,12 @@ def _unary(inner: Any, rpc: str) -> Any:
             raised = e
             raise
         finally:
-            _write(rpc, request, response, _code_of(context, raised), context, started, request_id, items=None)
+            record(rpc, request, response, _code_of(context, raised), context, started, request_id, items=None)
 
     return handle
 
 
-def _streaming(inner: Any, rpc: str) -> Any:
+def _streaming(inner: Any, rpc: str, record: Record) -> Any:
     async def handle(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         started = time.perf_counter()
         request_id = await _begin(context)
@@ -91,44 +127,35 @@ def _streaming(inner: Any, rpc: str) -> Any:
             raise
         finally:
             first = seen[0].request if seen and hasattr(seen[0], "request") else None
-            _write(rpc, first, None, _code_of(context, raised), context, started, request_id, items=answered)
+            record(rpc, first, None, _code_of(context, raised), context, started, request_id, items=answered)
 
     return handle
 
 
-def _write(*args: Any, **kwargs: Any) -> None:
-    """Log the call; a fault here is logged, never the call's."""
-    try:
-        _line(*args, **kwargs)
-    except Exception:
-        log.exception("cannot write the access log line of a %s call", args[0])
-
-
 def _line(
     rpc: str,
+    model: str,
     request: Any,
     response: Any,
     code: str,
     context: grpc.aio.ServicerContext,
-    started: float,
+    seconds: float,
     request_id: str,
     *,
     items: int | None,
 ) -> None:
-    if not log.isEnabledFor(logging.INFO):
-        return
     usage = None
     if response is not None and "usage" in response.DESCRIPTOR.fields_by_name and response.HasField("usage"):
         usage = response.usage
     fields: dict[str, Any] = {
         "rpc": rpc,
-        "model": getattr(response, "model", "") or _model_of(request),
+        "model": model,
         "code": code,
         "inputs": _inputs_of(request) if items is None else items,
         "tokens": usage.tokens if usage else 0,
         "queue_ms": round(usage.queue_time_ns / 1e6, 3) if usage else 0.0,
         "inference_ms": round(usage.inference_time_ns / 1e6, 3) if usage else 0.0,
-        "ms": round((time.perf_counter() - started) * 1000, 3),
+        "ms": round(seconds * 1000, 3),
         "peer": context.peer(),
         "token_name": caller.get() or "-",
         "request_id": request_id,

@@ -10,6 +10,7 @@ import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
@@ -26,6 +27,7 @@ from bertserve.edge.reflection import enable_reflection
 from bertserve.edge.servicers import EncoderServicer, ModelServicer
 from bertserve.edge.tls import CertificateFiles, RotatingCredentials
 from bertserve.errors import ModelUnavailable
+from bertserve.metrics import serve_metrics
 from bertserve.runtime.device_workers import DeviceWorkers
 from bertserve.runtime.threads import freeze_loaded_heap
 from bertserve.serving.model_host import ModelHost
@@ -80,6 +82,8 @@ class BertServer:
         self._health_tasks: set[asyncio.Task[None]] = set()
         self._tls = RotatingCredentials(_files_of(config.tls)) if config.tls else None
         self.port = 0
+        self.metrics_port = 0  # bound once started, when config.metrics_port is set
+        self._metrics: WSGIServer | None = None
 
     async def start(self) -> int:
         """Bind, serve, and load every model concurrently; returns the bound port."""
@@ -125,6 +129,9 @@ class BertServer:
         if self.port == 0:
             raise OSError(f"cannot bind {config.bind}: the address is in use or not this machine's")
         self._log_security()
+        if config.metrics_port is not None and not self._share_port:  # several processes: the supervisor serves them
+            self._metrics = serve_metrics(config.address, config.metrics_port)
+            self.metrics_port = int(self._metrics.server_port)
         await server.start()
         self._server = server
         for host in self.router:
@@ -135,10 +142,15 @@ class BertServer:
         return self.port
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        """The access log outermost (it logs refused calls too), then token auth."""
-        interceptors: list[grpc.aio.ServerInterceptor] = []
-        if self.config.access_log:
-            interceptors.append(AccessLog(_methods(_SERVICE_DESCRIPTORS)))
+        """The access log and call metrics outermost (refused calls count too), then token auth."""
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            AccessLog(
+                _methods(_SERVICE_DESCRIPTORS),
+                [host.name for host in self.router],
+                self.router.default_model,
+                lines=self.config.access_log,
+            )
+        ]
         auth = self.config.auth
         if not auth.enabled:
             return interceptors
@@ -206,6 +218,9 @@ class BertServer:
         if self._loading is not None and not self._loading.done():
             self._loading.cancel()
         await asyncio.gather(*(host.stop() for host in self.router), return_exceptions=True)
+        if self._metrics is not None:
+            await asyncio.to_thread(self._metrics.shutdown)
+            self._metrics.server_close()
         self._tokenizer_pool.shutdown(wait=False, cancel_futures=True)
         self._device_workers.shutdown()
         self._loaders.shutdown(wait=False, cancel_futures=True)

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import grpc
 
-from bertserve import __version__
+from bertserve import __version__, metrics
 from bertserve.domain import CallLimits
 from bertserve.edge import convert
 from bertserve.edge.parsing import Unparsable
@@ -42,9 +42,11 @@ class EncoderServicer(encoder_service_pb2_grpc.EncoderServiceServicer):
         limit = self._limits.max_concurrent_calls
         if self._in_flight >= limit:
             try:
-                retry = self._router.get(model).batcher.retry_after_s()
+                host = self._router.get(model)
+                retry, known = host.batcher.retry_after_s(), host.name
             except BertserveError:
-                retry = 1.0
+                retry, known = 1.0, "-"  # a name no model has: not a label of its own
+            metrics.REFUSED.labels(known, "max_concurrent_calls").inc()
             raise Overloaded(
                 f"the server is at its limit of {limit} calls in flight (max_concurrent_calls); retry in {retry:.2f}s",
                 retry_after_s=retry,

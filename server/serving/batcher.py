@@ -26,7 +26,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from bertserve import request_ids
+from bertserve import metrics, request_ids
 from bertserve.errors import BertserveError, InternalFailure, InvalidRequest, ModelUnavailable, Overloaded
 from bertserve.serving.packing import plan_groups
 
@@ -152,6 +152,10 @@ class Batcher:
         if self._task is not None:
             await self._task
 
+    def _gauge_queue(self) -> None:
+        metrics.QUEUE_SEQUENCES.labels(self.name).set(len(self._pending))
+        metrics.QUEUE_TOKENS.labels(self.name).set(self._queued_tokens)
+
     def abandon(self, error: BertserveError) -> None:
         """Stop waiting for the work queued or in flight: each of its calls fails with error now, and
         so does any later submit. A pass still running finishes on its worker, unheard."""
@@ -160,6 +164,7 @@ class Batcher:
         pending, self._pending, self._queued_tokens = self._pending, [], 0
         for batch in (pending, *self._running.values()):
             self._fail(batch, error)
+        self._gauge_queue()
         self._wakeup.set()
 
     async def submit(
@@ -185,6 +190,7 @@ class Batcher:
             or self._queued_tokens + total > limits.max_queue_tokens
         ):
             self.stats.refused += 1
+            metrics.REFUSED.labels(self.name, "queue_full").inc()
             retry = self.retry_after_s()
             raise Overloaded(
                 f"model {self.name!r} is at capacity: {len(self._pending)} sequences / {self._queued_tokens} tokens "
@@ -201,6 +207,7 @@ class Batcher:
         ]
         self._pending.extend(pending)
         self._queued_tokens += total
+        self._gauge_queue()
         self._wakeup.set()
         try:
             return list(await asyncio.gather(*(p.future for p in pending)))
@@ -223,6 +230,7 @@ class Batcher:
                 return
             except Exception as e:
                 pending, self._pending, self._queued_tokens = self._pending, [], 0
+                self._gauge_queue()
                 self._fault("the batching loop", e, pending)
 
     async def _serve(self) -> None:
@@ -291,6 +299,13 @@ class Batcher:
         costs = [p.cost for p in batch]
         # The rate is of what a pass computes: a padded pass computes its padding too.
         self._observe(sum(costs) if self._packed(batch[0].op) else len(costs) * max(costs), elapsed)
+        metrics.INFERENCE_SECONDS.labels(self.name).observe(elapsed / 1e9)
+        metrics.PASS_SEQUENCES.labels(self.name).observe(len(batch))
+        metrics.PASS_TOKENS.labels(self.name).observe(sum(costs))
+        metrics.TOKENS.labels(self.name).inc(sum(costs))
+        queue_seconds = metrics.QUEUE_SECONDS.labels(self.name)
+        for p in batch:
+            queue_seconds.observe((started - p.enqueued_ns) / 1e9)
         for p, result in zip(batch, results, strict=True):
             if not p.future.done():
                 p.future.set_result(Completed(result, started - p.enqueued_ns, pass_id, elapsed))
@@ -366,6 +381,7 @@ class Batcher:
                 live.append(p)
         self._pending = live
         if not live:
+            self._gauge_queue()
             return []
         turn = min((p.request for p in live if p.request > self._last_turn), default=live[0].request)
         anchor = next(p for p in live if p.request == turn)
@@ -395,6 +411,7 @@ class Batcher:
         taken = set(map(id, batch))
         self._pending = [p for p in live if id(p) not in taken]
         self._queued_tokens -= sum(p.cost for p in batch)
+        self._gauge_queue()
         self.stats.forward_passes += 1
         self.stats.sequences += len(batch)
         self.stats.largest_pass = max(self.stats.largest_pass, len(batch))

@@ -10,6 +10,7 @@ from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
+from bertserve import metrics
 from bertserve.api import Capability, EncoderPlugin, Encoding, ModelInfo, ModelSpec
 from bertserve.errors import BertserveError, CapabilityNotSupported, ModelFailed, ModelUnavailable, Overloaded
 from bertserve.serving.batcher import Batcher, BatchLimits, Completed
@@ -49,6 +50,7 @@ class ModelHost:
         failure: str | None = None,
     ) -> None:
         self.spec = spec
+        self._state = ModelState.LOADING
         self.state = ModelState.FAILED if failure else ModelState.LOADING
         self.failure_reason = failure or ""
         self.info: ModelInfo | None = None
@@ -75,6 +77,16 @@ class ModelHost:
         )
         self.on_state_change: Callable[[ModelHost], None] = lambda host: None
         self.batcher.on_health_change = lambda healthy: self.on_state_change(self)
+
+    @property
+    def state(self) -> ModelState:
+        return self._state
+
+    @state.setter
+    def state(self, state: ModelState) -> None:
+        self._state = state
+        for each in ModelState:
+            metrics.MODEL_STATE.labels(self.spec.name, each.value).set(int(each is state))
 
     @property
     def name(self) -> str:
