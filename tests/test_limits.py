@@ -146,7 +146,7 @@ async def test_a_burst_past_the_limit_is_answered_by_bertserve_never_cancelled(l
 
 
 async def test_passes_are_short_while_calls_contend_and_full_for_a_call_alone(limited_server: BertServer) -> None:
-    texts = [f"sentence {i} of a call" for i in range(32)]
+    texts = [f"sentence {i} of a call" for i in range(8)]
     stats = limited_server.router.get("short-passes").batcher.stats
     async with AsyncClient(f"127.0.0.1:{limited_server.port}", timeout=60) as client:
         await client.embed("measure the rate", model="short-passes")

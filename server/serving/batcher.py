@@ -129,7 +129,9 @@ class Batcher:
         self._last_turn = 0  # the request whose turn it last was
         self.on_health_change: Callable[[bool], None] = lambda healthy: None
         self._last_pass_end_ns = 0  # when the latest forward pass finished
-        self._contended_ns = -CONTENTION_MEMORY_NS  # when a call last came while others were queued or running
+        # When calls last contended: one came while others were queued or running, or a pass was
+        # planned over several.
+        self._contended_ns = -CONTENTION_MEMORY_NS
 
     @property
     def tokens_per_s(self) -> float:
@@ -392,6 +394,7 @@ class Batcher:
         size = min(self.limits.max_batch_size, share)
         packed = self._packed(anchor.op)
         if len({p.request for p in candidates}) > 1:
+            self._contended_ns = time.monotonic_ns()
             batch = self._shared_pass(candidates, size, packed=packed)
         elif time.monotonic_ns() - self._contended_ns < CONTENTION_MEMORY_NS:
             # One request waits, but others came lately: the next one should not wait long for this
