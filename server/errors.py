@@ -87,5 +87,10 @@ class InternalFailure(BertserveError):
     its message carries, so that the caller and the log can be matched."""
 
 
+class SourceUnavailable(BertserveError):
+    """A model's files cannot be reached now (a directory not there yet, a hub that does not
+    answer): its load is tried again later."""
+
+
 class ConfigError(BertserveError):
     """The configuration is wrong or names a model that cannot be loaded as configured."""

@@ -38,7 +38,10 @@ async def test_list_models_reports_state_placement_and_capabilities(client: Asyn
     assert models["roberta"].max_input_tokens == 128
     missing = models["missing"]
     assert missing.state == "failed"
-    assert missing.failure_reason.startswith("ConfigError: source ") and "is not a directory" in missing.failure_reason
+    assert (
+        missing.failure_reason.startswith("SourceUnavailable: source ")
+        and "is not a directory" in missing.failure_reason
+    )
     assert missing.devices == [] and missing.capabilities == []
 
 

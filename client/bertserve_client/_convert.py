@@ -186,6 +186,8 @@ def parse_model(pb: model_service_pb2.Model) -> ModelInfo:
         poolings=[_short_name(common_pb2.Pooling, p, "POOLING_") for p in pb.poolings],
         default_pooling=_short_name(common_pb2.Pooling, pb.default_pooling, "POOLING_"),
         is_default=pb.is_default,
+        load_attempts=pb.load_attempts,
+        next_attempt_at=pb.next_attempt_time.ToNanoseconds() / 1e9 if pb.HasField("next_attempt_time") else None,
     )
 
 

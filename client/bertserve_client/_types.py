@@ -95,3 +95,6 @@ class ModelInfo:
     """Of "cls", "mean", "pooler"."""
     default_pooling: str
     is_default: bool
+    load_attempts: int = 0
+    next_attempt_at: float | None = None
+    """Unix time of the next load attempt, while one is due (see the server's load_retry_max_s)."""

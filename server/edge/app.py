@@ -75,6 +75,8 @@ class BertServer:
                 hosts.append(ModelHost(spec, None, *pools, failure=str(e.args[0])))
             else:
                 hosts.append(ModelHost(spec, factory, *pools))
+        for host in hosts:
+            host.retry_max_s = config.load_retry_max_s
         self.router = Router(hosts, config.default_model)
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None

@@ -154,7 +154,10 @@ def model_proto(host: ModelHost, *, is_default: bool) -> model_service_pb2.Model
         state=_STATE_TO_PB[host.state],
         failure_reason=host.failure_reason,
         is_default=is_default,
+        load_attempts=host.load_attempts,
     )
+    if host.next_attempt_at is not None:
+        model.next_attempt_time.FromNanoseconds(int(host.next_attempt_at * 1e9))
     info = host.info
     if info is not None:
         model.devices.extend(info.devices)

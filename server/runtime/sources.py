@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from bertserve.errors import ConfigError
+from bertserve.errors import ConfigError, SourceUnavailable
 
 __all__ = ["resolve_source"]
 
@@ -19,7 +19,7 @@ _PKG = "pkg:"
 def resolve_source(source: str) -> str:
     if not source.startswith(_PKG):
         if source.startswith(("/", "./", "../", "~")) and not Path(source).expanduser().is_dir():
-            raise ConfigError(f"source {source!r} is not a directory (a path, so not a hub id)")
+            raise SourceUnavailable(f"source {source!r} is not a directory (a path, so not a hub id)")
         return str(Path(source).expanduser()) if source.startswith("~") else source
     package, _, inner = source[len(_PKG) :].partition("/")
     spec = importlib.util.find_spec(package) if package else None

@@ -12,7 +12,14 @@ from typing import Any, TypeVar
 
 from bertserve import metrics
 from bertserve.api import Capability, EncoderPlugin, Encoding, ModelInfo, ModelSpec
-from bertserve.errors import BertserveError, CapabilityNotSupported, ModelFailed, ModelUnavailable, Overloaded
+from bertserve.errors import (
+    BertserveError,
+    CapabilityNotSupported,
+    ModelFailed,
+    ModelUnavailable,
+    Overloaded,
+    SourceUnavailable,
+)
 from bertserve.serving.batcher import Batcher, BatchLimits, Completed
 
 __all__ = ["ModelHost", "ModelState"]
@@ -53,6 +60,10 @@ class ModelHost:
         self._state = ModelState.LOADING
         self.state = ModelState.FAILED if failure else ModelState.LOADING
         self.failure_reason = failure or ""
+        self.load_attempts = 0
+        self.next_attempt_at: float | None = None  # time.time() of the next attempt, while one is due
+        self.retry_max_s = RETRY_MAX_S
+        self._retrying: asyncio.Task[None] | None = None
         self.info: ModelInfo | None = None
         self._factory = plugin_factory
         self._plugin: EncoderPlugin | None = None
@@ -100,15 +111,36 @@ class ModelHost:
     async def load(self) -> None:
         """Fetch the model's files on a loader thread, then load it on its device's worker.
 
-        A failure marks this model failed, and nothing else.
+        A failure marks this model failed, and nothing else. A failure to reach its files (a
+        directory not there yet, a hub that does not answer) is tried again in the background,
+        after a pause that doubles each time up to retry_max_s (0: never); other failures are final.
         """
         if self.state is ModelState.FAILED or self._factory is None:
             self.on_state_change(self)
             return
+        self.load_attempts += 1
+        if not await self._load_once() and _retry_delay(1, self.retry_max_s) is not None:
+            self._retrying = asyncio.create_task(self._retry(), name=f"retry-load:{self.name}")
+
+    async def _retry(self) -> None:
+        while (delay := _retry_delay(self.load_attempts, self.retry_max_s)) is not None:
+            self.next_attempt_at = time.time() + delay
+            log.warning("model %r: attempt %d failed; trying again in %.0fs", self.name, self.load_attempts, delay)
+            self.on_state_change(self)
+            await asyncio.sleep(delay)
+            self.load_attempts += 1
+            self.next_attempt_at = None
+            self.state = ModelState.LOADING
+            self.on_state_change(self)
+            if await self._load_once():
+                return
+
+    async def _load_once(self) -> bool:
+        """One attempt; True when it ended for good (loaded, or failed for a reason no retry cures)."""
         started = time.monotonic()
         loop = asyncio.get_running_loop()
         try:
-            self._plugin = self._factory(self.spec)
+            self._plugin = self._factory(self.spec)  # type: ignore[misc]
             await loop.run_in_executor(self._loader, self._plugin.fetch)
             info: ModelInfo = await loop.run_in_executor(self._worker, self._plugin.load)
         except Exception as e:
@@ -116,20 +148,29 @@ class ModelHost:
             self.failure_reason = _reason(e)
             self._plugin = None
             log.error("model %r failed to load from %r: %s", self.name, self.spec.source, self.failure_reason)
+            self.on_state_change(self)
+            return not _is_transient(e)
         else:
             self.info = info
+            self.failure_reason = ""
             self.batcher.start()
             self.state = ModelState.READY
             took = time.monotonic() - started
             log.info("model %r ready in %.1fs on %s (%s)", self.name, took, ",".join(info.devices), info.dtype)
         self.on_state_change(self)
+        return True
 
     def require(self, capability: Capability) -> ModelInfo:
         """The model's info when it is ready and offers capability; raise the matching error otherwise."""
         if self.state is ModelState.LOADING:
             raise ModelUnavailable(f"model {self.name!r} is still loading")
         if self.state is ModelState.FAILED or self.info is None:
-            raise ModelFailed(f"model {self.name!r} failed to load: {self.failure_reason}")
+            later = ""
+            if self.next_attempt_at is not None:
+                later = (
+                    f" (attempt {self.load_attempts}; the next in {max(0.0, self.next_attempt_at - time.time()):.0f}s)"
+                )
+            raise ModelFailed(f"model {self.name!r} failed to load: {self.failure_reason}{later}")
         if capability not in self.info.capabilities:
             raise CapabilityNotSupported(_missing(self.name, capability))
         return self.info
@@ -197,6 +238,8 @@ class ModelHost:
         raise ValueError(f"unknown operation {kind!r}")
 
     async def stop(self) -> None:
+        if self._retrying is not None:
+            self._retrying.cancel()
         if self.state is ModelState.READY:
             await self.batcher.stop()
             plugin = self.plugin
@@ -207,6 +250,22 @@ def _missing(name: str, capability: Capability) -> str:
     if capability is Capability.ANSWER:
         return f"model {name!r} has no question-answering head; serve a checkpoint fine-tuned for QA for Answer"
     return f"model {name!r} does not offer {capability.value}"
+
+
+#: The pause before the second attempt at a load that could not reach its files; it doubles.
+RETRY_FIRST_S = 1.0
+#: The default cap on that pause (ModelHost.retry_max_s).
+RETRY_MAX_S = 60.0
+
+
+def _retry_delay(attempts: int, cap: float) -> float | None:
+    return None if cap <= 0 else min(cap, RETRY_FIRST_S * 2 ** (attempts - 1))
+
+
+def _is_transient(e: BaseException) -> bool:
+    """Whether a load failed for want of its files: a missing directory, or the network (OSError
+    covers sockets, timeouts and the hub's offline errors; httpx's do not derive from it)."""
+    return isinstance(e, (SourceUnavailable, OSError)) or type(e).__module__.startswith(("httpx", "httpcore"))
 
 
 def _reason(e: BaseException) -> str:

@@ -1,4 +1,7 @@
+import datetime
+
 from bertserve_client.v1 import common_pb2 as _common_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -55,7 +58,7 @@ class GetModelResponse(_message.Message):
     def __init__(self, model: _Optional[_Union[Model, _Mapping]] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("name", "plugin", "source", "devices", "dtype", "capabilities", "hidden_size", "max_input_tokens", "state", "failure_reason", "poolings", "default_pooling", "is_default")
+    __slots__ = ("name", "plugin", "source", "devices", "dtype", "capabilities", "hidden_size", "max_input_tokens", "state", "failure_reason", "poolings", "default_pooling", "is_default", "load_attempts", "next_attempt_time")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PLUGIN_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +72,8 @@ class Model(_message.Message):
     POOLINGS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_POOLING_FIELD_NUMBER: _ClassVar[int]
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    LOAD_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ATTEMPT_TIME_FIELD_NUMBER: _ClassVar[int]
     name: str
     plugin: str
     source: str
@@ -82,4 +87,6 @@ class Model(_message.Message):
     poolings: _containers.RepeatedScalarFieldContainer[_common_pb2.Pooling]
     default_pooling: _common_pb2.Pooling
     is_default: bool
-    def __init__(self, name: _Optional[str] = ..., plugin: _Optional[str] = ..., source: _Optional[str] = ..., devices: _Optional[_Iterable[str]] = ..., dtype: _Optional[str] = ..., capabilities: _Optional[_Iterable[_Union[Capability, str]]] = ..., hidden_size: _Optional[int] = ..., max_input_tokens: _Optional[int] = ..., state: _Optional[_Union[ModelState, str]] = ..., failure_reason: _Optional[str] = ..., poolings: _Optional[_Iterable[_Union[_common_pb2.Pooling, str]]] = ..., default_pooling: _Optional[_Union[_common_pb2.Pooling, str]] = ..., is_default: _Optional[bool] = ...) -> None: ...
+    load_attempts: int
+    next_attempt_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., plugin: _Optional[str] = ..., source: _Optional[str] = ..., devices: _Optional[_Iterable[str]] = ..., dtype: _Optional[str] = ..., capabilities: _Optional[_Iterable[_Union[Capability, str]]] = ..., hidden_size: _Optional[int] = ..., max_input_tokens: _Optional[int] = ..., state: _Optional[_Union[ModelState, str]] = ..., failure_reason: _Optional[str] = ..., poolings: _Optional[_Iterable[_Union[_common_pb2.Pooling, str]]] = ..., default_pooling: _Optional[_Union[_common_pb2.Pooling, str]] = ..., is_default: _Optional[bool] = ..., load_attempts: _Optional[int] = ..., next_attempt_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
