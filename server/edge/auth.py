@@ -64,10 +64,6 @@ class TokenTable:
         return found
 
 
-def digest_of(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
-
-
 def _bearer(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
     for key, value in metadata or ():
         if key == "authorization":
