@@ -17,6 +17,7 @@ import grpc
 
 from bertserve import metrics, request_ids
 from bertserve.edge.auth import caller
+from bertserve.edge.handlers import replace_behaviour
 
 __all__ = ["AccessLog"]
 
@@ -46,11 +47,8 @@ class AccessLog(grpc.aio.ServerInterceptor):
         if handler is None or details.method not in self._methods:
             return handler
         rpc = details.method.rsplit("/", 1)[-1]
-        if handler.unary_unary:
-            return handler._replace(unary_unary=_unary(handler.unary_unary, rpc, self._record))  # type: ignore[attr-defined,no-any-return]
-        if handler.stream_stream:
-            return handler._replace(stream_stream=_streaming(handler.stream_stream, rpc, self._record))  # type: ignore[attr-defined,no-any-return]
-        return handler
+        inner = handler.unary_unary or handler.stream_stream
+        return replace_behaviour(handler, _unary(inner, rpc, self._record), _streaming(inner, rpc, self._record))
 
     def _record(
         self,

@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 
+from bertserve.edge.handlers import replace_behaviour
 from bertserve.errors import quoted
 
 __all__ = ["ADMIN", "ANY_SCOPE", "INFERENCE", "AuthInterceptor", "Principal", "TokenTable", "caller"]
@@ -155,7 +156,7 @@ def _refusing(handler: grpc.RpcMethodHandler, refusal: Refusal) -> grpc.RpcMetho
         await context.abort(refusal.code, refusal.message)
         yield  # pragma: no cover - abort raises
 
-    return _replace(handler, unary, streaming)
+    return replace_behaviour(handler, unary, streaming)
 
 
 def _with_principal(
@@ -184,12 +185,4 @@ def _with_principal(
         async for response in inner(checked(), context):
             yield response
 
-    return _replace(handler, unary, streaming)
-
-
-def _replace(handler: grpc.RpcMethodHandler, unary: Any, streaming: Any) -> grpc.RpcMethodHandler:
-    if handler.unary_unary:
-        return handler._replace(unary_unary=unary)  # type: ignore[attr-defined,no-any-return]
-    if handler.stream_stream:
-        return handler._replace(stream_stream=streaming)  # type: ignore[attr-defined,no-any-return]
-    raise NotImplementedError("bertserve's protected RPCs are unary or bidirectional streams")
+    return replace_behaviour(handler, unary, streaming)
