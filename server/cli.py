@@ -1,5 +1,6 @@
 """The ``bertserve`` command: ``serve`` runs the server; ``embed``, ``tokenize``, ``answer`` and
-``models`` call a running one, for quick use from a shell."""
+``models`` call a running one, for quick use from a shell, and ``load``, ``unload`` and
+``reload`` change its models while it runs."""
 
 from __future__ import annotations
 
@@ -42,11 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(run=_serve)
 
-    def client_command(name: str, help: str) -> argparse.ArgumentParser:
+    def client_command(name: str, help: str, *, model: bool = True, timeout: float = 60.0) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help)
         sub.add_argument("--target", default=os.environ.get("BERTSERVE_TARGET", "localhost:50051"))
-        sub.add_argument("--model", default="", help="model name (default: the server's default model)")
-        sub.add_argument("--timeout", type=float, default=60.0, help="deadline in seconds")
+        if model:
+            sub.add_argument("--model", default="", help="model name (default: the server's default model)")
+        sub.add_argument("--timeout", type=float, default=timeout, help=f"deadline in seconds (default {timeout:g})")
         tls = sub.add_argument_group("TLS and auth")
         tls.add_argument("--tls", action="store_true", help="TLS with the system's CA certificates")
         tls.add_argument("--tls-ca", metavar="FILE", help="TLS, trusting the CA certificate in FILE")
@@ -90,6 +92,22 @@ def _parser() -> argparse.ArgumentParser:
 
     models = client_command("models", help="list the server's models as JSON")
     models.set_defaults(run=_models)
+
+    entry_help = "the model entry as YAML or JSON, as in the config's models list ('-': read it from stdin)"
+    load = client_command("load", help="add a model to the running server, once ready", model=False, timeout=900)
+    load.add_argument("entry", help=f"{entry_help}, e.g. '{{name: m, plugin: bert, source: ./m}}'")
+    load.set_defaults(run=_load)
+
+    unload = client_command("unload", help="remove a model once its calls in flight finish", model=False)
+    unload.add_argument("name")
+    unload.set_defaults(run=_unload)
+
+    reload = client_command(
+        "reload", help="load a model again; the old one serves until the new one is ready", model=False, timeout=900
+    )
+    reload.add_argument("name")
+    reload.add_argument("--entry", help=f"a new entry with the same name: {entry_help}")
+    reload.set_defaults(run=_reload)
     return parser
 
 
@@ -224,6 +242,34 @@ def _models(args: argparse.Namespace) -> int:
     def run() -> Any:
         with _client(args) as client:
             return [asdict(m) for m in client.models()]
+
+    return _call(run)
+
+
+def _entry(text: str) -> str:
+    return sys.stdin.read() if text == "-" else text
+
+
+def _load(args: argparse.Namespace) -> int:
+    def run() -> Any:
+        with _client(args) as client:
+            return asdict(client.load_model(_entry(args.entry)))
+
+    return _call(run)
+
+
+def _unload(args: argparse.Namespace) -> int:
+    def run() -> Any:
+        with _client(args) as client:
+            return asdict(client.unload_model(args.name))
+
+    return _call(run)
+
+
+def _reload(args: argparse.Namespace) -> int:
+    def run() -> Any:
+        with _client(args) as client:
+            return asdict(client.reload_model(args.name, _entry(args.entry) if args.entry else None))
 
     return _call(run)
 

@@ -33,6 +33,7 @@ __all__ = [
     "ServerSettings",
     "check_options",
     "load_config",
+    "parse_model_entry",
     "parse_options",
 ]
 
@@ -336,6 +337,27 @@ def check_options(config: ServerConfig, plugins: dict[str, Any]) -> None:
         schema = getattr(plugins.get(spec.plugin), "options_schema", None)
         if schema is not None:
             parse_options(schema, spec.options, where=f"models[{i}].options")
+
+
+def parse_model_entry(text: str, plugins: dict[str, Any]) -> ModelSpec:
+    """One entry of ``models:`` given as YAML or JSON text (a model loaded at run time), checked as
+    the file's entries are, its options by its plugin's schema; ConfigError naming each wrong field."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"entry: not valid YAML or JSON: {' '.join(str(e).split())}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError("entry: expected a mapping such as {name: my-model, plugin: bert, source: ./my-model}")
+    try:
+        settings = ModelSettings.model_validate(raw)
+    except pydantic.ValidationError as e:
+        problems = (_describe(error, prefix="entry", known=ModelSettings) for error in e.errors())
+        raise ConfigError("\n".join(problems)) from None
+    spec = settings.spec()
+    schema = getattr(plugins.get(spec.plugin), "options_schema", None)
+    if schema is not None:
+        parse_options(schema, spec.options, where="entry.options")
+    return spec
 
 
 OptionsT = TypeVar("OptionsT", bound=BaseModel)

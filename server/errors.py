@@ -6,7 +6,10 @@
     ├── ModelNotFound             NOT_FOUND: no model of that name is configured
     ├── CapabilityNotSupported    UNIMPLEMENTED: the model cannot do what was asked
     ├── ModelUnavailable          UNAVAILABLE: the model is loading, or the server is draining
-    ├── ModelFailed               FAILED_PRECONDITION: the model failed to load (until it is reloaded)
+    ├── ModelExists               ALREADY_EXISTS: LoadModel of a name that is taken
+    ├── PreconditionFailed        FAILED_PRECONDITION: not possible in the server's present state
+    │   └── ModelFailed           FAILED_PRECONDITION: the model failed to load (until it is reloaded)
+    ├── PermissionDenied          PERMISSION_DENIED: the caller's token may not touch that model
     ├── Overloaded                RESOURCE_EXHAUSTED: queue full, device out of memory
     ├── InternalFailure           INTERNAL: a fault on the model's path, logged once with this request id
     └── ConfigError               (at start-up, never a call) a configuration or model that cannot load
@@ -24,10 +27,13 @@ __all__ = [
     "InputTooLong",
     "InternalFailure",
     "InvalidRequest",
+    "ModelExists",
     "ModelFailed",
     "ModelNotFound",
     "ModelUnavailable",
     "Overloaded",
+    "PermissionDenied",
+    "PreconditionFailed",
     "quoted",
 ]
 
@@ -70,8 +76,21 @@ class ModelUnavailable(BertserveError):
     """The model is configured but cannot serve now: loading or shutting down; a retry may succeed."""
 
 
-class ModelFailed(BertserveError):
+class ModelExists(BertserveError):
+    """A model of that name is already there."""
+
+
+class PreconditionFailed(BertserveError):
+    """The server's state does not allow this now (unloading the default model, say); retrying the
+    call unchanged cannot succeed until that state changes."""
+
+
+class ModelFailed(PreconditionFailed):
     """The model failed to load; retrying the call cannot succeed until the model is loaded again."""
+
+
+class PermissionDenied(BertserveError):
+    """The caller's token is known, but may not act on what the request names."""
 
 
 class Overloaded(BertserveError):

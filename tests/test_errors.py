@@ -84,7 +84,7 @@ async def test_a_huge_model_name_is_cut_in_the_message(client: AsyncClient) -> N
     """A 100 KB name quoted in full would overflow the status metadata and turn NOT_FOUND into RESOURCE_EXHAUSTED."""
     err = await _error(client.embed("hello", model="m" * 100_000))
     assert err.code is grpc.StatusCode.NOT_FOUND
-    assert err.message.startswith(f"no model named {'m' * 64!r}... (100000 characters); configured models: [")
+    assert err.message.startswith(f"no model named {'m' * 64!r}... (100000 characters); models: [")
     assert len(err.message) < 2000
 
 

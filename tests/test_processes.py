@@ -11,12 +11,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
 from bertserve.config import load_config
 from bertserve.edge.app import BertServer
-from bertserve_client import AsyncClient, Client
+from bertserve_client import AsyncClient, BertserveError, Client
 
 from served import Served
 
@@ -56,6 +57,18 @@ async def test_two_processes_share_one_port_and_both_serve(two_processes: Served
     # Both did real work: well over an idle server's ticks (100 a second of CPU).
     busy = {pid: cpu_ticks(pid) - before[pid] for pid in servers}
     assert all(ticks >= 5 for ticks in busy.values()), busy
+
+
+async def test_model_management_is_refused_with_several_processes(two_processes: Served) -> None:
+    """A call reaches one process: it cannot change the models of all of them."""
+    async with AsyncClient(f"127.0.0.1:{two_processes.port}", timeout=30) as client:
+        with pytest.raises(BertserveError) as info:
+            await client.unload_model("bert")
+    assert info.value.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert info.value.message == (
+        "UnloadModel would change the models of one of this server's processes only (server.processes is over 1); "
+        "change the configuration and restart, or run one process"
+    )
 
 
 def test_a_server_process_that_dies_is_restarted(two_processes: Served) -> None:

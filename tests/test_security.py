@@ -28,11 +28,14 @@ from served import Served
 INFERENCE_TOKEN = "inference-token-0123456789"
 ADMIN_TOKEN = "admin-token-0123456789abcdef"
 BERT_ONLY_TOKEN = "bert-only-token-0123456789"
+BERT_ADMIN_TOKEN = "bert-admin-token-0123456789"
 TOKENS = f"""
 - {{name: app, token: {INFERENCE_TOKEN}}}
 - {{name: operator, token: {ADMIN_TOKEN}, scopes: [admin]}}
 - {{name: bert-caller, token: {BERT_ONLY_TOKEN}, models: [bert]}}
+- {{name: bert-operator, token: {BERT_ADMIN_TOKEN}, scopes: [admin], models: [bert]}}
 """
+ADMIN_RPCS = ("LoadModel", "UnloadModel", "ReloadModel")
 
 
 @pytest.fixture(scope="module")
@@ -197,6 +200,12 @@ def _calls(channel: grpc.aio.Channel) -> dict[str, object]:
         "EmbedStream": stream,
         "ListModels": lambda md: models.ListModels(model_service_pb2.ListModelsRequest(), metadata=md),
         "GetModel": lambda md: models.GetModel(model_service_pb2.GetModelRequest(name="bert"), metadata=md),
+        # Past auth, these leave the server as it was: bert is taken, and it is the default model.
+        "LoadModel": lambda md: models.LoadModel(
+            model_service_pb2.LoadModelRequest(entry="{name: bert, plugin: bert}"), metadata=md
+        ),
+        "UnloadModel": lambda md: models.UnloadModel(model_service_pb2.UnloadModelRequest(name="bert"), metadata=md),
+        "ReloadModel": lambda md: models.ReloadModel(model_service_pb2.ReloadModelRequest(name="bert"), metadata=md),
     }
 
 
@@ -218,7 +227,7 @@ async def tls_channel(secured: BertServer, pki: Pki) -> AsyncIterator[grpc.aio.C
         yield channel
 
 
-@pytest.mark.parametrize("rpc", ["Embed", "Tokenize", "Answer", "EmbedStream", "ListModels", "GetModel"])
+@pytest.mark.parametrize("rpc", ["Embed", "Tokenize", "Answer", "EmbedStream", "ListModels", "GetModel", *ADMIN_RPCS])
 async def test_every_rpc_checks_its_token(tls_channel: grpc.aio.Channel, rpc: str) -> None:
     call = _calls(tls_channel)[rpc]
     assert await _code_of(call(())) == (  # type: ignore[operator]
@@ -233,14 +242,23 @@ async def test_every_rpc_checks_its_token(tls_channel: grpc.aio.Channel, rpc: st
         grpc.StatusCode.UNAUTHENTICATED,
         "the authorization metadata is not 'Bearer <token>'",
     )
-    method = f"/bertserve.v1.{'ModelService' if rpc in ('ListModels', 'GetModel') else 'EncoderService'}/{rpc}"
-    assert await _code_of(call(_bearer(ADMIN_TOKEN))) == (  # type: ignore[operator]
+    service = "ModelService" if rpc in ("ListModels", "GetModel", *ADMIN_RPCS) else "EncoderService"
+    method = f"/bertserve.v1.{service}/{rpc}"
+    admin = rpc in ADMIN_RPCS
+    wrong, right = (INFERENCE_TOKEN, ADMIN_TOKEN) if admin else (ADMIN_TOKEN, INFERENCE_TOKEN)
+    who, scope = ("app", "admin") if admin else ("operator", "inference")
+    assert await _code_of(call(_bearer(wrong))) == (  # type: ignore[operator]
         grpc.StatusCode.PERMISSION_DENIED,
-        f"token 'operator' may not call {method}: it needs the inference scope",
+        f"token '{who}' may not call {method}: it needs the {scope} scope",
     )
-    code, message = await _code_of(call(_bearer(INFERENCE_TOKEN)))  # type: ignore[operator]
-    # The tiny BERT has no QA head: past auth, Answer gets the model's own answer.
-    expected = grpc.StatusCode.UNIMPLEMENTED if rpc == "Answer" else grpc.StatusCode.OK
+    code, message = await _code_of(call(_bearer(right)))  # type: ignore[operator]
+    # Past auth, each gets the server's own answer: the tiny BERT has no QA head, bert is taken, and
+    # the default model stays.
+    expected = {
+        "Answer": grpc.StatusCode.UNIMPLEMENTED,
+        "LoadModel": grpc.StatusCode.ALREADY_EXISTS,
+        "UnloadModel": grpc.StatusCode.FAILED_PRECONDITION,
+    }.get(rpc, grpc.StatusCode.OK)
     assert code is expected, message
 
 
@@ -264,6 +282,22 @@ async def test_a_token_limited_to_some_models_is_refused_the_others(tls_channel:
         grpc.StatusCode.PERMISSION_DENIED,
         "token 'bert-caller' may not use model 'roberta'",
     )
+    # An admin token limited to bert manages bert alone, including what LoadModel's entry names.
+    md = _bearer(BERT_ADMIN_TOKEN)
+    for shown, call in (
+        ("roberta", models.UnloadModel(model_service_pb2.UnloadModelRequest(name="roberta"), metadata=md)),
+        ("roberta", models.ReloadModel(model_service_pb2.ReloadModelRequest(name="roberta"), metadata=md)),
+        (
+            "roberta-2",
+            models.LoadModel(
+                model_service_pb2.LoadModelRequest(entry="{name: roberta-2, plugin: roberta}"), metadata=md
+            ),
+        ),
+    ):
+        assert await _code_of(call) == (
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"token 'bert-operator' may not use model '{shown}'",
+        )
 
 
 async def test_health_and_reflection_stay_open(tls_channel: grpc.aio.Channel) -> None:

@@ -9,14 +9,15 @@
 
 `AsyncClient` takes the same arguments and its methods are awaited. Against a server with TLS
 pass `credentials=tls_credentials(ca_file, cert_file, key_file)`; with token auth, `token=`
-(or set `BERTSERVE_TOKEN`). Failed calls raise
+(or set `BERTSERVE_TOKEN`). `load_model`, `unload_model` and `reload_model` change the
+server's models while it runs (admin scope). Failed calls raise
 `BertserveError` (with `.code`, `.message` and `.retry_after_s`). The generated stubs of the
 contract are in `bertserve_client.v1`.
 """
 
 from bertserve_client._client import AsyncClient, Client, tls_credentials
 from bertserve_client._errors import BertserveError
-from bertserve_client._types import Answer, Answers, EmbedResult, ModelInfo, Tokenization, Usage
+from bertserve_client._types import Answer, Answers, EmbedResult, ModelInfo, Tokenization, Unloaded, Usage
 
 __all__ = [
     "Answer",
@@ -27,6 +28,7 @@ __all__ = [
     "EmbedResult",
     "ModelInfo",
     "Tokenization",
+    "Unloaded",
     "Usage",
     "tls_credentials",
 ]

@@ -7,8 +7,9 @@ and turns grpc.RpcError into BertserveError.
 from __future__ import annotations
 
 import enum
+import json
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeAlias
@@ -29,7 +30,7 @@ from bertserve_client._convert import (
     tokenize_request,
 )
 from bertserve_client._errors import BertserveError, from_rpc_error
-from bertserve_client._types import Answers, EmbedResult, ModelInfo, Tokenization
+from bertserve_client._types import Answers, EmbedResult, ModelInfo, Tokenization, Unloaded
 from bertserve_client.v1 import encoder_service_pb2, encoder_service_pb2_grpc, model_service_pb2, model_service_pb2_grpc
 
 
@@ -88,6 +89,9 @@ class _Base:
                     "Answer": encoder.Answer,
                     "ListModels": models.ListModels,
                     "GetModel": models.GetModel,
+                    "LoadModel": models.LoadModel,
+                    "UnloadModel": models.UnloadModel,
+                    "ReloadModel": models.ReloadModel,
                 }
             )
         self._in_flight = [0] * len(self._channels)
@@ -289,6 +293,28 @@ class Client(_Base):
         response = self._call("GetModel", model_service_pb2.GetModelRequest(name=name), timeout)
         return parse_model(response.model)
 
+    def load_model(self, entry: ModelEntry, *, timeout: Timeout = _DEFAULT) -> ModelInfo:
+        """Add a model to the running server: entry is a configuration file's model entry, as a
+        mapping or as YAML/JSON text. Returns once it is ready; BertserveError FAILED_PRECONDITION
+        with the reason when it failed to load, ALREADY_EXISTS when the name is taken. Needs the
+        admin scope where token auth is on. A load may take minutes: give it a timeout to match
+        (the load goes on when the call times out)."""
+        request = model_service_pb2.LoadModelRequest(entry=_entry_text(entry))
+        return parse_model(self._call("LoadModel", request, timeout).model)
+
+    def unload_model(self, name: str, *, timeout: Timeout = _DEFAULT) -> Unloaded:
+        """Remove a model once its calls in flight have finished (up to the server's grace period)."""
+        response = self._call("UnloadModel", model_service_pb2.UnloadModelRequest(name=name), timeout)
+        return Unloaded(response.drained_calls, response.abandoned_calls)
+
+    def reload_model(
+        self, name: str = "", entry: ModelEntry | None = None, *, timeout: Timeout = _DEFAULT
+    ) -> ModelInfo:
+        """Load a model again, from its entry or a new one with the same name; its old instance
+        serves until the new one is ready (and keeps serving when the new one fails)."""
+        request = model_service_pb2.ReloadModelRequest(name=name, entry=_entry_text(entry) if entry else "")
+        return parse_model(self._call("ReloadModel", request, timeout).model)
+
     def close(self) -> None:
         """Close the channels, unless the channel was passed in."""
         if self._owns_channel:
@@ -454,6 +480,23 @@ class AsyncClient(_Base):
         response = await self._call("GetModel", model_service_pb2.GetModelRequest(name=name), timeout)
         return parse_model(response.model)
 
+    async def load_model(self, entry: ModelEntry, *, timeout: Timeout = _DEFAULT) -> ModelInfo:
+        """See Client.load_model."""
+        request = model_service_pb2.LoadModelRequest(entry=_entry_text(entry))
+        return parse_model((await self._call("LoadModel", request, timeout)).model)
+
+    async def unload_model(self, name: str, *, timeout: Timeout = _DEFAULT) -> Unloaded:
+        """See Client.unload_model."""
+        response = await self._call("UnloadModel", model_service_pb2.UnloadModelRequest(name=name), timeout)
+        return Unloaded(response.drained_calls, response.abandoned_calls)
+
+    async def reload_model(
+        self, name: str = "", entry: ModelEntry | None = None, *, timeout: Timeout = _DEFAULT
+    ) -> ModelInfo:
+        """See Client.reload_model."""
+        request = model_service_pb2.ReloadModelRequest(name=name, entry=_entry_text(entry) if entry else "")
+        return parse_model((await self._call("ReloadModel", request, timeout)).model)
+
     async def close(self) -> None:
         """Close the channels, unless the channel was passed in."""
         if self._owns_channel:
@@ -467,6 +510,14 @@ class AsyncClient(_Base):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+
+ModelEntry: TypeAlias = "Mapping[str, Any] | str"
+
+
+def _entry_text(entry: ModelEntry) -> str:
+    """A model entry as the server takes it: text as given, a mapping as JSON (which is YAML)."""
+    return entry if isinstance(entry, str) else json.dumps(dict(entry))
 
 
 def _stream_request(

@@ -98,3 +98,13 @@ class ModelInfo:
     load_attempts: int = 0
     next_attempt_at: float | None = None
     """Unix time of the next load attempt, while one is due (see the server's load_retry_max_s)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Unloaded:
+    """How the calls in flight on an unloaded model ended."""
+
+    drained_calls: int
+    """Finished before the model was freed."""
+    abandoned_calls: int
+    """Still running at the end of the server's grace period: answered UNAVAILABLE."""

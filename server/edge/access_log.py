@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Container
 from typing import Any
 
 import grpc
@@ -28,13 +28,14 @@ class AccessLog(grpc.aio.ServerInterceptor):
     """Outermost interceptor of the methods given: refused calls are counted and logged too.
 
     Every call is counted in the metrics; lines are written when lines is set. Metric labels
-    name configured models only (a caller's unknown name is "-"), so that callers cannot grow
+    name served models only (a caller's unknown name is "-"), so that callers cannot grow
     the label sets without bound.
     """
 
-    def __init__(self, methods: Collection[str], models: Collection[str], default_model: str, *, lines: bool) -> None:
+    def __init__(self, methods: Collection[str], models: Container[str], default_model: str, *, lines: bool) -> None:
+        """models: the names served now (a live view: models come and go at run time)."""
         self._methods = frozenset(methods)
-        self._models = frozenset(models)
+        self._models = models
         self._default_model = default_model
         self._lines = lines
 

@@ -16,21 +16,23 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from bertserve.config import ServerConfig, TlsConfig
+from bertserve.api import ModelSpec
+from bertserve.config import ServerConfig, TlsConfig, parse_model_entry
 from bertserve.discovery import PluginRegistry, discover_plugins
 from bertserve.domain import CallLimits
 from bertserve.edge.access_log import AccessLog
-from bertserve.edge.auth import ANY_SCOPE, INFERENCE, AuthInterceptor, Principal, TokenTable
+from bertserve.edge.auth import ADMIN, ANY_SCOPE, INFERENCE, AuthInterceptor, Principal, TokenTable
 from bertserve.edge.parsing import add_servicer
 from bertserve.edge.reflection import METHODS as REFLECTION_METHODS
 from bertserve.edge.reflection import enable_reflection
 from bertserve.edge.servicers import EncoderServicer, ModelServicer
 from bertserve.edge.tls import CertificateFiles, RotatingCredentials
-from bertserve.errors import ModelUnavailable
+from bertserve.errors import ConfigError, InvalidRequest, ModelUnavailable
 from bertserve.metrics import serve_metrics
 from bertserve.runtime.device_workers import DeviceWorkers
 from bertserve.runtime.threads import freeze_loaded_heap
 from bertserve.serving.model_host import ModelHost
+from bertserve.serving.model_manager import ModelManager
 from bertserve.serving.router import Router
 from bertserve_client.v1 import encoder_service_pb2, encoder_service_pb2_grpc, model_service_pb2, model_service_pb2_grpc
 
@@ -46,6 +48,7 @@ _SERVICE_DESCRIPTORS = (
     model_service_pb2.DESCRIPTOR.services_by_name["ModelService"],
 )
 _SERVICES = tuple(service.full_name for service in _SERVICE_DESCRIPTORS)
+_ADMIN_METHODS = tuple(f"/bertserve.v1.ModelService/{name}" for name in ("LoadModel", "UnloadModel", "ReloadModel"))
 
 
 class BertServer:
@@ -61,23 +64,19 @@ class BertServer:
         """
         self.config = config
         self._share_port = share_port
-        registry = registry or discover_plugins()
+        self._registry = registry or discover_plugins()
         self._tokenizer_pool = ThreadPoolExecutor(config.tokenizer_threads, thread_name_prefix="tokenize")
         self._device_workers = DeviceWorkers(config.models)
-        self._loaders = ThreadPoolExecutor(max(1, len(config.models)), thread_name_prefix="fetch")
-        hosts = []
-        for spec in config.models:
-            pools = (self._tokenizer_pool, self._device_workers.for_model(spec), self._loaders)
-            try:
-                factory = registry.get(spec.plugin)
-            except KeyError as e:
-                log.error("model %r cannot load: %s", spec.name, e.args[0])
-                hosts.append(ModelHost(spec, None, *pools, failure=str(e.args[0])))
-            else:
-                hosts.append(ModelHost(spec, factory, *pools))
-        for host in hosts:
-            host.retry_max_s = config.load_retry_max_s
-        self.router = Router(hosts, config.default_model)
+        self._loaders = ThreadPoolExecutor(max(2, len(config.models)), thread_name_prefix="fetch")
+        self.router = Router([self._host(spec) for spec in config.models], config.default_model)
+        self.models = ModelManager(
+            self.router,
+            new_host=self._host,
+            parse_entry=self._parse_entry,
+            published=lambda host: host.publish(self._publish_health),
+            removed=self._forget,
+            grace_period_s=config.grace_period_s,
+        )
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._loading: asyncio.Task[None] | None = None
@@ -86,6 +85,41 @@ class BertServer:
         self.port = 0
         self.metrics_port = 0  # bound once started, when config.metrics_port is set
         self._metrics: WSGIServer | None = None
+
+    def _host(self, spec: ModelSpec, published: bool = True) -> ModelHost:
+        """An unstarted host of spec (failed at once when its plugin is missing)."""
+        pools = (self._tokenizer_pool, self._device_workers.for_model(spec), self._loaders)
+        try:
+            factory = self._registry.get(spec.plugin)
+        except KeyError as e:
+            log.error("model %r cannot load: %s", spec.name, e.args[0])
+            host = ModelHost(spec, None, *pools, failure=str(e.args[0]), published=published)
+        else:
+            host = ModelHost(spec, factory, *pools, published=published)
+        host.retry_max_s = self.config.load_retry_max_s
+        return host
+
+    def _parse_entry(self, text: str) -> ModelSpec:
+        """A model entry sent to LoadModel or ReloadModel; InvalidRequest naming what is wrong."""
+        try:
+            spec = parse_model_entry(text, self._registry.plugins)
+            self._registry.get(spec.plugin)
+        except ConfigError as e:
+            raise InvalidRequest(_capped(str(e))) from None
+        except KeyError as e:
+            raise InvalidRequest(f"entry.plugin: {e.args[0]}") from None
+        return spec
+
+    def _forget(self, name: str) -> None:
+        """A model is gone: its health entry says so (SERVICE_UNKNOWN), and the server's is recomputed."""
+        unknown = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+
+        async def refresh() -> None:
+            await self.health.set(name, unknown)
+            await self._refresh_overall()
+
+        self._health_tasks.add(task := asyncio.get_running_loop().create_task(refresh()))
+        task.add_done_callback(self._health_tasks.discard)
 
     async def start(self) -> int:
         """Bind, serve, and load every model concurrently; returns the bound port."""
@@ -115,7 +149,7 @@ class BertServer:
         )
         add_servicer(
             model_service_pb2_grpc.add_ModelServiceServicer_to_server,
-            ModelServicer(self.router),
+            ModelServicer(self.router, None if self._share_port else self.models),
             server,
             max_request_bytes=config.max_input_bytes,
         )
@@ -148,7 +182,7 @@ class BertServer:
         interceptors: list[grpc.aio.ServerInterceptor] = [
             AccessLog(
                 _methods(_SERVICE_DESCRIPTORS),
-                [host.name for host in self.router],
+                self.router,
                 self.router.default_model,
                 lines=self.config.access_log,
             )
@@ -157,6 +191,7 @@ class BertServer:
         if not auth.enabled:
             return interceptors
         scopes = {method: INFERENCE for method in _methods(_SERVICE_DESCRIPTORS)}
+        scopes.update(dict.fromkeys(_ADMIN_METHODS, ADMIN))
         if auth.protect_reflection:
             scopes.update(dict.fromkeys(REFLECTION_METHODS, ANY_SCOPE))
         principals = [Principal(g.name, g.digest, frozenset(g.scopes), frozenset(g.models)) for g in auth.tokens]
@@ -196,6 +231,9 @@ class BertServer:
         """Each model has its own entry (NOT_SERVING while loading, failed, or its passes keep failing);
         the server and its services are SERVING while any model is."""
         await self.health.set(host.name, _health_status(host.serving))
+        await self._refresh_overall()
+
+    async def _refresh_overall(self) -> None:
         overall = _health_status(any(h.serving for h in self.router))
         for service in ("", *_SERVICES):
             await self.health.set(service, overall)
@@ -204,6 +242,7 @@ class BertServer:
         """Refuse new calls, let in-flight calls finish within grace seconds, then free the models."""
         grace = self.config.grace_period_s if grace is None else grace
         await self.health.enter_graceful_shutdown()
+        await self.models.stop()
         if self._server is not None:
             # gRPC would cut the calls left at the end of the grace period with a bare CANCELLED;
             # bertserve answers them first, with UNAVAILABLE (a retry elsewhere succeeds) and why.
@@ -257,6 +296,11 @@ def _methods(services: Sequence[ServiceDescriptor]) -> list[str]:
 def _files_of(tls: TlsConfig) -> CertificateFiles:
     ca = Path(tls.client_ca_file) if tls.client_ca_file else None
     return CertificateFiles(Path(tls.cert_file), Path(tls.key_file), ca)
+
+
+def _capped(message: str, limit: int = 2000) -> str:
+    """A status message stays well inside gRPC's metadata limit, whatever the entry held."""
+    return message if len(message) <= limit else message[: limit - 3] + "..."
 
 
 def _is_loopback(address: str) -> bool:

@@ -19,9 +19,9 @@ from typing import Any
 import grpc
 
 from bertserve.edge.handlers import replace_behaviour
-from bertserve.errors import quoted
+from bertserve.errors import PermissionDenied, quoted
 
-__all__ = ["ADMIN", "ANY_SCOPE", "INFERENCE", "AuthInterceptor", "Principal", "TokenTable", "caller"]
+__all__ = ["ADMIN", "ANY_SCOPE", "INFERENCE", "AuthInterceptor", "Principal", "TokenTable", "caller", "require_model"]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,16 @@ ANY_SCOPE = ""  # an RPC that any known token may call
 
 #: The token name of the current call ("" when auth is off or the RPC is open to all).
 caller: contextvars.ContextVar[str] = contextvars.ContextVar("bertserve_caller", default="")
+#: What the current call's token may do (None when auth is off or the RPC is open to all).
+_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("bertserve_principal", default=None)
+
+
+def require_model(model: str) -> None:
+    """For a model a request names in a field of its own (LoadModel's entry): PermissionDenied
+    when the current call's token may not use it."""
+    principal = _principal.get()
+    if principal is not None and not principal.may_use(model):
+        raise PermissionDenied(f"token {principal.name!r} may not use model {quoted(model)}")
 
 
 @dataclass(frozen=True)
@@ -169,6 +179,7 @@ def _with_principal(
 
     async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
         caller.set(principal.name)
+        _principal.set(principal)
         if (refusal := refusal_of(principal, request)) is not None:
             await context.abort(refusal.code, refusal.message)
         return await inner(request, context)

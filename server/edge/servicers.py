@@ -12,10 +12,13 @@ import grpc
 from bertserve import __version__, metrics
 from bertserve.domain import CallLimits
 from bertserve.edge import convert
+from bertserve.edge.auth import require_model
 from bertserve.edge.parsing import Unparsable
 from bertserve.edge.status import grpc_errors, internal_error, status_of
-from bertserve.errors import BertserveError, Overloaded
+from bertserve.errors import BertserveError, Overloaded, PreconditionFailed
 from bertserve.serving import embedding, qa
+from bertserve.serving.model_host import ModelHost
+from bertserve.serving.model_manager import ModelManager
 from bertserve.serving.router import Router
 from bertserve_client.v1 import encoder_service_pb2, encoder_service_pb2_grpc, model_service_pb2, model_service_pb2_grpc
 
@@ -147,8 +150,10 @@ class EncoderServicer(encoder_service_pb2_grpc.EncoderServiceServicer):
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, manager: ModelManager | None) -> None:
+        """manager: None where the server runs several processes, whose models one call cannot change."""
         self._router = router
+        self._manager = manager
 
     @grpc_errors
     async def ListModels(
@@ -164,7 +169,41 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     async def GetModel(
         self, request: model_service_pb2.GetModelRequest, context: grpc.aio.ServicerContext
     ) -> model_service_pb2.GetModelResponse:
-        host = self._router.get(request.name)
-        return model_service_pb2.GetModelResponse(
-            model=convert.model_proto(host, is_default=host.name == self._router.default_model)
-        )
+        return model_service_pb2.GetModelResponse(model=self._model(self._router.get(request.name)))
+
+    @grpc_errors
+    async def LoadModel(
+        self, request: model_service_pb2.LoadModelRequest, context: grpc.aio.ServicerContext
+    ) -> model_service_pb2.LoadModelResponse:
+        manager = self._management("LoadModel")
+        spec = manager.parse(request.entry)
+        require_model(spec.name)
+        host = await manager.load(spec)
+        return model_service_pb2.LoadModelResponse(model=self._model(host))
+
+    @grpc_errors
+    async def UnloadModel(
+        self, request: model_service_pb2.UnloadModelRequest, context: grpc.aio.ServicerContext
+    ) -> model_service_pb2.UnloadModelResponse:
+        drained = await self._management("UnloadModel").unload(request.name)
+        return model_service_pb2.UnloadModelResponse(drained_calls=drained.finished, abandoned_calls=drained.abandoned)
+
+    @grpc_errors
+    async def ReloadModel(
+        self, request: model_service_pb2.ReloadModelRequest, context: grpc.aio.ServicerContext
+    ) -> model_service_pb2.ReloadModelResponse:
+        manager = self._management("ReloadModel")
+        spec = manager.parse(request.entry) if request.entry else None
+        host = await manager.reload(request.name, spec)
+        return model_service_pb2.ReloadModelResponse(model=self._model(host))
+
+    def _model(self, host: ModelHost) -> model_service_pb2.Model:
+        return convert.model_proto(host, is_default=host.name == self._router.default_model)
+
+    def _management(self, rpc: str) -> ModelManager:
+        if self._manager is None:
+            raise PreconditionFailed(
+                f"{rpc} would change the models of one of this server's processes only (server.processes is over 1); "
+                "change the configuration and restart, or run one process"
+            )
+        return self._manager

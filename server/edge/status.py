@@ -21,10 +21,12 @@ from bertserve.errors import (
     CapabilityNotSupported,
     InternalFailure,
     InvalidRequest,
-    ModelFailed,
+    ModelExists,
     ModelNotFound,
     ModelUnavailable,
     Overloaded,
+    PermissionDenied,
+    PreconditionFailed,
 )
 
 __all__ = ["STATUS_OF", "abort_with", "grpc_errors", "internal_error", "status_of"]
@@ -36,7 +38,9 @@ STATUS_OF: dict[type[BertserveError], grpc.StatusCode] = {
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
     CapabilityNotSupported: grpc.StatusCode.UNIMPLEMENTED,
     ModelUnavailable: grpc.StatusCode.UNAVAILABLE,
-    ModelFailed: grpc.StatusCode.FAILED_PRECONDITION,
+    ModelExists: grpc.StatusCode.ALREADY_EXISTS,
+    PreconditionFailed: grpc.StatusCode.FAILED_PRECONDITION,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     InternalFailure: grpc.StatusCode.INTERNAL,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }

@@ -32,7 +32,11 @@ class DeviceWorkers:
         }
 
     def for_model(self, spec: ModelSpec) -> ThreadPoolExecutor:
-        return self._pools[_device_key(spec.device)]
+        """The pool of spec's device; made for a model loaded at run time on a device new to this server."""
+        key = _device_key(spec.device)
+        if key not in self._pools:
+            self._pools[key] = ThreadPoolExecutor(max_workers=spec.workers, thread_name_prefix=f"device-{key}")
+        return self._pools[key]
 
     def shutdown(self) -> None:
         for pool in self._pools.values():

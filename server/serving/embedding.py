@@ -9,13 +9,18 @@ import numpy as np
 from bertserve.api import Capability, Encoding
 from bertserve.domain import EmbedQuery, EmbedResult, TokenizeQuery, TokenizeResult, usage_of
 from bertserve.errors import CapabilityNotSupported, InputTooLong, InvalidRequest
+from bertserve.serving.model_host import ModelHost
 from bertserve.serving.router import Router
 
 __all__ = ["embed", "tokenize"]
 
 
 async def tokenize(router: Router, query: TokenizeQuery, *, max_reply_bytes: int = 1 << 62) -> TokenizeResult:
-    host = router.get(query.model)
+    with router.use(query.model) as host:
+        return await _tokenize(host, query, max_reply_bytes)
+
+
+async def _tokenize(host: ModelHost, query: TokenizeQuery, max_reply_bytes: int) -> TokenizeResult:
     info = host.require(Capability.TOKENIZE)
     if not query.inputs:
         raise InvalidRequest("inputs is empty: send at least one text")
@@ -43,7 +48,11 @@ async def tokenize(router: Router, query: TokenizeQuery, *, max_reply_bytes: int
 async def embed(
     router: Router, query: EmbedQuery, *, deadline: float | None, max_reply_bytes: int = 1 << 62
 ) -> EmbedResult:
-    host = router.get(query.model)
+    with router.use(query.model) as host:
+        return await _embed(host, query, deadline, max_reply_bytes)
+
+
+async def _embed(host: ModelHost, query: EmbedQuery, deadline: float | None, max_reply_bytes: int) -> EmbedResult:
     info = host.require(Capability.EMBED)
     pooling = query.pooling or info.default_pooling
     if pooling not in info.poolings:

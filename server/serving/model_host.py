@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from bertserve import metrics
@@ -22,7 +24,7 @@ from bertserve.errors import (
 )
 from bertserve.serving.batcher import Batcher, BatchLimits, Completed
 
-__all__ = ["ModelHost", "ModelState"]
+__all__ = ["Drained", "ModelHost", "ModelState"]
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +57,17 @@ class ModelHost:
         loader: Executor,
         *,
         failure: str | None = None,
+        published: bool = True,
     ) -> None:
+        """published: whether its state shows in the metrics and health from the start (a reload's
+        new instance is published only once it takes over; see publish)."""
         self.spec = spec
+        self._published = published
         self._state = ModelState.LOADING
+        self._calls = 0  # calls holding this host (see held)
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._retired = False
         self.state = ModelState.FAILED if failure else ModelState.LOADING
         self.failure_reason = failure or ""
         self.load_attempts = 0
@@ -96,8 +106,43 @@ class ModelHost:
     @state.setter
     def state(self, state: ModelState) -> None:
         self._state = state
+        if self._published:
+            self._gauge_state()
+
+    def _gauge_state(self) -> None:
         for each in ModelState:
-            metrics.MODEL_STATE.labels(self.spec.name, each.value).set(int(each is state))
+            metrics.MODEL_STATE.labels(self.spec.name, each.value).set(int(each is self._state))
+
+    def publish(self, on_state_change: Callable[[ModelHost], None]) -> None:
+        """From now on this host is the one its name reaches: its state shows in metrics and health."""
+        self._published = True
+        self.on_state_change = on_state_change
+        self._gauge_state()
+        on_state_change(self)
+
+    def unpublish(self) -> None:
+        """This host no longer answers for its name; what it does from now on is shown nowhere."""
+        self._published = False
+        self.on_state_change = lambda host: None
+        for each in ModelState:
+            metrics.MODEL_STATE.labels(self.spec.name, each.value).set(0)
+
+    @property
+    def calls(self) -> int:
+        """Calls holding this host now."""
+        return self._calls
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[ModelHost]:
+        """Hold this host for one call: drain waits for the calls that hold it."""
+        self._calls += 1
+        self._idle.clear()
+        try:
+            yield self
+        finally:
+            self._calls -= 1
+            if self._calls == 0:
+                self._idle.set()
 
     @property
     def name(self) -> str:
@@ -108,18 +153,20 @@ class ModelHost:
         """Ready, and its passes are not all failing (what health reports)."""
         return self.state is ModelState.READY and self.batcher.healthy
 
-    async def load(self) -> None:
+    async def load(self, *, retry: bool = True) -> None:
         """Fetch the model's files on a loader thread, then load it on its device's worker.
 
-        A failure marks this model failed, and nothing else. A failure to reach its files (a
-        directory not there yet, a hub that does not answer) is tried again in the background,
-        after a pause that doubles each time up to retry_max_s (0: never); other failures are final.
+        A failure marks this model failed, and nothing else. With retry, a failure to reach its
+        files (a directory not there yet, a hub that does not answer) is tried again in the
+        background, after a pause that doubles each time up to retry_max_s (0: never); other
+        failures are final.
         """
         if self.state is ModelState.FAILED or self._factory is None:
             self.on_state_change(self)
             return
         self.load_attempts += 1
-        if not await self._load_once() and _retry_delay(1, self.retry_max_s) is not None:
+        ended = await self._load_once()
+        if not ended and retry and not self._retired and _retry_delay(1, self.retry_max_s) is not None:
             self._retrying = asyncio.create_task(self._retry(), name=f"retry-load:{self.name}")
 
     async def _retry(self) -> None:
@@ -151,6 +198,10 @@ class ModelHost:
             self.on_state_change(self)
             return not _is_transient(e)
         else:
+            if self._retired:  # unloaded or replaced while it loaded: free it at once
+                await loop.run_in_executor(self._worker, self._plugin.unload)
+                self._plugin = None
+                return True
             self.info = info
             self.failure_reason = ""
             self.batcher.start()
@@ -162,6 +213,13 @@ class ModelHost:
 
     def require(self, capability: Capability) -> ModelInfo:
         """The model's info when it is ready and offers capability; raise the matching error otherwise."""
+        info = self.ready()
+        if capability not in info.capabilities:
+            raise CapabilityNotSupported(_missing(self.name, capability))
+        return info
+
+    def ready(self) -> ModelInfo:
+        """The model's info when it is ready; ModelUnavailable while it loads, ModelFailed once it failed."""
         if self.state is ModelState.LOADING:
             raise ModelUnavailable(f"model {self.name!r} is still loading")
         if self.state is ModelState.FAILED or self.info is None:
@@ -171,8 +229,6 @@ class ModelHost:
                     f" (attempt {self.load_attempts}; the next in {max(0.0, self.next_attempt_at - time.time()):.0f}s)"
                 )
             raise ModelFailed(f"model {self.name!r} failed to load: {self.failure_reason}{later}")
-        if capability not in self.info.capabilities:
-            raise CapabilityNotSupported(_missing(self.name, capability))
         return self.info
 
     @property
@@ -237,13 +293,47 @@ class ModelHost:
             raise
         raise ValueError(f"unknown operation {kind!r}")
 
-    async def stop(self) -> None:
+    async def drain(self, grace_s: float, late: Callable[[], BertserveError]) -> Drained:
+        """Wait for the calls holding this host to end, up to grace_s; then fail those still
+        waiting on its batcher with late() (calls still being tokenized fail as they submit).
+
+        Call once no new call can reach the host (it is out of the router).
+        """
+        in_flight = self._calls
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace_s)
+        except TimeoutError:
+            cut = self._calls
+            self.batcher.abandon(late())
+            with contextlib.suppress(TimeoutError):  # calls past the batcher (span search) end on their own
+                await asyncio.wait_for(self._idle.wait(), _AFTER_ABANDON_S)
+            return Drained(in_flight - cut, cut)
+        return Drained(in_flight, 0)
+
+    def retire(self) -> None:
+        """No more attempts to load: a retry is called off, and a load in progress frees what it loaded."""
+        self._retired = True
         if self._retrying is not None:
             self._retrying.cancel()
+
+    async def stop(self) -> None:
+        self.retire()
         if self.state is ModelState.READY:
             await self.batcher.stop()
             plugin = self.plugin
             await asyncio.get_running_loop().run_in_executor(self._worker, plugin.unload)
+
+
+@dataclass(frozen=True)
+class Drained:
+    """How the calls in flight on a host that was taken out of service ended."""
+
+    finished: int  # ended on their own within the grace period
+    abandoned: int  # still running at its end: answered with an error
+
+
+# After the grace period of a drain, the time the abandoned calls get to answer their error.
+_AFTER_ABANDON_S = 1.0
 
 
 def _missing(name: str, capability: Capability) -> str:

@@ -38,7 +38,11 @@ _Window = tuple[int, Encoding]  # (pair index, window)
 
 
 async def answer(router: Router, query: AnswerQuery, *, deadline: float | None) -> AnswerResult:
-    host = router.get(query.model)
+    with router.use(query.model) as host:
+        return await _answer(host, query, deadline)
+
+
+async def _answer(host: ModelHost, query: AnswerQuery, deadline: float | None) -> AnswerResult:
     info = host.require(Capability.ANSWER)
     _validate(query, host.name, host.spec.max_context_bytes)
     max_seq_len = min(query.max_seq_len, info.max_input_tokens)

@@ -1,7 +1,8 @@
-"""Route a request's model name to its ModelHost."""
+"""Route a request's model name to its ModelHost; the table changes as models are loaded and unloaded."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 from bertserve.errors import ModelNotFound, quoted
@@ -16,7 +17,10 @@ class Router:
         self.default_model = default_model
 
     def __iter__(self) -> Iterator[ModelHost]:
-        return iter(self._hosts.values())
+        return iter(list(self._hosts.values()))  # a copy: the table may change while a caller iterates
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._hosts
 
     def get(self, name: str) -> ModelHost:
         """The host of name; an empty name means the default model."""
@@ -24,4 +28,23 @@ class Router:
         try:
             return self._hosts[key]
         except KeyError:
-            raise ModelNotFound(f"no model named {quoted(key)}; configured models: {sorted(self._hosts)}") from None
+            raise ModelNotFound(f"no model named {quoted(key)}; models: {sorted(self._hosts)}") from None
+
+    @contextlib.contextmanager
+    def use(self, name: str) -> Iterator[ModelHost]:
+        """The host of name, held for one call: a host being replaced or removed frees its model only
+        once the calls that hold it have ended (see ModelHost.drain)."""
+        host = self.get(name)
+        with host.held():
+            yield host
+
+    def put(self, host: ModelHost) -> ModelHost | None:
+        """Route host's name to host from now on (its place in the listing kept); the host it replaces."""
+        previous = self._hosts.get(host.name)
+        self._hosts[host.name] = host
+        return previous
+
+    def remove(self, name: str) -> ModelHost:
+        host = self.get(name)
+        del self._hosts[host.name]
+        return host

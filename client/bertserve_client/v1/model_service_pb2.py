@@ -26,17 +26,17 @@ from bertserve_client.v1 import common_pb2 as bertserve_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n bertserve/v1/model_service.proto\x12\x0c\x62\x65rtserve.v1\x1a\x19\x62\x65rtserve/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x13\n\x11ListModelsRequest\"Q\n\x12ListModelsResponse\x12#\n\x06models\x18\x01 \x03(\x0b\x32\x13.bertserve.v1.Model\x12\x16\n\x0eserver_version\x18\x02 \x01(\t\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"6\n\x10GetModelResponse\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.bertserve.v1.Model\"\xb0\x03\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06plugin\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0f\n\x07\x64\x65vices\x18\x04 \x03(\t\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12.\n\x0c\x63\x61pabilities\x18\x06 \x03(\x0e\x32\x18.bertserve.v1.Capability\x12\x13\n\x0bhidden_size\x18\x07 \x01(\r\x12\x18\n\x10max_input_tokens\x18\x08 \x01(\r\x12\'\n\x05state\x18\t \x01(\x0e\x32\x18.bertserve.v1.ModelState\x12\x16\n\x0e\x66\x61ilure_reason\x18\n \x01(\t\x12\'\n\x08poolings\x18\x0b \x03(\x0e\x32\x15.bertserve.v1.Pooling\x12.\n\x0f\x64\x65\x66\x61ult_pooling\x18\x0c \x01(\x0e\x32\x15.bertserve.v1.Pooling\x12\x12\n\nis_default\x18\r \x01(\x08\x12\x15\n\rload_attempts\x18\x0e \x01(\r\x12\x35\n\x11next_attempt_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp*q\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13MODEL_STATE_LOADING\x10\x01\x12\x15\n\x11MODEL_STATE_READY\x10\x02\x12\x16\n\x12MODEL_STATE_FAILED\x10\x03*n\n\nCapability\x12\x1a\n\x16\x43\x41PABILITY_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43\x41PABILITY_TOKENIZE\x10\x01\x12\x14\n\x10\x43\x41PABILITY_EMBED\x10\x02\x12\x15\n\x11\x43\x41PABILITY_ANSWER\x10\x03\x32\xaa\x01\n\x0cModelService\x12O\n\nListModels\x12\x1f.bertserve.v1.ListModelsRequest\x1a .bertserve.v1.ListModelsResponse\x12I\n\x08GetModel\x12\x1d.bertserve.v1.GetModelRequest\x1a\x1e.bertserve.v1.GetModelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n bertserve/v1/model_service.proto\x12\x0c\x62\x65rtserve.v1\x1a\x19\x62\x65rtserve/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x13\n\x11ListModelsRequest\"Q\n\x12ListModelsResponse\x12#\n\x06models\x18\x01 \x03(\x0b\x32\x13.bertserve.v1.Model\x12\x16\n\x0eserver_version\x18\x02 \x01(\t\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"6\n\x10GetModelResponse\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.bertserve.v1.Model\"!\n\x10LoadModelRequest\x12\r\n\x05\x65ntry\x18\x01 \x01(\t\"7\n\x11LoadModelResponse\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.bertserve.v1.Model\"\"\n\x12UnloadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"E\n\x13UnloadModelResponse\x12\x15\n\rdrained_calls\x18\x01 \x01(\r\x12\x17\n\x0f\x61\x62\x61ndoned_calls\x18\x02 \x01(\r\"1\n\x12ReloadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x65ntry\x18\x02 \x01(\t\"9\n\x13ReloadModelResponse\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.bertserve.v1.Model\"\xb0\x03\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06plugin\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0f\n\x07\x64\x65vices\x18\x04 \x03(\t\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12.\n\x0c\x63\x61pabilities\x18\x06 \x03(\x0e\x32\x18.bertserve.v1.Capability\x12\x13\n\x0bhidden_size\x18\x07 \x01(\r\x12\x18\n\x10max_input_tokens\x18\x08 \x01(\r\x12\'\n\x05state\x18\t \x01(\x0e\x32\x18.bertserve.v1.ModelState\x12\x16\n\x0e\x66\x61ilure_reason\x18\n \x01(\t\x12\'\n\x08poolings\x18\x0b \x03(\x0e\x32\x15.bertserve.v1.Pooling\x12.\n\x0f\x64\x65\x66\x61ult_pooling\x18\x0c \x01(\x0e\x32\x15.bertserve.v1.Pooling\x12\x12\n\nis_default\x18\r \x01(\x08\x12\x15\n\rload_attempts\x18\x0e \x01(\r\x12\x35\n\x11next_attempt_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp*q\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13MODEL_STATE_LOADING\x10\x01\x12\x15\n\x11MODEL_STATE_READY\x10\x02\x12\x16\n\x12MODEL_STATE_FAILED\x10\x03*n\n\nCapability\x12\x1a\n\x16\x43\x41PABILITY_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43\x41PABILITY_TOKENIZE\x10\x01\x12\x14\n\x10\x43\x41PABILITY_EMBED\x10\x02\x12\x15\n\x11\x43\x41PABILITY_ANSWER\x10\x03\x32\xa0\x03\n\x0cModelService\x12O\n\nListModels\x12\x1f.bertserve.v1.ListModelsRequest\x1a .bertserve.v1.ListModelsResponse\x12I\n\x08GetModel\x12\x1d.bertserve.v1.GetModelRequest\x1a\x1e.bertserve.v1.GetModelResponse\x12L\n\tLoadModel\x12\x1e.bertserve.v1.LoadModelRequest\x1a\x1f.bertserve.v1.LoadModelResponse\x12R\n\x0bUnloadModel\x12 .bertserve.v1.UnloadModelRequest\x1a!.bertserve.v1.UnloadModelResponse\x12R\n\x0bReloadModel\x12 .bertserve.v1.ReloadModelRequest\x1a!.bertserve.v1.ReloadModelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bertserve.v1.model_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODELSTATE']._serialized_start=738
-  _globals['_MODELSTATE']._serialized_end=851
-  _globals['_CAPABILITY']._serialized_start=853
-  _globals['_CAPABILITY']._serialized_end=963
+  _globals['_MODELSTATE']._serialized_start=1047
+  _globals['_MODELSTATE']._serialized_end=1160
+  _globals['_CAPABILITY']._serialized_start=1162
+  _globals['_CAPABILITY']._serialized_end=1272
   _globals['_LISTMODELSREQUEST']._serialized_start=110
   _globals['_LISTMODELSREQUEST']._serialized_end=129
   _globals['_LISTMODELSRESPONSE']._serialized_start=131
@@ -45,8 +45,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMODELREQUEST']._serialized_end=245
   _globals['_GETMODELRESPONSE']._serialized_start=247
   _globals['_GETMODELRESPONSE']._serialized_end=301
-  _globals['_MODEL']._serialized_start=304
-  _globals['_MODEL']._serialized_end=736
-  _globals['_MODELSERVICE']._serialized_start=966
-  _globals['_MODELSERVICE']._serialized_end=1136
+  _globals['_LOADMODELREQUEST']._serialized_start=303
+  _globals['_LOADMODELREQUEST']._serialized_end=336
+  _globals['_LOADMODELRESPONSE']._serialized_start=338
+  _globals['_LOADMODELRESPONSE']._serialized_end=393
+  _globals['_UNLOADMODELREQUEST']._serialized_start=395
+  _globals['_UNLOADMODELREQUEST']._serialized_end=429
+  _globals['_UNLOADMODELRESPONSE']._serialized_start=431
+  _globals['_UNLOADMODELRESPONSE']._serialized_end=500
+  _globals['_RELOADMODELREQUEST']._serialized_start=502
+  _globals['_RELOADMODELREQUEST']._serialized_end=551
+  _globals['_RELOADMODELRESPONSE']._serialized_start=553
+  _globals['_RELOADMODELRESPONSE']._serialized_end=610
+  _globals['_MODEL']._serialized_start=613
+  _globals['_MODEL']._serialized_end=1045
+  _globals['_MODELSERVICE']._serialized_start=1275
+  _globals['_MODELSERVICE']._serialized_end=1691
 # @@protoc_insertion_point(module_scope)

@@ -57,6 +57,46 @@ class GetModelResponse(_message.Message):
     model: Model
     def __init__(self, model: _Optional[_Union[Model, _Mapping]] = ...) -> None: ...
 
+class LoadModelRequest(_message.Message):
+    __slots__ = ("entry",)
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    entry: str
+    def __init__(self, entry: _Optional[str] = ...) -> None: ...
+
+class LoadModelResponse(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: Model
+    def __init__(self, model: _Optional[_Union[Model, _Mapping]] = ...) -> None: ...
+
+class UnloadModelRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class UnloadModelResponse(_message.Message):
+    __slots__ = ("drained_calls", "abandoned_calls")
+    DRAINED_CALLS_FIELD_NUMBER: _ClassVar[int]
+    ABANDONED_CALLS_FIELD_NUMBER: _ClassVar[int]
+    drained_calls: int
+    abandoned_calls: int
+    def __init__(self, drained_calls: _Optional[int] = ..., abandoned_calls: _Optional[int] = ...) -> None: ...
+
+class ReloadModelRequest(_message.Message):
+    __slots__ = ("name", "entry")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    entry: str
+    def __init__(self, name: _Optional[str] = ..., entry: _Optional[str] = ...) -> None: ...
+
+class ReloadModelResponse(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: Model
+    def __init__(self, model: _Optional[_Union[Model, _Mapping]] = ...) -> None: ...
+
 class Model(_message.Message):
     __slots__ = ("name", "plugin", "source", "devices", "dtype", "capabilities", "hidden_size", "max_input_tokens", "state", "failure_reason", "poolings", "default_pooling", "is_default", "load_attempts", "next_attempt_time")
     NAME_FIELD_NUMBER: _ClassVar[int]

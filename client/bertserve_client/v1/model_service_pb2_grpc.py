@@ -26,7 +26,14 @@ if _version_not_supported:
 
 
 class ModelServiceStub:
-    """ModelService lists the models a server hosts and where each one lives.
+    """ModelService lists the models a server hosts and where each one lives, and loads, unloads
+    and reloads models while the server runs.
+
+    The three management RPCs need the admin scope when token auth is on (and a token limited
+    to some models may manage only those). Their changes last as long as the server process: a
+    restarted server has the models of its configuration file. A server run with several
+    processes on one port (server.processes) refuses them with FAILED_PRECONDITION, as a call
+    would change the models of one process only.
     """
 
     def __init__(self, channel):
@@ -45,14 +52,37 @@ class ModelServiceStub:
                 request_serializer=bertserve_dot_v1_dot_model__service__pb2.GetModelRequest.SerializeToString,
                 response_deserializer=bertserve_dot_v1_dot_model__service__pb2.GetModelResponse.FromString,
                 _registered_method=True)
+        self.LoadModel = channel.unary_unary(
+                '/bertserve.v1.ModelService/LoadModel',
+                request_serializer=bertserve_dot_v1_dot_model__service__pb2.LoadModelRequest.SerializeToString,
+                response_deserializer=bertserve_dot_v1_dot_model__service__pb2.LoadModelResponse.FromString,
+                _registered_method=True)
+        self.UnloadModel = channel.unary_unary(
+                '/bertserve.v1.ModelService/UnloadModel',
+                request_serializer=bertserve_dot_v1_dot_model__service__pb2.UnloadModelRequest.SerializeToString,
+                response_deserializer=bertserve_dot_v1_dot_model__service__pb2.UnloadModelResponse.FromString,
+                _registered_method=True)
+        self.ReloadModel = channel.unary_unary(
+                '/bertserve.v1.ModelService/ReloadModel',
+                request_serializer=bertserve_dot_v1_dot_model__service__pb2.ReloadModelRequest.SerializeToString,
+                response_deserializer=bertserve_dot_v1_dot_model__service__pb2.ReloadModelResponse.FromString,
+                _registered_method=True)
 
 
 class ModelServiceServicer:
-    """ModelService lists the models a server hosts and where each one lives.
+    """ModelService lists the models a server hosts and where each one lives, and loads, unloads
+    and reloads models while the server runs.
+
+    The three management RPCs need the admin scope when token auth is on (and a token limited
+    to some models may manage only those). Their changes last as long as the server process: a
+    restarted server has the models of its configuration file. A server run with several
+    processes on one port (server.processes) refuses them with FAILED_PRECONDITION, as a call
+    would change the models of one process only.
     """
 
     def ListModels(self, request, context):
-        """ListModels returns every configured model, whatever its state.
+        """ListModels returns every model, whatever its state: the configured ones in configuration
+        order, then those loaded at run time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -60,6 +90,38 @@ class ModelServiceServicer:
 
     def GetModel(self, request, context):
         """GetModel returns one model by name; NOT_FOUND when no such model is configured.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LoadModel(self, request, context):
+        """LoadModel adds a model and answers once its first load attempt has ended: the model when it
+        is ready, FAILED_PRECONDITION with the reason when it failed. A failed model stays listed,
+        and a load that could not reach its files is retried as at start-up. ALREADY_EXISTS when a
+        model of that name is there (ReloadModel replaces one); INVALID_ARGUMENT for an entry the
+        configuration schema refuses. A call that ends early (deadline, cancel) leaves the load
+        running.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadModel(self, request, context):
+        """UnloadModel removes a model: new calls to it answer NOT_FOUND at once, calls in flight
+        finish (up to the server's grace_period_s; after that they answer UNAVAILABLE), then its
+        memory is freed. The default model cannot be unloaded (FAILED_PRECONDITION).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReloadModel(self, request, context):
+        """ReloadModel loads a model again, from the same entry (to pick up new weights at its
+        source, or after a failed load) or from a new one. A model that is ready keeps serving
+        until the new instance is: then calls go to the new one and the old one drains as
+        UnloadModel drains. When the new instance fails to load, the old one keeps serving and the
+        call answers FAILED_PRECONDITION with the reason. Both instances are in memory meanwhile.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -78,6 +140,21 @@ def add_ModelServiceServicer_to_server(servicer, server):
                     request_deserializer=bertserve_dot_v1_dot_model__service__pb2.GetModelRequest.FromString,
                     response_serializer=bertserve_dot_v1_dot_model__service__pb2.GetModelResponse.SerializeToString,
             ),
+            'LoadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadModel,
+                    request_deserializer=bertserve_dot_v1_dot_model__service__pb2.LoadModelRequest.FromString,
+                    response_serializer=bertserve_dot_v1_dot_model__service__pb2.LoadModelResponse.SerializeToString,
+            ),
+            'UnloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadModel,
+                    request_deserializer=bertserve_dot_v1_dot_model__service__pb2.UnloadModelRequest.FromString,
+                    response_serializer=bertserve_dot_v1_dot_model__service__pb2.UnloadModelResponse.SerializeToString,
+            ),
+            'ReloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadModel,
+                    request_deserializer=bertserve_dot_v1_dot_model__service__pb2.ReloadModelRequest.FromString,
+                    response_serializer=bertserve_dot_v1_dot_model__service__pb2.ReloadModelResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'bertserve.v1.ModelService', rpc_method_handlers)
@@ -87,7 +164,14 @@ def add_ModelServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ModelService:
-    """ModelService lists the models a server hosts and where each one lives.
+    """ModelService lists the models a server hosts and where each one lives, and loads, unloads
+    and reloads models while the server runs.
+
+    The three management RPCs need the admin scope when token auth is on (and a token limited
+    to some models may manage only those). Their changes last as long as the server process: a
+    restarted server has the models of its configuration file. A server run with several
+    processes on one port (server.processes) refuses them with FAILED_PRECONDITION, as a call
+    would change the models of one process only.
     """
 
     @staticmethod
@@ -134,6 +218,87 @@ class ModelService:
             '/bertserve.v1.ModelService/GetModel',
             bertserve_dot_v1_dot_model__service__pb2.GetModelRequest.SerializeToString,
             bertserve_dot_v1_dot_model__service__pb2.GetModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bertserve.v1.ModelService/LoadModel',
+            bertserve_dot_v1_dot_model__service__pb2.LoadModelRequest.SerializeToString,
+            bertserve_dot_v1_dot_model__service__pb2.LoadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bertserve.v1.ModelService/UnloadModel',
+            bertserve_dot_v1_dot_model__service__pb2.UnloadModelRequest.SerializeToString,
+            bertserve_dot_v1_dot_model__service__pb2.UnloadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bertserve.v1.ModelService/ReloadModel',
+            bertserve_dot_v1_dot_model__service__pb2.ReloadModelRequest.SerializeToString,
+            bertserve_dot_v1_dot_model__service__pb2.ReloadModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

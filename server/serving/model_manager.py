@@ -1,0 +1,172 @@
+"""Load, unload and reload models while the server runs.
+
+The router always points at the instance that serves a name. A reload loads the new instance
+beside the old one and switches the router only once it is ready; the old instance then drains
+(the calls that hold it finish, up to the grace period) before its model is freed. Changes to
+one name are serialised; changes to different names run side by side. Each change runs as a
+task of its own, so a caller that goes away (deadline, cancel) does not cut a load in half.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from bertserve.api import ModelSpec
+from bertserve.errors import InvalidRequest, ModelExists, ModelFailed, ModelUnavailable, PreconditionFailed, quoted
+from bertserve.serving.model_host import Drained, ModelHost, ModelState
+from bertserve.serving.router import Router
+
+__all__ = ["ModelManager"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class ModelManager:
+    """The run-time changes to a server's models.
+
+    new_host makes an unstarted host of a spec (published says whether its state shows at once);
+    parse_entry turns an entry's text into a spec, raising InvalidRequest; published is called with
+    each host that starts answering for its name, removed with each name that no longer has one.
+    """
+
+    def __init__(
+        self,
+        router: Router,
+        *,
+        new_host: Callable[[ModelSpec, bool], ModelHost],
+        parse_entry: Callable[[str], ModelSpec],
+        published: Callable[[ModelHost], None],
+        removed: Callable[[str], None],
+        grace_period_s: float,
+    ) -> None:
+        self._router = router
+        self._new_host = new_host
+        self._parse_entry = parse_entry
+        self._published = published
+        self._removed = removed
+        self._grace_period_s = grace_period_s
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._changes: set[asyncio.Task[object]] = set()
+
+    def parse(self, entry: str) -> ModelSpec:
+        """The spec of a model entry's text; InvalidRequest naming what is wrong with it."""
+        if not entry.strip():
+            raise InvalidRequest("entry is empty: send a model entry such as {name: m, plugin: bert, source: ./m}")
+        return self._parse_entry(entry)
+
+    async def load(self, spec: ModelSpec) -> ModelHost:
+        """Add the model of spec and wait for its first load attempt; raise ModelFailed when it failed."""
+        host = await self._change(spec.name, lambda: self._load(spec))
+        host.ready()
+        return host
+
+    async def unload(self, name: str) -> Drained:
+        if not name:
+            raise InvalidRequest("name is empty: name the model to unload")
+        return await self._change(name, lambda: self._unload(name))
+
+    async def reload(self, name: str, spec: ModelSpec | None = None) -> ModelHost:
+        """Load name again (as spec says, when given); the old instance serves until the new one is ready."""
+        name = name or self._router.default_model
+        if spec is not None and spec.name != name:
+            raise InvalidRequest(f"the entry is named {quoted(spec.name)}, not {quoted(name)}: a reload keeps the name")
+        host = await self._change(name, lambda: self._reload(name, spec))
+        host.ready()
+        return host
+
+    async def stop(self) -> None:
+        """Call off the changes under way (the server is stopping)."""
+        for task in self._changes:
+            task.cancel()
+        await asyncio.gather(*self._changes, return_exceptions=True)
+
+    async def _change(self, name: str, change: Callable[[], Awaitable[T]]) -> T:
+        """Run change as its own task, one at a time per name; the caller only waits for it."""
+        lock = self._locks.setdefault(name, asyncio.Lock())
+
+        async def locked() -> T:
+            async with lock:
+                return await change()
+
+        task: asyncio.Task[T] = asyncio.create_task(locked(), name=f"model-change:{name}")
+        self._changes.add(task)  # type: ignore[arg-type]
+        task.add_done_callback(self._changes.discard)  # type: ignore[arg-type]
+        return await asyncio.shield(task)
+
+    async def _load(self, spec: ModelSpec) -> ModelHost:
+        if spec.name in self._router:
+            raise ModelExists(f"a model named {spec.name!r} is already loaded; ReloadModel replaces it")
+        host = self._new_host(spec, True)
+        self._router.put(host)
+        self._published(host)
+        log.info("model %r added (plugin %s, source %r)", spec.name, spec.plugin, spec.source)
+        await host.load()
+        return host
+
+    async def _unload(self, name: str) -> Drained:
+        host = self._router.get(name)
+        if host.name == self._router.default_model:
+            raise PreconditionFailed(
+                f"model {host.name!r} is the server's default model (server.default_model), which cannot be unloaded"
+            )
+        self._router.remove(host.name)
+        host.unpublish()
+        self._removed(host.name)
+        drained = await self._retire(host, "unloaded")
+        log.info(
+            "model %r unloaded: %d calls in flight finished, %d abandoned", name, drained.finished, drained.abandoned
+        )
+        return drained
+
+    async def _reload(self, name: str, spec: ModelSpec | None) -> ModelHost:
+        old = self._router.get(name)
+        spec = spec or old.spec
+        if old.state is not ModelState.READY:  # nothing served by the old one: replace it at once
+            new = self._new_host(spec, False)
+            self._take_over(old, new)
+            await self._retire(old, "reloaded")
+            log.info("model %r reloading (it was %s)", name, old.state.value)
+            await new.load()
+            return new
+        new = self._new_host(spec, False)
+        log.info("model %r reloading; the loaded instance serves meanwhile", name)
+        await new.load(retry=False)
+        if new.state is not ModelState.READY:
+            raise ModelFailed(
+                f"model {name!r} was not reloaded: {new.failure_reason}; the instance loaded before keeps serving"
+            )
+        self._take_over(old, new)
+        drained = await self._retire(old, "reloaded")
+        log.info(
+            "model %r reloaded: the old instance's %d calls in flight finished, %d abandoned",
+            name,
+            drained.finished,
+            drained.abandoned,
+        )
+        return new
+
+    def _take_over(self, old: ModelHost, new: ModelHost) -> None:
+        """Route old's name to new from now on."""
+        old.unpublish()
+        self._router.put(new)
+        self._published(new)
+
+    async def _retire(self, host: ModelHost, what: str) -> Drained:
+        """Drain a host that no call can reach any more, then free its model."""
+        host.retire()
+        grace = self._grace_period_s
+
+        def late() -> ModelUnavailable:
+            return ModelUnavailable(
+                f"model {host.name!r} was {what} and the call did not finish within the grace period of {grace:g}s "
+                "(grace_period_s); retry it"
+            )
+
+        drained = await host.drain(grace, late)
+        await host.stop()
+        return drained
