@@ -118,6 +118,7 @@ def _serve(args: argparse.Namespace) -> int:
     from bertserve.errors import ConfigError
     from bertserve.logs import configure_logging
     from bertserve.runtime.threads import configure_runtime
+    from bertserve.telemetry import configure_tracing
 
     try:
         config = load_config(
@@ -136,6 +137,8 @@ def _serve(args: argparse.Namespace) -> int:
     registry = discover_plugins()
     try:
         check_options(config, registry.plugins)
+        if config.processes == 1:  # several: each server process sets up its own
+            configure_tracing()
     except ConfigError as e:
         print(f"bertserve: {e}", file=sys.stderr)
         return 2

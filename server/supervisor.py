@@ -178,9 +178,11 @@ def _serve_one(config: ServerConfig, index: int, total: int, listening: Event, s
     from bertserve.edge.app import BertServer
     from bertserve.logs import configure_logging
     from bertserve.runtime.threads import configure_runtime
+    from bertserve.telemetry import configure_tracing
 
     configure_logging(config.log_level, config.log_format, process=f"[{index}/{total}] ")
     configure_runtime(config)
+    configure_tracing()
     asyncio.run(BertServer(config, share_port=True).serve_forever(on_listening=listening.set))
 
 

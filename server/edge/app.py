@@ -15,7 +15,10 @@ from wsgiref.simple_server import WSGIServer
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry.instrumentation.grpc.filters import negate, service_name
 
+from bertserve import telemetry
 from bertserve.api import ModelSpec
 from bertserve.config import ServerConfig, TlsConfig, parse_model_entry
 from bertserve.discovery import PluginRegistry, discover_plugins
@@ -178,8 +181,14 @@ class BertServer:
         return self.port
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        """The access log and call metrics outermost (refused calls count too), then token auth."""
-        interceptors: list[grpc.aio.ServerInterceptor] = [
+        """The trace span outermost where tracing is on, then the access log and call metrics
+        (refused calls count too), then token auth."""
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        provider = telemetry.tracer_provider()
+        if provider is not None:
+            # Probes call health every few seconds: their spans would drown the calls' own.
+            interceptors.append(aio_server_interceptor(provider, filter_=negate(service_name(health.SERVICE_NAME))))
+        interceptors += [
             AccessLog(
                 _methods(_SERVICE_DESCRIPTORS),
                 self.router,
@@ -264,6 +273,7 @@ class BertServer:
             self._metrics.server_close()
         self._tokenizer_pool.shutdown(wait=False, cancel_futures=True)
         self._device_workers.shutdown()
+        await asyncio.to_thread(telemetry.flush)
         self._loaders.shutdown(wait=False, cancel_futures=True)
 
     async def serve_forever(self, on_listening: Callable[[], None] = lambda: None) -> None:

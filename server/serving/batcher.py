@@ -26,7 +26,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from bertserve import metrics, request_ids
+from bertserve import metrics, request_ids, telemetry
 from bertserve.errors import BertserveError, InternalFailure, InvalidRequest, ModelUnavailable, Overloaded
 from bertserve.serving.packing import plan_groups
 
@@ -95,6 +95,7 @@ class _Pending(Generic[T]):
     deadline: float | None
     request: int  # which submit() it came with: passes take turns between requests
     request_id: str  # the call's, for its error message and the log
+    trace_context: Any  # the call's OpenTelemetry context, where tracing is on
     enqueued_ns: int = field(default_factory=time.monotonic_ns)
 
 
@@ -203,8 +204,9 @@ class Batcher:
         request = self._requests = self._requests + 1
         if self._pending or self._running:
             self._contended_ns = time.monotonic_ns()
+        call_id, trace_context = request_ids.current.get(), telemetry.capture()
         pending = [
-            _Pending(op, item, cost, loop.create_future(), deadline, request, request_ids.current.get())
+            _Pending(op, item, cost, loop.create_future(), deadline, request, call_id, trace_context)
             for item, cost in zip(items, costs, strict=True)
         ]
         self._pending.extend(pending)
@@ -277,15 +279,18 @@ class Batcher:
         except BertserveError as e:  # the callers' to hear as it is (a device out of memory, say)
             self._fail(batch, e)
             self._passed(ok=False)
+            self._trace(batch, pass_id, started, error=str(e))
             return
         except Exception as e:  # a fault: logged once here, with its traceback; each caller gets its id
             self._fault(f"a forward pass over {len(batch)} sequences", e, batch)
             self._passed(ok=False)
+            self._trace(batch, pass_id, started, error=type(e).__name__)
             return
         finally:
             self._last_pass_end_ns = time.monotonic_ns()
             del self._running[id(batch)]
         self._passed(ok=True)
+        self._trace(batch, pass_id, started)
         elapsed = self._last_pass_end_ns - started
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
@@ -311,6 +316,25 @@ class Batcher:
         for p, result in zip(batch, results, strict=True):
             if not p.future.done():
                 p.future.set_result(Completed(result, started - p.enqueued_ns, pass_id, elapsed))
+
+    def _trace(self, batch: list[_Pending[Any]], pass_id: int, started: int, *, error: str | None = None) -> None:
+        """The pass's spans under each traced call with sequences in it (nothing when tracing is off)."""
+        calls: dict[int, list[_Pending[Any]]] = {}
+        for p in batch:
+            if p.trace_context is not None:
+                calls.setdefault(p.request, []).append(p)
+        if not calls:
+            return
+        telemetry.record_pass(
+            self.name,
+            pass_id,
+            started,
+            time.monotonic_ns(),
+            sequences=len(batch),
+            tokens=sum(p.cost for p in batch),
+            calls=[(own[0].trace_context, min(p.enqueued_ns for p in own), len(own)) for own in calls.values()],
+            error=error,
+        )
 
     def _fault(self, what: str, error: Exception, batch: list[_Pending[Any]]) -> None:
         """Log a fault once, with its traceback and the request ids of its calls; fail each call
