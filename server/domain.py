@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -16,11 +17,20 @@ __all__ = [
     "CallLimits",
     "EmbedQuery",
     "EmbedResult",
+    "OffsetUnit",
     "TokenizeQuery",
     "Usage",
     "UsageMeter",
     "usage_of",
 ]
+
+
+class OffsetUnit(enum.Enum):
+    """What offsets into a caller's text count (see bertserve.serving.offsets)."""
+
+    CODE_POINT = "code_point"
+    UTF16 = "utf16_code_unit"
+    UTF8 = "utf8_byte"
 
 
 @dataclass(frozen=True)
@@ -97,6 +107,7 @@ class TokenizeQuery:
     add_special_tokens: bool = True
     truncate: bool = False
     max_length: int | None = None  # with truncate; None: the model's limit
+    offset_unit: OffsetUnit = OffsetUnit.CODE_POINT
 
 
 @dataclass(frozen=True)
@@ -117,6 +128,7 @@ class AnswerQuery:
     handle_impossible_answer: bool = False
     align_to_words: bool = True
     merge_same_text: bool = True  # add up the scores of answers whose text is equal ignoring case
+    offset_unit: OffsetUnit = OffsetUnit.CODE_POINT
 
 
 @dataclass(frozen=True)

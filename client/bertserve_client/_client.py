@@ -231,12 +231,15 @@ class Client(_Base):
         add_special_tokens: bool = True,
         truncate: bool = False,
         max_length: int | None = None,
+        offset_unit: OffsetUnitName = "code_point",
         timeout: Timeout = _DEFAULT,
     ) -> list[Tokenization]:
         """The model's tokenization of each input, with its pair (one per input) when given.
 
         `truncate` cuts each input (and its pair) to `max_length` tokens, or to the model's limit
-        when `max_length` is None, as the model's tokenizer truncates.
+        when `max_length` is None, as the model's tokenizer truncates. Offsets count
+        `offset_unit`: code points (Python's str indices), or "utf16" / "utf8" for text that
+        another language will slice.
         """
         request = tokenize_request(
             inputs,
@@ -245,6 +248,7 @@ class Client(_Base):
             add_special_tokens=add_special_tokens,
             truncate=truncate,
             max_length=max_length,
+            offset_unit=offset_unit,
         )
         return parse_tokenize(self._call("Tokenize", request, timeout))
 
@@ -261,6 +265,7 @@ class Client(_Base):
         handle_impossible_answer: bool | None = None,
         align_to_words: bool | None = None,
         merge_same_text: bool | None = None,
+        offset_unit: OffsetUnitName = "code_point",
         timeout: Timeout = _DEFAULT,
     ) -> Answers:
         """The best answers (top_k, best first) for each (question, context) pair.
@@ -268,7 +273,8 @@ class Client(_Base):
         A lone pair is a batch of one. Options left None take the server's defaults. With
         `merge_same_text` (the default) answers whose text is equal ignoring case add up their
         scores, as transformers' pipeline does from 4.53 on; False gives each distinct span once.
-        The result is a list of lists that also carries `.model` and `.usage`.
+        The result is a list of lists that also carries `.model` and `.usage`. Start and end
+        count `offset_unit`, as in tokenize.
         """
         request = answer_request(
             questions,
@@ -281,6 +287,7 @@ class Client(_Base):
             handle_impossible_answer=handle_impossible_answer,
             align_to_words=align_to_words,
             merge_same_text=merge_same_text,
+            offset_unit=offset_unit,
         )
         return parse_answer(self._call("Answer", request, timeout))
 
@@ -428,6 +435,7 @@ class AsyncClient(_Base):
         add_special_tokens: bool = True,
         truncate: bool = False,
         max_length: int | None = None,
+        offset_unit: OffsetUnitName = "code_point",
         timeout: Timeout = _DEFAULT,
     ) -> list[Tokenization]:
         """See Client.tokenize."""
@@ -438,6 +446,7 @@ class AsyncClient(_Base):
             add_special_tokens=add_special_tokens,
             truncate=truncate,
             max_length=max_length,
+            offset_unit=offset_unit,
         )
         return parse_tokenize(await self._call("Tokenize", request, timeout))
 
@@ -454,6 +463,7 @@ class AsyncClient(_Base):
         handle_impossible_answer: bool | None = None,
         align_to_words: bool | None = None,
         merge_same_text: bool | None = None,
+        offset_unit: OffsetUnitName = "code_point",
         timeout: Timeout = _DEFAULT,
     ) -> Answers:
         """See Client.answer."""
@@ -468,6 +478,7 @@ class AsyncClient(_Base):
             handle_impossible_answer=handle_impossible_answer,
             align_to_words=align_to_words,
             merge_same_text=merge_same_text,
+            offset_unit=offset_unit,
         )
         return parse_answer(await self._call("Answer", request, timeout))
 
@@ -513,6 +524,8 @@ class AsyncClient(_Base):
 
 
 ModelEntry: TypeAlias = "Mapping[str, Any] | str"
+#: What offsets count: code points (Python's str indices), UTF-16 code units or UTF-8 bytes.
+OffsetUnitName: TypeAlias = Literal["code_point", "utf16", "utf8"]
 
 
 def _entry_text(entry: ModelEntry) -> str:

@@ -100,6 +100,7 @@ def tokenize_request(
     add_special_tokens: bool,
     truncate: bool = False,
     max_length: int | None = None,
+    offset_unit: str = "code_point",
 ) -> encoder_service_pb2.TokenizeRequest:
     request = encoder_service_pb2.TokenizeRequest(
         model=model,
@@ -107,6 +108,7 @@ def tokenize_request(
         pairs=_as_list(pairs) if pairs is not None else [],
         add_special_tokens=add_special_tokens,
         truncate=truncate,
+        offset_unit=_offset_unit(offset_unit),
     )
     if max_length is not None:
         request.max_length = max_length
@@ -142,6 +144,7 @@ def answer_request(
     handle_impossible_answer: bool | None,
     align_to_words: bool | None,
     merge_same_text: bool | None = None,
+    offset_unit: str = "code_point",
 ) -> encoder_service_pb2.AnswerRequest:
     # A lone (question, context) pair is a batch of one.
     pairs = cast(Sequence[tuple[str, str]], [questions] if questions and isinstance(questions[0], str) else questions)
@@ -159,8 +162,23 @@ def answer_request(
     return encoder_service_pb2.AnswerRequest(
         model=model,
         questions=[encoder_service_pb2.Question(question=q, context=c) for q, c in pairs],
+        offset_unit=_offset_unit(offset_unit),
         **{name: value for name, value in options.items() if value is not None},
     )
+
+
+_OFFSET_UNITS = {
+    "code_point": common_pb2.OFFSET_UNIT_CODE_POINT,
+    "utf16": common_pb2.OFFSET_UNIT_UTF16_CODE_UNIT,
+    "utf8": common_pb2.OFFSET_UNIT_UTF8_BYTE,
+}
+
+
+def _offset_unit(name: str) -> common_pb2.OffsetUnit:
+    try:
+        return _OFFSET_UNITS[name]
+    except KeyError:
+        raise ValueError(f"offset_unit must be one of {sorted(_OFFSET_UNITS)}, not {name!r}") from None
 
 
 def parse_answer(pb: encoder_service_pb2.AnswerResponse) -> Answers:

@@ -10,6 +10,7 @@ from bertserve.domain import (
     AnswerResult,
     EmbedQuery,
     EmbedResult,
+    OffsetUnit,
     TokenizeQuery,
     TokenizeResult,
     Usage,
@@ -80,6 +81,7 @@ def tokenize_query(request: encoder_service_pb2.TokenizeRequest) -> TokenizeQuer
         add_special_tokens=request.add_special_tokens if request.HasField("add_special_tokens") else True,
         truncate=request.truncate,
         max_length=request.max_length if request.HasField("max_length") else None,
+        offset_unit=offset_unit(request.offset_unit),
     )
 
 
@@ -119,7 +121,22 @@ def answer_query(request: encoder_service_pb2.AnswerRequest) -> AnswerQuery:
         )
         if request.HasField(name)
     }
-    return replace(defaults, **options)
+    return replace(defaults, **options, offset_unit=offset_unit(request.offset_unit))
+
+
+_OFFSET_UNIT_FROM_PB = {
+    common_pb2.OFFSET_UNIT_UNSPECIFIED: OffsetUnit.CODE_POINT,
+    common_pb2.OFFSET_UNIT_CODE_POINT: OffsetUnit.CODE_POINT,
+    common_pb2.OFFSET_UNIT_UTF16_CODE_UNIT: OffsetUnit.UTF16,
+    common_pb2.OFFSET_UNIT_UTF8_BYTE: OffsetUnit.UTF8,
+}
+
+
+def offset_unit(value: int) -> OffsetUnit:
+    try:
+        return _OFFSET_UNIT_FROM_PB[value]  # type: ignore[index]
+    except KeyError:
+        raise InvalidRequest(f"offset_unit {value} is not a known OffsetUnit value") from None
 
 
 def answer_response(result: AnswerResult) -> encoder_service_pb2.AnswerResponse:

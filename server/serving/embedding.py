@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 
 from bertserve.api import Capability, Encoding
-from bertserve.domain import EmbedQuery, EmbedResult, TokenizeQuery, TokenizeResult, usage_of
+from bertserve.domain import EmbedQuery, EmbedResult, OffsetUnit, TokenizeQuery, TokenizeResult, usage_of
 from bertserve.errors import CapabilityNotSupported, InputTooLong, InvalidRequest
 from bertserve.serving.model_host import ModelHost
+from bertserve.serving.offsets import OffsetMap
 from bertserve.serving.router import Router
 
 __all__ = ["embed", "tokenize"]
@@ -40,6 +42,8 @@ async def _tokenize(host: ModelHost, query: TokenizeQuery, max_reply_bytes: int)
     encodings = await host.tokenize(
         query.inputs, pairs=query.pairs, add_special_tokens=query.add_special_tokens, max_length=max_length
     )
+    if query.offset_unit is not OffsetUnit.CODE_POINT:
+        encodings = await host.off_loop(_in_unit, encodings, query.inputs, query.pairs, query.offset_unit)
     # Every token's text is counted: on the pool, as a large call has millions of them.
     _check_reply(await host.off_loop(_tokenize_reply_bytes, encodings), max_reply_bytes, len(encodings), "")
     return TokenizeResult(model=host.name, encodings=encodings)
@@ -95,6 +99,19 @@ async def _embed(host: ModelHost, query: EmbedQuery, deadline: float | None, max
         truncated_indices=[i for i, e in enumerate(encodings) if e.truncated],
         usage=usage_of(results, tokens=sum(counts), tokenization_ns=tokenization_ns),
     )
+
+
+def _in_unit(encodings: list[Encoding], inputs: list[str], pairs: list[str] | None, unit: OffsetUnit) -> list[Encoding]:
+    """The encodings with each token's offsets counted in unit, in its own segment's text."""
+    converted = []
+    for i, encoding in enumerate(encodings):
+        maps = [OffsetMap(inputs[i], unit), OffsetMap(pairs[i], unit) if pairs is not None else None]
+        offsets = [
+            span if segment < 0 else maps[segment].spans([span])[0]  # type: ignore[union-attr]
+            for span, segment in zip(encoding.offsets, encoding.sequence_ids, strict=True)
+        ]
+        converted.append(replace(encoding, offsets=offsets))
+    return converted
 
 
 # A token's share of a Tokenize reply besides its text: id, segment, masks, offsets, sequence id.

@@ -14,12 +14,14 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 from bertserve.api import Capability, EncoderPlugin, Encoding, QAWindowLogits
-from bertserve.domain import AnswerQuery, AnswerResult, UsageMeter
+from bertserve.domain import AnswerQuery, AnswerResult, AnswerSpan, OffsetUnit, UsageMeter
 from bertserve.errors import InvalidRequest, Overloaded
 from bertserve.serving.batcher import Completed
 from bertserve.serving.model_host import ModelHost
+from bertserve.serving.offsets import OffsetMap
 from bertserve.serving.qa_spans import DistinctSpans, MergedAnswers
 from bertserve.serving.router import Router
 
@@ -70,7 +72,18 @@ async def _answer(host: ModelHost, query: AnswerQuery, deadline: float | None) -
     part_size = _part_size(host, max_seq_len)
     tokens = await _run_parts(host, windows, fold, part_size=part_size, deadline=deadline, meter=meter)
     results = await host.off_loop(lambda: [a.answers(query.handle_impossible_answer) for a in answers])
+    if query.offset_unit is not OffsetUnit.CODE_POINT:
+        results = await host.off_loop(_in_unit, results, [context for _, context in query.questions], query.offset_unit)
     return AnswerResult(model=host.name, answers=results, usage=meter.usage(tokens=tokens))
+
+
+def _in_unit(results: list[list[AnswerSpan]], contexts: list[str], unit: OffsetUnit) -> list[list[AnswerSpan]]:
+    """Each answer's start and end counted in unit."""
+    converted = []
+    for answers, context in zip(results, contexts, strict=True):
+        spans = OffsetMap(context, unit).spans([(a.start, a.end) for a in answers])
+        converted.append([replace(a, start=s, end=e) for a, (s, e) in zip(answers, spans, strict=True)])
+    return converted
 
 
 def _windows(plugin: EncoderPlugin, query: AnswerQuery, max_seq_len: int, doc_stride: int) -> Iterator[_Window]:

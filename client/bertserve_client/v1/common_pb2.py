@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x62\x65rtserve/v1/common.proto\x12\x0c\x62\x65rtserve.v1\"%\n\x06Tensor\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05shape\x18\x02 \x03(\r\"g\n\x05Usage\x12\x0e\n\x06tokens\x18\x01 \x01(\x04\x12\x15\n\rqueue_time_ns\x18\x02 \x01(\x04\x12\x19\n\x11inference_time_ns\x18\x03 \x01(\x04\x12\x1c\n\x14tokenization_time_ns\x18\x04 \x01(\x04*Y\n\x07Pooling\x12\x17\n\x13POOLING_UNSPECIFIED\x10\x00\x12\x0f\n\x0bPOOLING_CLS\x10\x01\x12\x10\n\x0cPOOLING_MEAN\x10\x02\x12\x12\n\x0ePOOLING_POOLER\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x62\x65rtserve/v1/common.proto\x12\x0c\x62\x65rtserve.v1\"%\n\x06Tensor\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05shape\x18\x02 \x03(\r\"g\n\x05Usage\x12\x0e\n\x06tokens\x18\x01 \x01(\x04\x12\x15\n\rqueue_time_ns\x18\x02 \x01(\x04\x12\x19\n\x11inference_time_ns\x18\x03 \x01(\x04\x12\x1c\n\x14tokenization_time_ns\x18\x04 \x01(\x04*Y\n\x07Pooling\x12\x17\n\x13POOLING_UNSPECIFIED\x10\x00\x12\x0f\n\x0bPOOLING_CLS\x10\x01\x12\x10\n\x0cPOOLING_MEAN\x10\x02\x12\x12\n\x0ePOOLING_POOLER\x10\x03*\x81\x01\n\nOffsetUnit\x12\x1b\n\x17OFFSET_UNIT_UNSPECIFIED\x10\x00\x12\x1a\n\x16OFFSET_UNIT_CODE_POINT\x10\x01\x12\x1f\n\x1bOFFSET_UNIT_UTF16_CODE_UNIT\x10\x02\x12\x19\n\x15OFFSET_UNIT_UTF8_BYTE\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,6 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_POOLING']._serialized_start=187
   _globals['_POOLING']._serialized_end=276
+  _globals['_OFFSETUNIT']._serialized_start=279
+  _globals['_OFFSETUNIT']._serialized_end=408
   _globals['_TENSOR']._serialized_start=43
   _globals['_TENSOR']._serialized_end=80
   _globals['_USAGE']._serialized_start=82

@@ -13,10 +13,21 @@ class Pooling(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     POOLING_CLS: _ClassVar[Pooling]
     POOLING_MEAN: _ClassVar[Pooling]
     POOLING_POOLER: _ClassVar[Pooling]
+
+class OffsetUnit(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OFFSET_UNIT_UNSPECIFIED: _ClassVar[OffsetUnit]
+    OFFSET_UNIT_CODE_POINT: _ClassVar[OffsetUnit]
+    OFFSET_UNIT_UTF16_CODE_UNIT: _ClassVar[OffsetUnit]
+    OFFSET_UNIT_UTF8_BYTE: _ClassVar[OffsetUnit]
 POOLING_UNSPECIFIED: Pooling
 POOLING_CLS: Pooling
 POOLING_MEAN: Pooling
 POOLING_POOLER: Pooling
+OFFSET_UNIT_UNSPECIFIED: OffsetUnit
+OFFSET_UNIT_CODE_POINT: OffsetUnit
+OFFSET_UNIT_UTF16_CODE_UNIT: OffsetUnit
+OFFSET_UNIT_UTF8_BYTE: OffsetUnit
 
 class Tensor(_message.Message):
     __slots__ = ("data", "shape")

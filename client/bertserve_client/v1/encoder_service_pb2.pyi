@@ -62,20 +62,22 @@ class ItemError(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class TokenizeRequest(_message.Message):
-    __slots__ = ("model", "inputs", "pairs", "add_special_tokens", "truncate", "max_length")
+    __slots__ = ("model", "inputs", "pairs", "add_special_tokens", "truncate", "max_length", "offset_unit")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     PAIRS_FIELD_NUMBER: _ClassVar[int]
     ADD_SPECIAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATE_FIELD_NUMBER: _ClassVar[int]
     MAX_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_UNIT_FIELD_NUMBER: _ClassVar[int]
     model: str
     inputs: _containers.RepeatedScalarFieldContainer[str]
     pairs: _containers.RepeatedScalarFieldContainer[str]
     add_special_tokens: bool
     truncate: bool
     max_length: int
-    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., pairs: _Optional[_Iterable[str]] = ..., add_special_tokens: _Optional[bool] = ..., truncate: _Optional[bool] = ..., max_length: _Optional[int] = ...) -> None: ...
+    offset_unit: _common_pb2.OffsetUnit
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., pairs: _Optional[_Iterable[str]] = ..., add_special_tokens: _Optional[bool] = ..., truncate: _Optional[bool] = ..., max_length: _Optional[int] = ..., offset_unit: _Optional[_Union[_common_pb2.OffsetUnit, str]] = ...) -> None: ...
 
 class TokenizeResponse(_message.Message):
     __slots__ = ("model", "tokenizations", "truncated_indices")
@@ -114,7 +116,7 @@ class Span(_message.Message):
     def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ...) -> None: ...
 
 class AnswerRequest(_message.Message):
-    __slots__ = ("model", "questions", "top_k", "doc_stride", "max_seq_len", "max_question_len", "max_answer_len", "handle_impossible_answer", "align_to_words", "merge_same_text")
+    __slots__ = ("model", "questions", "top_k", "doc_stride", "max_seq_len", "max_question_len", "max_answer_len", "handle_impossible_answer", "align_to_words", "merge_same_text", "offset_unit")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     QUESTIONS_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +127,7 @@ class AnswerRequest(_message.Message):
     HANDLE_IMPOSSIBLE_ANSWER_FIELD_NUMBER: _ClassVar[int]
     ALIGN_TO_WORDS_FIELD_NUMBER: _ClassVar[int]
     MERGE_SAME_TEXT_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_UNIT_FIELD_NUMBER: _ClassVar[int]
     model: str
     questions: _containers.RepeatedCompositeFieldContainer[Question]
     top_k: int
@@ -135,7 +138,8 @@ class AnswerRequest(_message.Message):
     handle_impossible_answer: bool
     align_to_words: bool
     merge_same_text: bool
-    def __init__(self, model: _Optional[str] = ..., questions: _Optional[_Iterable[_Union[Question, _Mapping]]] = ..., top_k: _Optional[int] = ..., doc_stride: _Optional[int] = ..., max_seq_len: _Optional[int] = ..., max_question_len: _Optional[int] = ..., max_answer_len: _Optional[int] = ..., handle_impossible_answer: _Optional[bool] = ..., align_to_words: _Optional[bool] = ..., merge_same_text: _Optional[bool] = ...) -> None: ...
+    offset_unit: _common_pb2.OffsetUnit
+    def __init__(self, model: _Optional[str] = ..., questions: _Optional[_Iterable[_Union[Question, _Mapping]]] = ..., top_k: _Optional[int] = ..., doc_stride: _Optional[int] = ..., max_seq_len: _Optional[int] = ..., max_question_len: _Optional[int] = ..., max_answer_len: _Optional[int] = ..., handle_impossible_answer: _Optional[bool] = ..., align_to_words: _Optional[bool] = ..., merge_same_text: _Optional[bool] = ..., offset_unit: _Optional[_Union[_common_pb2.OffsetUnit, str]] = ...) -> None: ...
 
 class Question(_message.Message):
     __slots__ = ("question", "context")
