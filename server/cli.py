@@ -108,6 +108,12 @@ def _parser() -> argparse.ArgumentParser:
     reload.add_argument("name")
     reload.add_argument("--entry", help=f"a new entry with the same name: {entry_help}")
     reload.set_defaults(run=_reload)
+
+    health = client_command(
+        "health", help="check grpc.health.v1: exit 0 when SERVING (a container's health check)", model=False, timeout=5
+    )
+    health.add_argument("--service", default="", help="a model's name, or empty for the whole server (the default)")
+    health.set_defaults(run=_health)
     return parser
 
 
@@ -247,6 +253,24 @@ def _models(args: argparse.Namespace) -> int:
             return [asdict(m) for m in client.models()]
 
     return _call(run)
+
+
+def _health(args: argparse.Namespace) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with _client(args) as client:
+        stub = health_pb2_grpc.HealthStub(client.channel)
+        try:
+            reply = stub.Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout, metadata=client.metadata
+            )
+        except grpc.RpcError as e:
+            print(f"bertserve: {e.code().name}: {e.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(status)
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
 def _entry(text: str) -> str:

@@ -86,6 +86,7 @@ class ServerConfig:
     metrics_port: int | None = None  # Prometheus /metrics over HTTP on this port (0: any free one); None: off
     default_model: str = ""
     grace_period_s: float = 10.0
+    drain_delay_s: float = 0.0  # on SIGTERM: NOT_SERVING first, still serving this long, then stop accepting
     load_retry_max_s: float = 60.0  # a load that could not reach its files is retried, the pause doubling up to this
     processes: int = 1  # server processes sharing the port; the kernel spreads connections over them
     torch_threads: int = 0  # torch intra-op threads per process; 0: the cores split between the processes
@@ -156,6 +157,7 @@ class ServerSettings(_Schema):
     metrics_port: Annotated[Whole, Field(ge=0, le=65535)] | None = _SERVER["metrics_port"]
     default_model: StrictStr = _SERVER["default_model"]
     grace_period_s: NonNegative = _SERVER["grace_period_s"]
+    drain_delay_s: NonNegative = _SERVER["drain_delay_s"]
     load_retry_max_s: NonNegative = _SERVER["load_retry_max_s"]
     processes: AtLeastOne = _SERVER["processes"]
     torch_threads: Annotated[Whole, Field(ge=0)] = _SERVER["torch_threads"]

@@ -21,6 +21,10 @@ from tiny_models import build_tiny_models
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("BERTSERVE_TEST_CACHE", ROOT / ".cache" / "tiny-models"))
 
+#: Channel options of a client that does not retry: to see the server's own answer to an attempt
+#: (a refusal, a cut), which the client's default retry policy would otherwise try again.
+NO_RETRIES = (("grpc.enable_retries", 0),)
+
 #: Tiny models served by the test server: model name -> (plugin, tiny model directory name).
 TINY = {
     "albert": ("albert", "albert"),

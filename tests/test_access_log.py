@@ -68,7 +68,9 @@ def test_a_refused_call_is_logged_and_an_id_is_made_up_when_none_is_sent(json_lo
             stub.Embed(encoder_service_pb2.EmbedRequest(model="bert", inputs=["no token"]))
     err: grpc.Call = info.value  # type: ignore[assignment]
     assert err.code() is grpc.StatusCode.UNAUTHENTICATED
-    [request_id] = [v for k, v in err.initial_metadata() if k == "x-request-id"]
+    # An error goes out as trailers alone (so that a retry policy may try it again): the id is there.
+    assert not err.initial_metadata()
+    [request_id] = [v for k, v in err.trailing_metadata() if k == "x-request-id"]
     assert len(request_id) == 16
     [line] = _access_lines(served, request_id)
     assert (line["rpc"], line["code"], line["token_name"], line["inputs"]) == ("Embed", "UNAUTHENTICATED", "-", 1)

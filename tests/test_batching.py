@@ -14,7 +14,7 @@ from bertserve.config import load_config
 from bertserve.edge.app import BertServer
 from bertserve_client import AsyncClient, BertserveError, EmbedResult
 
-from conftest import EMBED_MODELS
+from conftest import EMBED_MODELS, NO_RETRIES
 
 MIXED = [("word " * n).strip() + f" {n}" for n in (1, 30, 3, 25, 7, 50, 2, 40, 12, 5, 45, 18)]
 LONG = "a sentence long enough to keep the model busy for a while " * 20
@@ -63,11 +63,12 @@ async def test_usage_is_reported(client: AsyncClient) -> None:
     assert result.usage.queue_time_ns >= 0
 
 
-async def test_full_queue_refuses_at_once_then_recovers(client: AsyncClient, server: BertServer) -> None:
+async def test_full_queue_refuses_at_once_then_recovers(client: AsyncClient, server: BertServer, target: str) -> None:
     stats = server.router.get("minilm-tight").batcher.stats
     sequences = stats.sequences
     texts = [f"{i} {LONG}" for i in range(40)]
-    outcomes = await asyncio.gather(*(client.embed(t, model="minilm-tight") for t in texts), return_exceptions=True)
+    async with AsyncClient(target, options=NO_RETRIES) as once:
+        outcomes = await asyncio.gather(*(once.embed(t, model="minilm-tight") for t in texts), return_exceptions=True)
     refused = [o for o in outcomes if isinstance(o, BertserveError)]
     served = [(t, o) for t, o in zip(texts, outcomes, strict=True) if isinstance(o, EmbedResult)]
     assert refused and served

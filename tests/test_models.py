@@ -16,7 +16,7 @@ from bertserve.config import load_config
 from bertserve.edge.app import BertServer
 from bertserve_client import AsyncClient, BertserveError
 
-from conftest import TINY
+from conftest import NO_RETRIES, TINY
 
 
 async def test_list_models_reports_state_placement_and_capabilities(client: AsyncClient) -> None:
@@ -129,7 +129,7 @@ async def test_a_loading_model_is_unavailable_until_ready(tmp_path: Path) -> Non
     await server.start()
     try:
         async with (
-            AsyncClient(f"127.0.0.1:{server.port}") as client,
+            AsyncClient(f"127.0.0.1:{server.port}", options=NO_RETRIES) as client,
             grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
         ):
             health = health_pb2_grpc.HealthStub(channel)

@@ -13,6 +13,7 @@ import pytest
 
 from bertserve_client import BertserveError, Client, EmbedResult
 
+from conftest import NO_RETRIES
 from served import Served
 
 # One sequence per pass: several seconds of work in one call, surely in flight when the signal lands.
@@ -46,7 +47,7 @@ def _call_in_flight(served: Served, texts: list[str] = TEXTS) -> tuple[threading
     outcome: list[object] = []
 
     def call() -> None:
-        with Client(f"127.0.0.1:{served.port}", timeout=120) as client:
+        with Client(f"127.0.0.1:{served.port}", timeout=120, options=NO_RETRIES) as client:
             try:
                 outcome.append(client.embed(texts, model="slow"))
             except BertserveError as e:

@@ -107,7 +107,7 @@ async def test_an_internal_error_carries_the_callers_request_id(
     assert info.value.details() == (
         "internal error in a forward pass over 1 sequences of model 'faulty' (request id trace-me-42)"
     )
-    assert ("x-request-id", "trace-me-42") in tuple(info.value.initial_metadata() or ())
+    assert ("x-request-id", "trace-me-42") in tuple(info.value.trailing_metadata() or ())
     [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert record.getMessage() == "a forward pass over 1 sequences of model 'faulty' failed (request id trace-me-42)"
 

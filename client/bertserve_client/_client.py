@@ -30,6 +30,7 @@ from bertserve_client._convert import (
     tokenize_request,
 )
 from bertserve_client._errors import BertserveError, from_rpc_error
+from bertserve_client._fleet import fleet_options
 from bertserve_client._types import Answers, EmbedResult, ModelInfo, Tokenization, Unloaded
 from bertserve_client.v1 import encoder_service_pb2, encoder_service_pb2_grpc, model_service_pb2, model_service_pb2_grpc
 
@@ -53,8 +54,8 @@ _DEFAULT_OPTIONS: dict[str, Any] = {
 }
 
 
-def _channel_options(options: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
-    return list({**_DEFAULT_OPTIONS, **dict(options)}.items())
+def _channel_options(options: Sequence[tuple[str, Any]], *, health_check: bool) -> list[tuple[str, Any]]:
+    return list({**_DEFAULT_OPTIONS, **fleet_options(health_check=health_check), **dict(options)}.items())
 
 
 class _Base:
@@ -97,6 +98,16 @@ class _Base:
         self._in_flight = [0] * len(self._channels)
         self._cursor = 0
 
+    @property
+    def channel(self) -> Any:
+        """The (first) channel, for other services of the same server, such as grpc.health.v1."""
+        return self._channels[0]
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """The metadata sent with every call (the bearer token, when there is one)."""
+        return self._metadata
+
     def _least_busy(self) -> int:
         """The channel with the fewest calls in flight; ties go round, so light load still spreads."""
         count = len(self._in_flight)
@@ -115,6 +126,7 @@ def _open_channels(
     channels: int,
     options: Sequence[tuple[str, Any]],
     channel: Any,
+    health_check: bool,
 ) -> list[Any]:
     if channel is not None:
         if channels != 1:
@@ -122,7 +134,7 @@ def _open_channels(
         return [channel]
     if channels < 1:
         raise ValueError(f"channels must be at least 1, not {channels}")
-    opts = _channel_options(options)
+    opts = _channel_options(options, health_check=health_check)
     if channels > 1:  # gRPC shares one connection between equal channels unless told otherwise
         opts.append(("grpc.use_local_subchannel_pool", 1))
     return [open_one(opts) for _ in range(channels)]
@@ -141,6 +153,7 @@ class Client(_Base):
         channel: grpc.Channel | None = None,
         channels: int = 1,
         token: str | None = None,
+        health_check: bool = False,
     ) -> None:
         """Connect to `target` (TLS when `credentials` are given) or use `channel` as is.
 
@@ -148,6 +161,12 @@ class Client(_Base):
         gRPC channel arguments, laid over a 64 MiB message size limit each way. `channels` opens
         that many connections, each call taking the one with the fewest calls in flight: it pays
         against a server run with several processes, which share out connections, not calls.
+
+        A target that resolves to several replicas (`dns:///bertserve-headless.ns.svc:50051`,
+        `ipv4:10.0.0.1:50051,10.0.0.2:50051`) gets each call in turn (gRPC's round_robin); calls
+        that meet UNAVAILABLE or RESOURCE_EXHAUSTED are retried, honouring the server's retry
+        hint, and keepalive notices dead replicas. `health_check` also skips replicas whose
+        grpc.health.v1 status is not SERVING (loading, or draining for a rollout).
         """
 
         def open_one(opts: list[tuple[str, Any]]) -> grpc.Channel:
@@ -155,7 +174,7 @@ class Client(_Base):
                 return grpc.insecure_channel(target, opts)
             return grpc.secure_channel(target, credentials, opts)
 
-        opened = _open_channels(open_one, channels, options, channel)
+        opened = _open_channels(open_one, channels, options, channel, health_check)
         super().__init__(opened, owns_channel=channel is None, timeout=timeout, token=token)
 
     def _call(self, method: str, request: Message, timeout: Timeout) -> Any:
@@ -353,13 +372,14 @@ class AsyncClient(_Base):
         channel: grpc.aio.Channel | None = None,
         channels: int = 1,
         token: str | None = None,
+        health_check: bool = False,
     ) -> None:
         def open_one(opts: list[tuple[str, Any]]) -> grpc.aio.Channel:
             if credentials is None:
                 return grpc.aio.insecure_channel(target, opts)
             return grpc.aio.secure_channel(target, credentials, opts)
 
-        opened = _open_channels(open_one, channels, options, channel)
+        opened = _open_channels(open_one, channels, options, channel, health_check)
         super().__init__(opened, owns_channel=channel is None, timeout=timeout, token=token)
 
     async def _call(self, method: str, request: Message, timeout: Timeout) -> Any:

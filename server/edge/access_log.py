@@ -18,6 +18,7 @@ import grpc
 from bertserve import metrics, request_ids
 from bertserve.edge.auth import caller
 from bertserve.edge.handlers import replace_behaviour
+from bertserve.edge.status import RETRY_AFTER
 
 __all__ = ["AccessLog"]
 
@@ -66,7 +67,7 @@ class AccessLog(grpc.aio.ServerInterceptor):
         """Count the call and log its line; a fault here is logged, never the call's."""
         try:
             seconds = time.perf_counter() - started
-            named = getattr(response, "model", "") or _model_of(request)
+            named = _served_model(response) or _model_of(request)
             label = named or self._default_model
             label = label if label in self._models else "-"
             metrics.CALLS.labels(rpc, label, code).inc()
@@ -77,11 +78,22 @@ class AccessLog(grpc.aio.ServerInterceptor):
             log.exception("cannot record a %s call", rpc)
 
 
-async def _begin(context: grpc.aio.ServicerContext) -> str:
+def _begin(context: grpc.aio.ServicerContext) -> str:
+    """The call's request id, in its trailers from the start (an error's only metadata).
+
+    Nothing is sent yet: response headers commit a call, and a gRPC client retries only calls
+    not committed. An UNAVAILABLE or RESOURCE_EXHAUSTED answer (a draining server, a full queue)
+    must go out as trailers alone for the caller's retry policy to send it elsewhere.
+    """
     request_id = request_ids.from_metadata(context.invocation_metadata())  # type: ignore[arg-type]
     request_ids.current.set(request_id)
-    await context.send_initial_metadata(((request_ids.HEADER, request_id),))
+    context.set_trailing_metadata(((request_ids.HEADER, request_id),))
     return request_id
+
+
+async def _answering(context: grpc.aio.ServicerContext, request_id: str) -> None:
+    """Headers with the request id, sent with the first response message."""
+    await context.send_initial_metadata(((request_ids.HEADER, request_id),))
 
 
 Record = Callable[..., None]
@@ -90,10 +102,11 @@ Record = Callable[..., None]
 def _unary(inner: Any, rpc: str, record: Record) -> Any:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
-        request_id = await _begin(context)
+        request_id = _begin(context)
         response, raised = None, None
         try:
             response = await inner(request, context)
+            await _answering(context, request_id)
             return response
         except BaseException as e:
             raised = e
@@ -107,7 +120,7 @@ def _unary(inner: Any, rpc: str, record: Record) -> Any:
 def _streaming(inner: Any, rpc: str, record: Record) -> Any:
     async def handle(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         started = time.perf_counter()
-        request_id = await _begin(context)
+        request_id = _begin(context)
         seen: list[Any] = []  # the first request, for its model; and a count of the items answered
         answered, raised = 0, None
 
@@ -119,6 +132,8 @@ def _streaming(inner: Any, rpc: str, record: Record) -> Any:
 
         try:
             async for response in inner(counted(), context):
+                if not answered:
+                    await _answering(context, request_id)
                 answered += 1
                 yield response
         except BaseException as e:
@@ -158,8 +173,17 @@ def _line(
         "peer": context.peer(),
         "token_name": caller.get() or "-",
         "request_id": request_id,
+        "retry_after_ms": _retry_after_ms(context),
     }
     log.info(" ".join(f"{k}={v}" for k, v in fields.items()), extra=fields)
+
+
+def _retry_after_ms(context: grpc.aio.ServicerContext) -> int:
+    """The retry hint the call was refused with; 0 for none."""
+    for key, value in context.trailing_metadata() or ():  # type: ignore[attr-defined]
+        if key == RETRY_AFTER:
+            return int(value)
+    return 0
 
 
 def _code_of(context: grpc.aio.ServicerContext, raised: BaseException | None) -> str:
@@ -171,6 +195,12 @@ def _code_of(context: grpc.aio.ServicerContext, raised: BaseException | None) ->
     if raised is not None and not isinstance(raised, GeneratorExit):
         return "UNKNOWN"  # what gRPC answers for an exception it was not told the code of
     return "OK"
+
+
+def _served_model(response: Any) -> str:
+    """The model a response names: a string on EncoderService's, a Model on LoadModel's and ReloadModel's."""
+    model = getattr(response, "model", "")
+    return model if isinstance(model, str) else str(getattr(model, "name", ""))
 
 
 def _model_of(request: Any) -> str:

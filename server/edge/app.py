@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 _ANSWER_LEFTOVERS_S = 0.5  # after the grace period: time to send the calls still waiting their error
 _NO_LIMIT = 2**31 - 1  # the largest value a grpc integer channel argument takes
+_MIN_CLIENT_PING_MS = 10_000
 
 _SERVICE_DESCRIPTORS = (
     encoder_service_pb2.DESCRIPTOR.services_by_name["EncoderService"],
@@ -138,6 +139,11 @@ class BertServer:
                 # own limit (max_concurrent_calls) refuses with RESOURCE_EXHAUSTED and a retry hint.
                 ("grpc.server.max_pending_requests", _NO_LIMIT),
                 ("grpc.server.max_pending_requests_hard_limit", _NO_LIMIT),
+                # Clients in a fleet ping idle connections to notice a dead replica: let them,
+                # down to every 10 s, instead of answering "too many pings" with GOAWAY.
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", _MIN_CLIENT_PING_MS),
+                ("grpc.http2.max_ping_strikes", 0),
             ],
         )
         add_servicer(
@@ -247,11 +253,17 @@ class BertServer:
         for service in ("", *_SERVICES):
             await self.health.set(service, overall)
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Refuse new calls, let in-flight calls finish within grace seconds, then free the models."""
+    async def stop(self, grace: float | None = None, *, drain_delay: float | None = None) -> None:
+        """Report NOT_SERVING everywhere, keep serving for drain_delay seconds (so that endpoint
+        lists and client balancers notice), refuse new calls, let in-flight calls finish within
+        grace seconds, then free the models."""
         grace = self.config.grace_period_s if grace is None else grace
+        drain_delay = self.config.drain_delay_s if drain_delay is None else drain_delay
         await self.health.enter_graceful_shutdown()
         await self.models.stop()
+        if drain_delay > 0 and self._server is not None:
+            log.info("health NOT_SERVING; still serving new calls for %gs (drain_delay_s)", drain_delay)
+            await asyncio.sleep(drain_delay)
         if self._server is not None:
             # gRPC would cut the calls left at the end of the grace period with a bare CANCELLED;
             # bertserve answers them first, with UNAVAILABLE (a retry elsewhere succeeds) and why.

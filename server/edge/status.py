@@ -29,7 +29,10 @@ from bertserve.errors import (
     PreconditionFailed,
 )
 
-__all__ = ["STATUS_OF", "abort_with", "grpc_errors", "internal_error", "status_of"]
+__all__ = ["RETRY_AFTER", "RETRY_PUSHBACK", "STATUS_OF", "abort_with", "grpc_errors", "internal_error", "status_of"]
+
+RETRY_AFTER = "retry-after-ms"
+RETRY_PUSHBACK = "grpc-retry-pushback-ms"  # gRPC's own (see gRFC A6, client retries)
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +81,13 @@ def grpc_errors(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
 
 
 async def abort_with(context: grpc.aio.ServicerContext, error: BertserveError) -> None:
-    """Abort the call with the status of error; an Overloaded error carries a retry-after-ms hint."""
+    """Abort the call with the status of error. An Overloaded error carries its retry hint twice:
+    as retry-after-ms for the caller's own code, and as grpc-retry-pushback-ms, which a gRPC
+    client whose retry policy covers the code waits for before its next attempt."""
     retry = getattr(error, "retry_after_s", None)
     if retry is not None:
-        context.set_trailing_metadata((("retry-after-ms", str(max(1, round(retry * 1000)))),))
+        ms = str(max(1, round(retry * 1000)))
+        context.set_trailing_metadata((*(context.trailing_metadata() or ()), (RETRY_AFTER, ms), (RETRY_PUSHBACK, ms)))
     await context.abort(status_of(error), str(error))
 
 
