@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bertserve_client import BertserveError, Client, EmbedResult
 
@@ -25,10 +26,11 @@ TEXTS = [f"{i} an in-flight call that takes a while to answer " * 8 for i in ran
 def serve(tmp_path: Path) -> Iterator[object]:
     started: list[Served] = []
 
-    def start(grace_period_s: float) -> Served:
+    def start(grace_period_s: float, drain_delay_s: float = 0) -> Served:
         config = tmp_path / "c.yaml"
         config.write_text(
-            f"server: {{address: 127.0.0.1, port: 0, grace_period_s: {grace_period_s}}}\n"
+            "server: {address: 127.0.0.1, port: 0, "
+            f"grace_period_s: {grace_period_s}, drain_delay_s: {drain_delay_s}}}\n"
             f"models:\n  - {{name: slow, {SLOW}}}\n"
         )
         served = Served(config)
@@ -101,3 +103,34 @@ def test_a_second_signal_exits_at_once(serve: object) -> None:
     assert time.monotonic() - second < 5
     served.wait_for("second SIGTERM: exiting now")
     caller.join(60)
+
+
+def test_a_drain_reports_not_serving_then_serves_for_the_delay_then_closes(serve: object) -> None:
+    """On SIGTERM: every health entry NOT_SERVING at once; new calls still served for
+    drain_delay_s (while endpoints and balancers notice); only then the port closes."""
+    served: Served = serve(grace_period_s=2, drain_delay_s=2)  # type: ignore[operator]
+    target = f"127.0.0.1:{served.port}"
+    events: list[tuple[float, str]] = []
+    with grpc.insecure_channel(target) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service="slow"))
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        terminated = time.monotonic()
+        served.process.send_signal(signal.SIGTERM)
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        events.append((time.monotonic() - terminated, "NOT_SERVING"))
+        watch.cancel()
+    while served.process.poll() is None:  # a new connection each call: what a new client would see
+        with Client(target, timeout=2, options=NO_RETRIES) as client:
+            try:
+                client.embed("still served during the drain delay", model="slow")
+                events.append((time.monotonic() - terminated, "served"))
+            except BertserveError as e:
+                events.append((time.monotonic() - terminated, e.code.name))
+        time.sleep(0.05)
+    kinds = [kind for _, kind in events]
+    assert kinds[0] == "NOT_SERVING" and events[0][0] < 0.5
+    served_at = [t for t, kind in events if kind == "served"]
+    assert served_at and max(served_at) >= 1.5, f"new calls were served through the delay: {events}"
+    closed = [t for t, kind in events if kind == "UNAVAILABLE"]
+    assert closed and min(closed) > max(served_at) >= 1.5, events
+    assert served.process.returncode == 0
