@@ -49,6 +49,11 @@ class Capability(enum.Enum):
     TOKENIZE = "tokenize"
     EMBED = "embed"
     ANSWER = "answer"
+    FILL_MASK = "fill_mask"
+    DETECT_REPLACED_TOKENS = "detect_replaced_tokens"
+    CLASSIFY = "classify"
+    RERANK = "rerank"
+    CLASSIFY_TOKENS = "classify_tokens"
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,15 @@ class ModelInfo:
     packed_poolings: tuple[Pooling, ...] = ()
     #: The classifier token's id ([CLS], <s>): Answer scores "no answer" on it, as the classic pipeline does.
     cls_token_id: int | None = None
+    #: The labels of a classification head (sequence or token), by index (the checkpoint's id2label).
+    labels: tuple[str, ...] = ()
+    #: The checkpoint's problem_type ("single_label_classification", "multi_label_classification",
+    #: "regression") or None: what Classify's default function follows.
+    problem_type: str | None = None
+    #: The mask token and its id, for FillMask.
+    mask_token: str | None = None
+    mask_token_id: int | None = None
+    pad_token_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -192,6 +206,38 @@ class EncoderPlugin(abc.ABC):
         so a plugin need not hold every window of a long context at once.
         """
         raise CapabilityNotSupported(f"model {self.spec.name!r} has no question-answering head")
+
+    # -- heads: each returns raw outputs as float32 numpy, unpadded; the server postprocesses them
+    # once for every variant. A plugin offers the ones whose Capability its ModelInfo lists.
+
+    def mask_logits(self, batch: Sequence[Encoding]) -> list[np.ndarray]:
+        """FillMask: per sequence, the masked-language-model logits at its mask tokens, [masks, vocab]."""
+        raise CapabilityNotSupported(f"model {self.spec.name!r} has no masked-language-model head")
+
+    def replaced_logits(self, batch: Sequence[Encoding]) -> list[np.ndarray]:
+        """DetectReplacedTokens: per sequence, the discriminator's logit of each token, [tokens]."""
+        raise CapabilityNotSupported(f"model {self.spec.name!r} has no replaced-token-detection head")
+
+    def sequence_logits(self, batch: Sequence[Encoding]) -> np.ndarray:
+        """Classify and Rerank: the sequence classifier's logits, [batch, labels]."""
+        raise CapabilityNotSupported(f"model {self.spec.name!r} has no sequence-classification head")
+
+    def token_logits(self, batch: Sequence[Encoding]) -> list[np.ndarray]:
+        """ClassifyTokens: per sequence, the token classifier's logits, [tokens, labels]."""
+        raise CapabilityNotSupported(f"model {self.spec.name!r} has no token-classification head")
+
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = False) -> str:
+        """The tokenizer's decoding of ids (FillMask's sequences and tokens)."""
+        raise NotImplementedError
+
+    def target_ids(self, targets: Sequence[str]) -> list[int]:
+        """FillMask's targets as vocabulary ids, as the fill-mask pipeline takes them: a target in
+        the vocabulary is its id; any other text stands for its first token."""
+        raise NotImplementedError
+
+    def tokens_to_string(self, tokens: Sequence[str]) -> str:
+        """The tokenizer's joining of tokens into text (ClassifyTokens' entity words)."""
+        raise NotImplementedError
 
     def unload(self) -> None:  # noqa: B027 (optional hook)
         """Free the model's memory."""

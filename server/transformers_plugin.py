@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from huggingface_hub import snapshot_download
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
-from transformers import AutoConfig, AutoModel, AutoModelForQuestionAnswering, AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 from bertserve.api import (
     Capability,
@@ -36,7 +36,7 @@ from bertserve.api import (
 )
 from bertserve.config import parse_options
 from bertserve.errors import CapabilityNotSupported, ConfigError, InvalidRequest
-from bertserve.runtime import compiling, onednn_linear, tracing
+from bertserve.runtime import compiling, heads, onednn_linear, tracing
 from bertserve.runtime.packed_inputs import PackedBatch, pack
 from bertserve.runtime.placement import dtype_name, resolve_device, resolve_dtype, without_per_shape_attention_plans
 from bertserve.runtime.sources import resolve_source
@@ -103,6 +103,7 @@ class TransformersPlugin(EncoderPlugin):
         self._onednn_layers = 0  # linear layers running on oneDNN (see bertserve.runtime.onednn_linear)
         self._compiled = False  # the encoder runs under torch.compile (see bertserve.runtime.compiling)
         self._traced: tracing.TracedEncoder | None = None  # packed passes run traced (see bertserve.runtime.tracing)
+        self._mlm_head: Any = None  # FillMask runs the head at mask positions only (see bertserve.runtime.heads)
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -137,11 +138,10 @@ class TransformersPlugin(EncoderPlugin):
         self._tokenizers = ThreadTokenizers(tokenizer)
         self._pair_specials = tokenizer.num_special_tokens_to_add(pair=True)
 
-        has_qa_head = any(a.endswith("ForQuestionAnswering") for a in config.architectures or ())
-        model_class = AutoModelForQuestionAnswering if has_qa_head else AutoModel
+        head = heads.head_of(config)
         try:
             with _LOAD_LOCK:
-                model, loading = model_class.from_pretrained(
+                model, loading = head.auto_class.from_pretrained(
                     source,
                     config=config,
                     dtype=dtype,
@@ -180,8 +180,11 @@ class TransformersPlugin(EncoderPlugin):
         if self._packs and not self._compiled and self._trace_wanted():
             self._trace_encoder()
         capabilities = {Capability.TOKENIZE, Capability.EMBED}
-        if has_qa_head:
-            capabilities.add(Capability.ANSWER)
+        if heads.head_weights_present(self._model, missing):
+            capabilities |= head.capabilities
+        self._mlm_head = heads.mlm_head(self._model) if Capability.FILL_MASK in capabilities else None
+        id2label = getattr(config, "id2label", None) or {}
+        labels = tuple(str(id2label.get(i, f"LABEL_{i}")) for i in range(int(getattr(config, "num_labels", 0))))
         return ModelInfo(
             capabilities=frozenset(capabilities),
             devices=(str(self._device),),
@@ -192,6 +195,11 @@ class TransformersPlugin(EncoderPlugin):
             default_pooling=default_pooling,
             packed_poolings=(Pooling.CLS, Pooling.MEAN) if self._packs else (),
             cls_token_id=tokenizer.cls_token_id,
+            labels=labels if capabilities & {Capability.CLASSIFY, Capability.CLASSIFY_TOKENS} else (),
+            problem_type=getattr(config, "problem_type", None),
+            mask_token=tokenizer.mask_token,
+            mask_token_id=tokenizer.mask_token_id,
+            pad_token_id=tokenizer.pad_token_id,
         )
 
     def _takes_token_types(self, config: Any) -> bool:
@@ -591,6 +599,60 @@ class TransformersPlugin(EncoderPlugin):
     def _require_qa_head(self) -> None:
         if not hasattr(self._model, "qa_outputs"):
             raise CapabilityNotSupported(f"model {self.spec.name!r} has no question-answering head")
+
+    # Heads run on padded batches: each is called as its model's forward calls it, on
+    # [batch, tokens] inputs. Packed rows would need each architecture's head internals called by
+    # name on gathered states (as FillMask does for its head, to keep its logits small).
+
+    def mask_logits(self, batch: Sequence[Encoding]) -> list[np.ndarray]:
+        mask_id = self._tokenizer.mask_token_id
+        inputs = self._inputs(batch)
+        with torch.inference_mode():
+            where = inputs["input_ids"] == mask_id
+            if self._mlm_head is not None:
+                hidden = self._encoder(**inputs).last_hidden_state
+                logits = self._mlm_head(hidden[where]).float().cpu().numpy()  # [all masks, vocab]
+            else:
+                logits = self._model(**inputs).logits[where].float().cpu().numpy()
+        counts = where.sum(dim=1).tolist()
+        return list(np.split(logits, np.cumsum(counts)[:-1])) if batch else []
+
+    def replaced_logits(self, batch: Sequence[Encoding]) -> list[np.ndarray]:
+        inputs = self._inputs(batch)
+        with torch.inference_mode():
+            logits = self._model(**inputs).logits.float().cpu().numpy()  # [batch, tokens]
+        return [logits[row, : len(e)] for row, e in enumerate(batch)]
+
+    def sequence_logits(self, batch: Sequence[Encoding]) -> np.ndarray:
+        inputs = self._inputs(batch)
+        with torch.inference_mode():
+            return self._model(**inputs).logits.float().cpu().numpy()  # type: ignore[no-any-return]
+
+    def token_logits(self, batch: Sequence[Encoding]) -> list[np.ndarray]:
+        inputs = self._inputs(batch)
+        with torch.inference_mode():
+            logits = self._model(**inputs).logits.float().cpu().numpy()  # [batch, tokens, labels]
+        return [logits[row, : len(e)] for row, e in enumerate(batch)]
+
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = False) -> str:
+        return str(self._tokenize_with().decode(list(ids), skip_special_tokens=skip_special_tokens))
+
+    def target_ids(self, targets: Sequence[str]) -> list[int]:
+        tokenizer = self._tokenize_with()
+        vocab = tokenizer.get_vocab()
+        ids = []
+        for target in targets:
+            id_ = vocab.get(target)
+            if id_ is None:
+                pieces = tokenizer(target, add_special_tokens=False, max_length=1, truncation=True)["input_ids"]
+                if not pieces:
+                    raise InvalidRequest(f"target {target!r} is no token of model {self.spec.name!r}'s vocabulary")
+                id_ = pieces[0]
+            ids.append(int(id_))
+        return ids
+
+    def tokens_to_string(self, tokens: Sequence[str]) -> str:
+        return str(self._tokenize_with().convert_tokens_to_string(list(tokens)))
 
     # -- lifecycle ---------------------------------------------------------------------------
 

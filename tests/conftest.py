@@ -37,6 +37,17 @@ TINY = {
     "spanbert-qa": ("spanbert", "spanbert-qa"),
     # The same SpanBERT checkpoint through plain BERT's plugin: every first-party plugin with a QA head.
     "bert-qa": ("bert", "spanbert-qa"),
+    # Heads: masked-language models, ELECTRA's discriminator, sequence and token classifiers.
+    "albert-mlm": ("albert", "albert-mlm"),
+    "roberta-mlm": ("roberta", "roberta-mlm"),
+    "bert-mlm": ("bert", "bert-mlm"),
+    "electra-generator": ("electra", "electra-generator"),
+    "electra-discriminator": ("electra", "electra-discriminator"),
+    "bert-nli": ("bert", "bert-nli"),
+    "roberta-multilabel": ("roberta", "roberta-multilabel"),
+    "bert-cross-encoder": ("bert", "bert-cross-encoder"),
+    "bert-ner": ("bert", "bert-ner"),
+    "roberta-ner": ("roberta", "roberta-ner"),
 }
 EMBED_MODELS = ["albert", "roberta", "electra", "bert", "spanbert-qa"]
 QA_MODELS = ["albert-qa", "roberta-qa", "electra-qa", "spanbert-qa"]

@@ -39,6 +39,7 @@ def test_packaged_default_config_serves_minilm_and_the_seed_checkpoints() -> Non
         "albert": "albert-base-v2",
         "roberta": "roberta-base",
         "electra": "google/electra-small-discriminator",
+        "electra-generator": "google/electra-small-generator",
         "spanbert": "mrm8488/spanbert-large-finetuned-squadv2",
     }
     assert next(m for m in config.models if m.name == "minilm").default_pooling is Pooling.MEAN

@@ -65,7 +65,10 @@ async def test_pooler_on_electra_is_unimplemented(client: AsyncClient) -> None:
 async def test_answer_without_qa_head_is_unimplemented(client: AsyncClient) -> None:
     err = await _error(client.answer(("What?", "Something."), model="bert"))
     assert err.code is grpc.StatusCode.UNIMPLEMENTED
-    assert err.message.startswith("model 'bert' has no question-answering head")
+    assert err.message == (
+        "model 'bert' cannot serve Answer: that needs a question-answering head (a checkpoint fine-tuned for QA); "
+        "it serves Tokenize, Embed"
+    )
 
 
 async def test_failed_model_is_a_failed_precondition_while_others_serve(client: AsyncClient) -> None:

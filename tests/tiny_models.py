@@ -38,21 +38,30 @@ from sentencepiece import sentencepiece_model_pb2
 from tokenizers import AddedToken, BertWordPieceTokenizer, ByteLevelBPETokenizer
 from transformers import (
     AlbertConfig,
+    AlbertForMaskedLM,
     AlbertForQuestionAnswering,
     AlbertModel,
     AlbertTokenizer,
     BertConfig,
+    BertForMaskedLM,
     BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertForTokenClassification,
     BertModel,
     BertTokenizer,
     ElectraConfig,
+    ElectraForMaskedLM,
+    ElectraForPreTraining,
     ElectraForQuestionAnswering,
     ElectraModel,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     RobertaConfig,
+    RobertaForMaskedLM,
     RobertaForQuestionAnswering,
+    RobertaForSequenceClassification,
+    RobertaForTokenClassification,
     RobertaModel,
     RobertaTokenizer,
 )
@@ -220,7 +229,9 @@ _FAMILY: dict[type[PretrainedConfig], dict[str, Any]] = {
 }
 
 
-def _make_config(config_cls: type[PretrainedConfig], tok: PreTrainedTokenizerBase) -> PretrainedConfig:
+def _make_config(
+    config_cls: type[PretrainedConfig], tok: PreTrainedTokenizerBase, extra: dict[str, Any] | None = None
+) -> PretrainedConfig:
     assert tok.pad_token_id is not None
     positions = MAX_TOKENS
     if config_cls is RobertaConfig:
@@ -235,7 +246,7 @@ def _make_config(config_cls: type[PretrainedConfig], tok: PreTrainedTokenizerBas
     }
     if tok.bos_token is not None:  # ALBERT/RoBERTa configs carry bos/eos ids, BERT/ELECTRA's don't
         kwargs |= {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id}
-    return config_cls(**kwargs)
+    return config_cls(**kwargs, **(extra or {}))
 
 
 @dataclass(frozen=True)
@@ -244,6 +255,19 @@ class _Spec:
     config: type[PretrainedConfig]
     model: type[PreTrainedModel]
     seed: int
+    extra: dict[str, Any] | None = None  # config settings of a head (labels, problem type)
+
+
+def _labels(*names: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "num_labels": len(names),
+        "id2label": dict(enumerate(names)),
+        "label2id": {n: i for i, n in enumerate(names)},
+        **extra,
+    }
+
+
+_NER = _labels("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG")
 
 
 SPECS: dict[str, _Spec] = {
@@ -256,12 +280,37 @@ SPECS: dict[str, _Spec] = {
     "electra-qa": _Spec("wordpiece-uncased", ElectraConfig, ElectraForQuestionAnswering, 7),
     # SpanBERT checkpoints are plain BERT with a cased WordPiece vocabulary.
     "spanbert-qa": _Spec("wordpiece-cased", BertConfig, BertForQuestionAnswering, 8),
+    # Heads: masked-language models of each variant (ELECTRA's generator among them), ELECTRA's
+    # discriminator, sequence classifiers (NLI-like single-label; multi-label; a one-label
+    # cross-encoder) and token classifiers (NER).
+    "albert-mlm": _Spec("sentencepiece", AlbertConfig, AlbertForMaskedLM, 9),
+    "roberta-mlm": _Spec("bpe", RobertaConfig, RobertaForMaskedLM, 10),
+    "bert-mlm": _Spec("wordpiece-uncased", BertConfig, BertForMaskedLM, 11),
+    "electra-generator": _Spec("wordpiece-uncased", ElectraConfig, ElectraForMaskedLM, 12),
+    "electra-discriminator": _Spec("wordpiece-uncased", ElectraConfig, ElectraForPreTraining, 13),
+    "bert-nli": _Spec(
+        "wordpiece-uncased",
+        BertConfig,
+        BertForSequenceClassification,
+        14,
+        _labels("entailment", "neutral", "contradiction"),
+    ),
+    "roberta-multilabel": _Spec(
+        "bpe",
+        RobertaConfig,
+        RobertaForSequenceClassification,
+        15,
+        _labels("sports", "politics", "science", problem_type="multi_label_classification"),
+    ),
+    "bert-cross-encoder": _Spec("wordpiece-uncased", BertConfig, BertForSequenceClassification, 16, {"num_labels": 1}),
+    "bert-ner": _Spec("wordpiece-uncased", BertConfig, BertForTokenClassification, 17, _NER),
+    "roberta-ner": _Spec("bpe", RobertaConfig, RobertaForTokenClassification, 18, _NER),
 }
 
 
 def _build_model(spec: _Spec, tok: PreTrainedTokenizerBase) -> PreTrainedModel:
     torch.manual_seed(spec.seed)
-    model = spec.model(_make_config(spec.config, tok))
+    model = spec.model(_make_config(spec.config, tok, spec.extra))
     qa_outputs = getattr(model, "qa_outputs", None)
     if isinstance(qa_outputs, torch.nn.Linear):
         # Default init gives near-identical start/end logits; make span choice input-dependent.

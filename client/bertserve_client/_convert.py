@@ -206,6 +206,7 @@ def parse_model(pb: model_service_pb2.Model) -> ModelInfo:
         is_default=pb.is_default,
         load_attempts=pb.load_attempts,
         next_attempt_at=pb.next_attempt_time.ToNanoseconds() / 1e9 if pb.HasField("next_attempt_time") else None,
+        labels=list(pb.labels),
     )
 
 

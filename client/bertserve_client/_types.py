@@ -5,7 +5,7 @@ Enum values travel as lower-case short strings ("cls", "embed", "ready").
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -98,6 +98,8 @@ class ModelInfo:
     load_attempts: int = 0
     next_attempt_at: float | None = None
     """Unix time of the next load attempt, while one is due (see the server's load_retry_max_s)."""
+    labels: list[str] = field(default_factory=list)
+    """The labels of its classification head, by index; empty without one."""
 
 
 @dataclass(frozen=True, slots=True)

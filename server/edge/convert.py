@@ -41,6 +41,11 @@ _CAPABILITY_TO_PB = {
     Capability.TOKENIZE: model_service_pb2.CAPABILITY_TOKENIZE,
     Capability.EMBED: model_service_pb2.CAPABILITY_EMBED,
     Capability.ANSWER: model_service_pb2.CAPABILITY_ANSWER,
+    Capability.FILL_MASK: model_service_pb2.CAPABILITY_FILL_MASK,
+    Capability.DETECT_REPLACED_TOKENS: model_service_pb2.CAPABILITY_DETECT_REPLACED_TOKENS,
+    Capability.CLASSIFY: model_service_pb2.CAPABILITY_CLASSIFY,
+    Capability.RERANK: model_service_pb2.CAPABILITY_RERANK,
+    Capability.CLASSIFY_TOKENS: model_service_pb2.CAPABILITY_CLASSIFY_TOKENS,
 }
 _STATE_TO_PB = {
     ModelState.LOADING: model_service_pb2.MODEL_STATE_LOADING,
@@ -184,4 +189,5 @@ def model_proto(host: ModelHost, *, is_default: bool) -> model_service_pb2.Model
         model.max_input_tokens = info.max_input_tokens
         model.poolings.extend(_POOLING_TO_PB[p] for p in info.poolings)
         model.default_pooling = _POOLING_TO_PB[info.default_pooling]
+        model.labels.extend(info.labels)
     return model

@@ -215,7 +215,7 @@ class ModelHost:
         """The model's info when it is ready and offers capability; raise the matching error otherwise."""
         info = self.ready()
         if capability not in info.capabilities:
-            raise CapabilityNotSupported(_missing(self.name, capability))
+            raise CapabilityNotSupported(_missing(self.name, capability, info.capabilities))
         return info
 
     def ready(self) -> ModelInfo:
@@ -285,6 +285,14 @@ class ModelHost:
                 return list(zip(out.pooled, states, strict=True))
             if kind == "answer":
                 return self.plugin.answer_windows(batch)
+            if kind == "fill_mask":
+                return self.plugin.mask_logits(batch)
+            if kind == "replaced":
+                return self.plugin.replaced_logits(batch)
+            if kind == "classify":  # Classify and Rerank
+                return list(self.plugin.sequence_logits(batch))
+            if kind == "classify_tokens":
+                return self.plugin.token_logits(batch)
         except BertserveError:
             raise
         except Exception as e:
@@ -336,10 +344,23 @@ class Drained:
 _AFTER_ABANDON_S = 1.0
 
 
-def _missing(name: str, capability: Capability) -> str:
-    if capability is Capability.ANSWER:
-        return f"model {name!r} has no question-answering head; serve a checkpoint fine-tuned for QA for Answer"
-    return f"model {name!r} does not offer {capability.value}"
+#: Each capability's RPC and what it takes, for the message of a model that lacks it.
+_NEEDS = {
+    Capability.TOKENIZE: ("Tokenize", "a tokenizer"),
+    Capability.EMBED: ("Embed", "an encoder"),
+    Capability.ANSWER: ("Answer", "a question-answering head (a checkpoint fine-tuned for QA)"),
+    Capability.FILL_MASK: ("FillMask", "a masked-language-model head"),
+    Capability.DETECT_REPLACED_TOKENS: ("DetectReplacedTokens", "ELECTRA's discriminator head"),
+    Capability.CLASSIFY: ("Classify", "a sequence-classification head"),
+    Capability.RERANK: ("Rerank", "a cross-encoder head (sequence classification with one label)"),
+    Capability.CLASSIFY_TOKENS: ("ClassifyTokens", "a token-classification head"),
+}
+
+
+def _missing(name: str, capability: Capability, offered: frozenset[Capability]) -> str:
+    rpc, needs = _NEEDS[capability]
+    serves = ", ".join(_NEEDS[c][0] for c in Capability if c in offered)
+    return f"model {name!r} cannot serve {rpc}: that needs {needs}; it serves {serves}"
 
 
 #: The pause before the second attempt at a load that could not reach its files; it doubles.

@@ -23,43 +23,44 @@ _sym_db = _symbol_database.Default()
 
 
 from bertserve_client.v1 import common_pb2 as bertserve_dot_v1_dot_common__pb2
+from bertserve_client.v1 import heads_pb2 as bertserve_dot_v1_dot_heads__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"bertserve/v1/encoder_service.proto\x12\x0c\x62\x65rtserve.v1\x1a\x19\x62\x65rtserve/v1/common.proto\"\x9b\x01\n\x0c\x45mbedRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06inputs\x18\x02 \x03(\t\x12&\n\x07pooling\x18\x03 \x01(\x0e\x32\x15.bertserve.v1.Pooling\x12\x11\n\tnormalize\x18\x04 \x01(\x08\x12\x10\n\x08truncate\x18\x05 \x01(\x08\x12\x1f\n\x17return_token_embeddings\x18\x06 \x01(\x08\"\xcd\x01\n\rEmbedResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\nembeddings\x18\x02 \x01(\x0b\x32\x14.bertserve.v1.Tensor\x12.\n\x10token_embeddings\x18\x03 \x03(\x0b\x32\x14.bertserve.v1.Tensor\x12\x14\n\x0ctoken_counts\x18\x04 \x03(\r\x12\x19\n\x11truncated_indices\x18\x05 \x03(\r\x12\"\n\x05usage\x18\x06 \x01(\x0b\x32\x13.bertserve.v1.Usage\"A\n\x12\x45mbedStreamRequest\x12+\n\x07request\x18\x01 \x01(\x0b\x32\x1a.bertserve.v1.EmbedRequest\"z\n\x13\x45mbedStreamResponse\x12/\n\x08response\x18\x01 \x01(\x0b\x32\x1b.bertserve.v1.EmbedResponseH\x00\x12(\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x17.bertserve.v1.ItemErrorH\x00\x42\x08\n\x06result\"*\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xe0\x01\n\x0fTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06inputs\x18\x02 \x03(\t\x12\r\n\x05pairs\x18\x03 \x03(\t\x12\x1f\n\x12\x61\x64\x64_special_tokens\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x10\n\x08truncate\x18\x05 \x01(\x08\x12\x17\n\nmax_length\x18\x06 \x01(\rH\x01\x88\x01\x01\x12-\n\x0boffset_unit\x18\x07 \x01(\x0e\x32\x18.bertserve.v1.OffsetUnitB\x15\n\x13_add_special_tokensB\r\n\x0b_max_length\"o\n\x10TokenizeResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x31\n\rtokenizations\x18\x02 \x03(\x0b\x32\x1a.bertserve.v1.Tokenization\x12\x19\n\x11truncated_indices\x18\x03 \x03(\r\"\xb3\x01\n\x0cTokenization\x12\x0e\n\x06tokens\x18\x01 \x03(\t\x12\x0b\n\x03ids\x18\x02 \x03(\r\x12\x16\n\x0etoken_type_ids\x18\x03 \x03(\r\x12\x16\n\x0e\x61ttention_mask\x18\x04 \x03(\r\x12\x1b\n\x13special_tokens_mask\x18\x05 \x03(\r\x12#\n\x07offsets\x18\x06 \x03(\x0b\x32\x12.bertserve.v1.Span\x12\x14\n\x0csequence_ids\x18\x07 \x03(\x05\"\"\n\x04Span\x12\r\n\x05start\x18\x01 \x01(\r\x12\x0b\n\x03\x65nd\x18\x02 \x01(\r\"\xf2\x03\n\rAnswerRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12)\n\tquestions\x18\x02 \x03(\x0b\x32\x16.bertserve.v1.Question\x12\x12\n\x05top_k\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x17\n\ndoc_stride\x18\x04 \x01(\rH\x01\x88\x01\x01\x12\x18\n\x0bmax_seq_len\x18\x05 \x01(\rH\x02\x88\x01\x01\x12\x1d\n\x10max_question_len\x18\x06 \x01(\rH\x03\x88\x01\x01\x12\x1b\n\x0emax_answer_len\x18\x07 \x01(\rH\x04\x88\x01\x01\x12%\n\x18handle_impossible_answer\x18\x08 \x01(\x08H\x05\x88\x01\x01\x12\x1b\n\x0e\x61lign_to_words\x18\t \x01(\x08H\x06\x88\x01\x01\x12\x1c\n\x0fmerge_same_text\x18\n \x01(\x08H\x07\x88\x01\x01\x12-\n\x0boffset_unit\x18\x0b \x01(\x0e\x32\x18.bertserve.v1.OffsetUnitB\x08\n\x06_top_kB\r\n\x0b_doc_strideB\x0e\n\x0c_max_seq_lenB\x13\n\x11_max_question_lenB\x11\n\x0f_max_answer_lenB\x1b\n\x19_handle_impossible_answerB\x11\n\x0f_align_to_wordsB\x12\n\x10_merge_same_text\"-\n\x08Question\x12\x10\n\x08question\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\t\"k\n\x0e\x41nswerResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12&\n\x07results\x18\x02 \x03(\x0b\x32\x15.bertserve.v1.Answers\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.bertserve.v1.Usage\"0\n\x07\x41nswers\x12%\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x14.bertserve.v1.Answer\"A\n\x06\x41nswer\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\r\x12\x0b\n\x03\x65nd\x18\x03 \x01(\r\x12\r\n\x05score\x18\x04 \x01(\x02\x32\xba\x02\n\x0e\x45ncoderService\x12@\n\x05\x45mbed\x12\x1a.bertserve.v1.EmbedRequest\x1a\x1b.bertserve.v1.EmbedResponse\x12I\n\x08Tokenize\x12\x1d.bertserve.v1.TokenizeRequest\x1a\x1e.bertserve.v1.TokenizeResponse\x12\x43\n\x06\x41nswer\x12\x1b.bertserve.v1.AnswerRequest\x1a\x1c.bertserve.v1.AnswerResponse\x12V\n\x0b\x45mbedStream\x12 .bertserve.v1.EmbedStreamRequest\x1a!.bertserve.v1.EmbedStreamResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"bertserve/v1/encoder_service.proto\x12\x0c\x62\x65rtserve.v1\x1a\x19\x62\x65rtserve/v1/common.proto\x1a\x18\x62\x65rtserve/v1/heads.proto\"\x9b\x01\n\x0c\x45mbedRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06inputs\x18\x02 \x03(\t\x12&\n\x07pooling\x18\x03 \x01(\x0e\x32\x15.bertserve.v1.Pooling\x12\x11\n\tnormalize\x18\x04 \x01(\x08\x12\x10\n\x08truncate\x18\x05 \x01(\x08\x12\x1f\n\x17return_token_embeddings\x18\x06 \x01(\x08\"\xcd\x01\n\rEmbedResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\nembeddings\x18\x02 \x01(\x0b\x32\x14.bertserve.v1.Tensor\x12.\n\x10token_embeddings\x18\x03 \x03(\x0b\x32\x14.bertserve.v1.Tensor\x12\x14\n\x0ctoken_counts\x18\x04 \x03(\r\x12\x19\n\x11truncated_indices\x18\x05 \x03(\r\x12\"\n\x05usage\x18\x06 \x01(\x0b\x32\x13.bertserve.v1.Usage\"A\n\x12\x45mbedStreamRequest\x12+\n\x07request\x18\x01 \x01(\x0b\x32\x1a.bertserve.v1.EmbedRequest\"z\n\x13\x45mbedStreamResponse\x12/\n\x08response\x18\x01 \x01(\x0b\x32\x1b.bertserve.v1.EmbedResponseH\x00\x12(\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x17.bertserve.v1.ItemErrorH\x00\x42\x08\n\x06result\"*\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xe0\x01\n\x0fTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06inputs\x18\x02 \x03(\t\x12\r\n\x05pairs\x18\x03 \x03(\t\x12\x1f\n\x12\x61\x64\x64_special_tokens\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x10\n\x08truncate\x18\x05 \x01(\x08\x12\x17\n\nmax_length\x18\x06 \x01(\rH\x01\x88\x01\x01\x12-\n\x0boffset_unit\x18\x07 \x01(\x0e\x32\x18.bertserve.v1.OffsetUnitB\x15\n\x13_add_special_tokensB\r\n\x0b_max_length\"o\n\x10TokenizeResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x31\n\rtokenizations\x18\x02 \x03(\x0b\x32\x1a.bertserve.v1.Tokenization\x12\x19\n\x11truncated_indices\x18\x03 \x03(\r\"\xb3\x01\n\x0cTokenization\x12\x0e\n\x06tokens\x18\x01 \x03(\t\x12\x0b\n\x03ids\x18\x02 \x03(\r\x12\x16\n\x0etoken_type_ids\x18\x03 \x03(\r\x12\x16\n\x0e\x61ttention_mask\x18\x04 \x03(\r\x12\x1b\n\x13special_tokens_mask\x18\x05 \x03(\r\x12#\n\x07offsets\x18\x06 \x03(\x0b\x32\x12.bertserve.v1.Span\x12\x14\n\x0csequence_ids\x18\x07 \x03(\x05\"\"\n\x04Span\x12\r\n\x05start\x18\x01 \x01(\r\x12\x0b\n\x03\x65nd\x18\x02 \x01(\r\"\xf2\x03\n\rAnswerRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12)\n\tquestions\x18\x02 \x03(\x0b\x32\x16.bertserve.v1.Question\x12\x12\n\x05top_k\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x17\n\ndoc_stride\x18\x04 \x01(\rH\x01\x88\x01\x01\x12\x18\n\x0bmax_seq_len\x18\x05 \x01(\rH\x02\x88\x01\x01\x12\x1d\n\x10max_question_len\x18\x06 \x01(\rH\x03\x88\x01\x01\x12\x1b\n\x0emax_answer_len\x18\x07 \x01(\rH\x04\x88\x01\x01\x12%\n\x18handle_impossible_answer\x18\x08 \x01(\x08H\x05\x88\x01\x01\x12\x1b\n\x0e\x61lign_to_words\x18\t \x01(\x08H\x06\x88\x01\x01\x12\x1c\n\x0fmerge_same_text\x18\n \x01(\x08H\x07\x88\x01\x01\x12-\n\x0boffset_unit\x18\x0b \x01(\x0e\x32\x18.bertserve.v1.OffsetUnitB\x08\n\x06_top_kB\r\n\x0b_doc_strideB\x0e\n\x0c_max_seq_lenB\x13\n\x11_max_question_lenB\x11\n\x0f_max_answer_lenB\x1b\n\x19_handle_impossible_answerB\x11\n\x0f_align_to_wordsB\x12\n\x10_merge_same_text\"-\n\x08Question\x12\x10\n\x08question\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\t\"k\n\x0e\x41nswerResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12&\n\x07results\x18\x02 \x03(\x0b\x32\x15.bertserve.v1.Answers\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.bertserve.v1.Usage\"0\n\x07\x41nswers\x12%\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x14.bertserve.v1.Answer\"A\n\x06\x41nswer\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\r\x12\x0b\n\x03\x65nd\x18\x03 \x01(\r\x12\r\n\x05score\x18\x04 \x01(\x02\x32\xe1\x05\n\x0e\x45ncoderService\x12@\n\x05\x45mbed\x12\x1a.bertserve.v1.EmbedRequest\x1a\x1b.bertserve.v1.EmbedResponse\x12I\n\x08Tokenize\x12\x1d.bertserve.v1.TokenizeRequest\x1a\x1e.bertserve.v1.TokenizeResponse\x12\x43\n\x06\x41nswer\x12\x1b.bertserve.v1.AnswerRequest\x1a\x1c.bertserve.v1.AnswerResponse\x12V\n\x0b\x45mbedStream\x12 .bertserve.v1.EmbedStreamRequest\x1a!.bertserve.v1.EmbedStreamResponse(\x01\x30\x01\x12I\n\x08\x46illMask\x12\x1d.bertserve.v1.FillMaskRequest\x1a\x1e.bertserve.v1.FillMaskResponse\x12m\n\x14\x44\x65tectReplacedTokens\x12).bertserve.v1.DetectReplacedTokensRequest\x1a*.bertserve.v1.DetectReplacedTokensResponse\x12I\n\x08\x43lassify\x12\x1d.bertserve.v1.ClassifyRequest\x1a\x1e.bertserve.v1.ClassifyResponse\x12\x43\n\x06Rerank\x12\x1b.bertserve.v1.RerankRequest\x1a\x1c.bertserve.v1.RerankResponse\x12[\n\x0e\x43lassifyTokens\x12#.bertserve.v1.ClassifyTokensRequest\x1a$.bertserve.v1.ClassifyTokensResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bertserve.v1.encoder_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EMBEDREQUEST']._serialized_start=80
-  _globals['_EMBEDREQUEST']._serialized_end=235
-  _globals['_EMBEDRESPONSE']._serialized_start=238
-  _globals['_EMBEDRESPONSE']._serialized_end=443
-  _globals['_EMBEDSTREAMREQUEST']._serialized_start=445
-  _globals['_EMBEDSTREAMREQUEST']._serialized_end=510
-  _globals['_EMBEDSTREAMRESPONSE']._serialized_start=512
-  _globals['_EMBEDSTREAMRESPONSE']._serialized_end=634
-  _globals['_ITEMERROR']._serialized_start=636
-  _globals['_ITEMERROR']._serialized_end=678
-  _globals['_TOKENIZEREQUEST']._serialized_start=681
-  _globals['_TOKENIZEREQUEST']._serialized_end=905
-  _globals['_TOKENIZERESPONSE']._serialized_start=907
-  _globals['_TOKENIZERESPONSE']._serialized_end=1018
-  _globals['_TOKENIZATION']._serialized_start=1021
-  _globals['_TOKENIZATION']._serialized_end=1200
-  _globals['_SPAN']._serialized_start=1202
-  _globals['_SPAN']._serialized_end=1236
-  _globals['_ANSWERREQUEST']._serialized_start=1239
-  _globals['_ANSWERREQUEST']._serialized_end=1737
-  _globals['_QUESTION']._serialized_start=1739
-  _globals['_QUESTION']._serialized_end=1784
-  _globals['_ANSWERRESPONSE']._serialized_start=1786
-  _globals['_ANSWERRESPONSE']._serialized_end=1893
-  _globals['_ANSWERS']._serialized_start=1895
-  _globals['_ANSWERS']._serialized_end=1943
-  _globals['_ANSWER']._serialized_start=1945
-  _globals['_ANSWER']._serialized_end=2010
-  _globals['_ENCODERSERVICE']._serialized_start=2013
-  _globals['_ENCODERSERVICE']._serialized_end=2327
+  _globals['_EMBEDREQUEST']._serialized_start=106
+  _globals['_EMBEDREQUEST']._serialized_end=261
+  _globals['_EMBEDRESPONSE']._serialized_start=264
+  _globals['_EMBEDRESPONSE']._serialized_end=469
+  _globals['_EMBEDSTREAMREQUEST']._serialized_start=471
+  _globals['_EMBEDSTREAMREQUEST']._serialized_end=536
+  _globals['_EMBEDSTREAMRESPONSE']._serialized_start=538
+  _globals['_EMBEDSTREAMRESPONSE']._serialized_end=660
+  _globals['_ITEMERROR']._serialized_start=662
+  _globals['_ITEMERROR']._serialized_end=704
+  _globals['_TOKENIZEREQUEST']._serialized_start=707
+  _globals['_TOKENIZEREQUEST']._serialized_end=931
+  _globals['_TOKENIZERESPONSE']._serialized_start=933
+  _globals['_TOKENIZERESPONSE']._serialized_end=1044
+  _globals['_TOKENIZATION']._serialized_start=1047
+  _globals['_TOKENIZATION']._serialized_end=1226
+  _globals['_SPAN']._serialized_start=1228
+  _globals['_SPAN']._serialized_end=1262
+  _globals['_ANSWERREQUEST']._serialized_start=1265
+  _globals['_ANSWERREQUEST']._serialized_end=1763
+  _globals['_QUESTION']._serialized_start=1765
+  _globals['_QUESTION']._serialized_end=1810
+  _globals['_ANSWERRESPONSE']._serialized_start=1812
+  _globals['_ANSWERRESPONSE']._serialized_end=1919
+  _globals['_ANSWERS']._serialized_start=1921
+  _globals['_ANSWERS']._serialized_end=1969
+  _globals['_ANSWER']._serialized_start=1971
+  _globals['_ANSWER']._serialized_end=2036
+  _globals['_ENCODERSERVICE']._serialized_start=2039
+  _globals['_ENCODERSERVICE']._serialized_end=2776
 # @@protoc_insertion_point(module_scope)

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from bertserve_client.v1 import encoder_service_pb2 as bertserve_dot_v1_dot_encoder__service__pb2
+from bertserve_client.v1 import heads_pb2 as bertserve_dot_v1_dot_heads__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -26,7 +27,10 @@ if _version_not_supported:
 
 
 class EncoderServiceStub:
-    """EncoderService runs BERT-family encoders: embeddings, tokenization and extractive question answering.
+    """EncoderService runs BERT-family encoders: embeddings, tokenization, and the heads their
+    checkpoints carry (extractive question answering, masked-language modelling, replaced-token
+    detection, sequence and token classification, reranking). A head the model lacks answers
+    UNIMPLEMENTED, naming the heads it has.
     """
 
     def __init__(self, channel):
@@ -55,10 +59,38 @@ class EncoderServiceStub:
                 request_serializer=bertserve_dot_v1_dot_encoder__service__pb2.EmbedStreamRequest.SerializeToString,
                 response_deserializer=bertserve_dot_v1_dot_encoder__service__pb2.EmbedStreamResponse.FromString,
                 _registered_method=True)
+        self.FillMask = channel.unary_unary(
+                '/bertserve.v1.EncoderService/FillMask',
+                request_serializer=bertserve_dot_v1_dot_heads__pb2.FillMaskRequest.SerializeToString,
+                response_deserializer=bertserve_dot_v1_dot_heads__pb2.FillMaskResponse.FromString,
+                _registered_method=True)
+        self.DetectReplacedTokens = channel.unary_unary(
+                '/bertserve.v1.EncoderService/DetectReplacedTokens',
+                request_serializer=bertserve_dot_v1_dot_heads__pb2.DetectReplacedTokensRequest.SerializeToString,
+                response_deserializer=bertserve_dot_v1_dot_heads__pb2.DetectReplacedTokensResponse.FromString,
+                _registered_method=True)
+        self.Classify = channel.unary_unary(
+                '/bertserve.v1.EncoderService/Classify',
+                request_serializer=bertserve_dot_v1_dot_heads__pb2.ClassifyRequest.SerializeToString,
+                response_deserializer=bertserve_dot_v1_dot_heads__pb2.ClassifyResponse.FromString,
+                _registered_method=True)
+        self.Rerank = channel.unary_unary(
+                '/bertserve.v1.EncoderService/Rerank',
+                request_serializer=bertserve_dot_v1_dot_heads__pb2.RerankRequest.SerializeToString,
+                response_deserializer=bertserve_dot_v1_dot_heads__pb2.RerankResponse.FromString,
+                _registered_method=True)
+        self.ClassifyTokens = channel.unary_unary(
+                '/bertserve.v1.EncoderService/ClassifyTokens',
+                request_serializer=bertserve_dot_v1_dot_heads__pb2.ClassifyTokensRequest.SerializeToString,
+                response_deserializer=bertserve_dot_v1_dot_heads__pb2.ClassifyTokensResponse.FromString,
+                _registered_method=True)
 
 
 class EncoderServiceServicer:
-    """EncoderService runs BERT-family encoders: embeddings, tokenization and extractive question answering.
+    """EncoderService runs BERT-family encoders: embeddings, tokenization, and the heads their
+    checkpoints carry (extractive question answering, masked-language modelling, replaced-token
+    detection, sequence and token classification, reranking). A head the model lacks answers
+    UNIMPLEMENTED, naming the heads it has.
     """
 
     def Embed(self, request, context):
@@ -90,6 +122,41 @@ class EncoderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FillMask(self, request, context):
+        """FillMask predicts the tokens at the masks of each text (a masked-language-model head).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DetectReplacedTokens(self, request, context):
+        """DetectReplacedTokens gives the probability that each token was replaced (ELECTRA's discriminator).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Classify(self, request, context):
+        """Classify scores the labels of texts or text pairs (a sequence-classification head).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rerank(self, request, context):
+        """Rerank scores documents against a query (a cross-encoder: a one-label classification head).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClassifyTokens(self, request, context):
+        """ClassifyTokens finds labelled entities (a token-classification head, such as NER).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EncoderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +180,31 @@ def add_EncoderServiceServicer_to_server(servicer, server):
                     request_deserializer=bertserve_dot_v1_dot_encoder__service__pb2.EmbedStreamRequest.FromString,
                     response_serializer=bertserve_dot_v1_dot_encoder__service__pb2.EmbedStreamResponse.SerializeToString,
             ),
+            'FillMask': grpc.unary_unary_rpc_method_handler(
+                    servicer.FillMask,
+                    request_deserializer=bertserve_dot_v1_dot_heads__pb2.FillMaskRequest.FromString,
+                    response_serializer=bertserve_dot_v1_dot_heads__pb2.FillMaskResponse.SerializeToString,
+            ),
+            'DetectReplacedTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.DetectReplacedTokens,
+                    request_deserializer=bertserve_dot_v1_dot_heads__pb2.DetectReplacedTokensRequest.FromString,
+                    response_serializer=bertserve_dot_v1_dot_heads__pb2.DetectReplacedTokensResponse.SerializeToString,
+            ),
+            'Classify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Classify,
+                    request_deserializer=bertserve_dot_v1_dot_heads__pb2.ClassifyRequest.FromString,
+                    response_serializer=bertserve_dot_v1_dot_heads__pb2.ClassifyResponse.SerializeToString,
+            ),
+            'Rerank': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rerank,
+                    request_deserializer=bertserve_dot_v1_dot_heads__pb2.RerankRequest.FromString,
+                    response_serializer=bertserve_dot_v1_dot_heads__pb2.RerankResponse.SerializeToString,
+            ),
+            'ClassifyTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClassifyTokens,
+                    request_deserializer=bertserve_dot_v1_dot_heads__pb2.ClassifyTokensRequest.FromString,
+                    response_serializer=bertserve_dot_v1_dot_heads__pb2.ClassifyTokensResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'bertserve.v1.EncoderService', rpc_method_handlers)
@@ -122,7 +214,10 @@ def add_EncoderServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class EncoderService:
-    """EncoderService runs BERT-family encoders: embeddings, tokenization and extractive question answering.
+    """EncoderService runs BERT-family encoders: embeddings, tokenization, and the heads their
+    checkpoints carry (extractive question answering, masked-language modelling, replaced-token
+    detection, sequence and token classification, reranking). A head the model lacks answers
+    UNIMPLEMENTED, naming the heads it has.
     """
 
     @staticmethod
@@ -223,6 +318,141 @@ class EncoderService:
             '/bertserve.v1.EncoderService/EmbedStream',
             bertserve_dot_v1_dot_encoder__service__pb2.EmbedStreamRequest.SerializeToString,
             bertserve_dot_v1_dot_encoder__service__pb2.EmbedStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FillMask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bertserve.v1.EncoderService/FillMask',
+            bertserve_dot_v1_dot_heads__pb2.FillMaskRequest.SerializeToString,
+            bertserve_dot_v1_dot_heads__pb2.FillMaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DetectReplacedTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bertserve.v1.EncoderService/DetectReplacedTokens',
+            bertserve_dot_v1_dot_heads__pb2.DetectReplacedTokensRequest.SerializeToString,
+            bertserve_dot_v1_dot_heads__pb2.DetectReplacedTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Classify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bertserve.v1.EncoderService/Classify',
+            bertserve_dot_v1_dot_heads__pb2.ClassifyRequest.SerializeToString,
+            bertserve_dot_v1_dot_heads__pb2.ClassifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rerank(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bertserve.v1.EncoderService/Rerank',
+            bertserve_dot_v1_dot_heads__pb2.RerankRequest.SerializeToString,
+            bertserve_dot_v1_dot_heads__pb2.RerankResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClassifyTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bertserve.v1.EncoderService/ClassifyTokens',
+            bertserve_dot_v1_dot_heads__pb2.ClassifyTokensRequest.SerializeToString,
+            bertserve_dot_v1_dot_heads__pb2.ClassifyTokensResponse.FromString,
             options,
             channel_credentials,
             insecure,

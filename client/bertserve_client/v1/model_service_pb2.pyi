@@ -24,6 +24,11 @@ class Capability(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CAPABILITY_TOKENIZE: _ClassVar[Capability]
     CAPABILITY_EMBED: _ClassVar[Capability]
     CAPABILITY_ANSWER: _ClassVar[Capability]
+    CAPABILITY_FILL_MASK: _ClassVar[Capability]
+    CAPABILITY_DETECT_REPLACED_TOKENS: _ClassVar[Capability]
+    CAPABILITY_CLASSIFY: _ClassVar[Capability]
+    CAPABILITY_RERANK: _ClassVar[Capability]
+    CAPABILITY_CLASSIFY_TOKENS: _ClassVar[Capability]
 MODEL_STATE_UNSPECIFIED: ModelState
 MODEL_STATE_LOADING: ModelState
 MODEL_STATE_READY: ModelState
@@ -32,6 +37,11 @@ CAPABILITY_UNSPECIFIED: Capability
 CAPABILITY_TOKENIZE: Capability
 CAPABILITY_EMBED: Capability
 CAPABILITY_ANSWER: Capability
+CAPABILITY_FILL_MASK: Capability
+CAPABILITY_DETECT_REPLACED_TOKENS: Capability
+CAPABILITY_CLASSIFY: Capability
+CAPABILITY_RERANK: Capability
+CAPABILITY_CLASSIFY_TOKENS: Capability
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
@@ -98,7 +108,7 @@ class ReloadModelResponse(_message.Message):
     def __init__(self, model: _Optional[_Union[Model, _Mapping]] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("name", "plugin", "source", "devices", "dtype", "capabilities", "hidden_size", "max_input_tokens", "state", "failure_reason", "poolings", "default_pooling", "is_default", "load_attempts", "next_attempt_time")
+    __slots__ = ("name", "plugin", "source", "devices", "dtype", "capabilities", "hidden_size", "max_input_tokens", "state", "failure_reason", "poolings", "default_pooling", "is_default", "load_attempts", "next_attempt_time", "labels")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PLUGIN_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -114,6 +124,7 @@ class Model(_message.Message):
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
     LOAD_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     NEXT_ATTEMPT_TIME_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     name: str
     plugin: str
     source: str
@@ -129,4 +140,5 @@ class Model(_message.Message):
     is_default: bool
     load_attempts: int
     next_attempt_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., plugin: _Optional[str] = ..., source: _Optional[str] = ..., devices: _Optional[_Iterable[str]] = ..., dtype: _Optional[str] = ..., capabilities: _Optional[_Iterable[_Union[Capability, str]]] = ..., hidden_size: _Optional[int] = ..., max_input_tokens: _Optional[int] = ..., state: _Optional[_Union[ModelState, str]] = ..., failure_reason: _Optional[str] = ..., poolings: _Optional[_Iterable[_Union[_common_pb2.Pooling, str]]] = ..., default_pooling: _Optional[_Union[_common_pb2.Pooling, str]] = ..., is_default: _Optional[bool] = ..., load_attempts: _Optional[int] = ..., next_attempt_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., plugin: _Optional[str] = ..., source: _Optional[str] = ..., devices: _Optional[_Iterable[str]] = ..., dtype: _Optional[str] = ..., capabilities: _Optional[_Iterable[_Union[Capability, str]]] = ..., hidden_size: _Optional[int] = ..., max_input_tokens: _Optional[int] = ..., state: _Optional[_Union[ModelState, str]] = ..., failure_reason: _Optional[str] = ..., poolings: _Optional[_Iterable[_Union[_common_pb2.Pooling, str]]] = ..., default_pooling: _Optional[_Union[_common_pb2.Pooling, str]] = ..., is_default: _Optional[bool] = ..., load_attempts: _Optional[int] = ..., next_attempt_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
