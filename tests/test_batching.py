@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -98,9 +99,13 @@ async def test_cancelled_and_expired_calls_never_reach_the_model(client: AsyncCl
     # One pass per sequence, and calls take turns: a call that comes after 32 others waits for a pass
     # of each, a second or more.
     blocker = asyncio.gather(*(client.embed(f"{i} {LONG}", model="minilm-serial") for i in range(32)))
-    await asyncio.sleep(0.1)
+    batcher = server.router.get("minilm-serial").batcher
+    deadline = time.monotonic() + 30
+    while stats.sequences - sequences + batcher.queued[0] < 32:  # every blocker call is in (tokenized) first
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
     with pytest.raises(BertserveError) as info:
-        await client.embed("expires in the queue", model="minilm-serial", timeout=0.2)
+        await client.embed("expires in the queue", model="minilm-serial", timeout=0.3)
     assert info.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
     cancelled = asyncio.create_task(client.embed("cancelled in the queue", model="minilm-serial"))
     await asyncio.sleep(0.1)
