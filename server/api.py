@@ -105,6 +105,11 @@ class ModelInfo:
     mask_token: str | None = None
     mask_token_id: int | None = None
     pad_token_id: int | None = None
+    #: The unknown token's id: ClassifyTokens reports such a token by the text it covers.
+    unk_token_id: int | None = None
+    #: Whether the tokenizer's model marks word-continuing pieces (WordPiece's "##"): ClassifyTokens
+    #: then tells subwords by their length, else by the spaces around them, as the pipeline does.
+    word_aware: bool = False
 
 
 @dataclass(frozen=True)
@@ -232,7 +237,9 @@ class EncoderPlugin(abc.ABC):
 
     def target_ids(self, targets: Sequence[str]) -> list[int]:
         """FillMask's targets as vocabulary ids, as the fill-mask pipeline takes them: a target in
-        the vocabulary is its id; any other text stands for its first token."""
+        the vocabulary is its id; any other text stands for its first token, and one that
+        tokenizes to nothing is skipped (InvalidRequest when none is left). Ids come in target
+        order, repeats kept: the server dedupes them."""
         raise NotImplementedError
 
     def tokens_to_string(self, tokens: Sequence[str]) -> str:

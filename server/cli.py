@@ -1,6 +1,7 @@
-"""The ``bertserve`` command: ``serve`` runs the server; ``embed``, ``tokenize``, ``answer`` and
-``models`` call a running one, for quick use from a shell, and ``load``, ``unload`` and
-``reload`` change its models while it runs."""
+"""The ``bertserve`` command: ``serve`` runs the server; ``embed``, ``tokenize``, ``answer``,
+``fill-mask``, ``detect-replaced``, ``classify``, ``rerank``, ``classify-tokens``, ``models`` and
+``health`` call a running one, for quick use from a shell, and ``load``, ``unload`` and ``reload``
+change its models while it runs."""
 
 from __future__ import annotations
 
@@ -89,6 +90,61 @@ def _parser() -> argparse.ArgumentParser:
         help="list each distinct span once instead of adding up answers with the same text",
     )
     answer.set_defaults(run=_answer)
+
+    classify = client_command("classify", help="classify texts (or text pairs) and print their labels as JSON")
+    classify.add_argument("texts", nargs="+")
+    classify.add_argument("--pair", action="append", help="second segment, once per text")
+    classify.add_argument("--top-k", type=int, help="labels per text (default 1; 0 for all)")
+    classify.add_argument(
+        "--function", choices=("softmax", "sigmoid", "none"), help="logits to scores (default: as the model says)"
+    )
+    classify.add_argument("--truncate", action="store_true")
+    classify.set_defaults(run=_classify)
+
+    rerank = client_command("rerank", help="score documents against a query and print them, ranked, as JSON")
+    rerank.add_argument("--query", required=True)
+    rerank.add_argument("documents", nargs="+")
+    rerank.add_argument("--truncate", action="store_true", help="cut (query, document) pairs over the model's limit")
+    rerank.add_argument("--raw-scores", action="store_true", help="the logits instead of their sigmoid")
+    rerank.set_defaults(run=_rerank)
+
+    ner = client_command("classify-tokens", help="find the entities of texts (NER) and print them as JSON")
+    ner.add_argument("texts", nargs="+")
+    ner.add_argument(
+        "--aggregation",
+        choices=("none", "simple", "first", "average", "max"),
+        default="none",
+        help="how tokens become entities, as transformers' aggregation_strategy (default none: one per token)",
+    )
+    labels = ner.add_mutually_exclusive_group()
+    labels.add_argument(
+        "--ignore-label", action="append", metavar="LABEL", help="leave this label out, once per label (default: O)"
+    )
+    labels.add_argument("--all-labels", action="store_true", help="leave no label out, O included")
+    ner.add_argument("--truncate", action="store_true")
+    ner.set_defaults(run=_classify_tokens)
+
+    fill = client_command("fill-mask", help="predict the tokens at each [MASK] of texts and print them as JSON")
+    fill.add_argument("texts", nargs="+", help="texts with [MASK] (or the model's own mask token) in them")
+    fill.add_argument("--top-k", type=int, help="candidates per mask (default 5)")
+    # (--target is the server's address, as in every client command)
+    fill.add_argument(
+        "--candidate",
+        dest="targets",
+        action="append",
+        metavar="TOKEN",
+        help="consider only this token (the pipeline's targets), once per token",
+    )
+    fill.add_argument("--truncate", action="store_true")
+    fill.set_defaults(run=_fill_mask)
+
+    replaced = client_command(
+        "detect-replaced", help="the probability that each token was replaced (ELECTRA's discriminator), as JSON"
+    )
+    replaced.add_argument("texts", nargs="+")
+    replaced.add_argument("--words", action="store_true", help="also each word's probability: its tokens' highest")
+    replaced.add_argument("--truncate", action="store_true")
+    replaced.set_defaults(run=_detect_replaced)
 
     models = client_command("models", help="list the server's models as JSON")
     models.set_defaults(run=_models)
@@ -243,6 +299,71 @@ def _answer(args: argparse.Namespace) -> int:
                 merge_same_text=args.merge_same_text,
             )
         return [asdict(a) for a in answers[0]]
+
+    return _call(run)
+
+
+def _classify(args: argparse.Namespace) -> int:
+    def run() -> Any:
+        with _client(args) as client:
+            results = client.classify(
+                args.texts,
+                pairs=args.pair,
+                model=args.model,
+                top_k=args.top_k,
+                function=args.function,
+                truncate=args.truncate,
+            )
+        return [[asdict(label) for label in labels] for labels in results]
+
+    return _call(run)
+
+
+def _rerank(args: argparse.Namespace) -> int:
+    def run() -> Any:
+        with _client(args) as client:
+            result = client.rerank(
+                args.query, args.documents, model=args.model, truncate=args.truncate, raw_scores=args.raw_scores
+            )
+        # Best first, each with its text: what a shell user wants to read.
+        return [{**asdict(result.documents[i]), "text": args.documents[i]} for i in result.ranking]
+
+    return _call(run)
+
+
+def _classify_tokens(args: argparse.Namespace) -> int:
+    def run() -> Any:
+        with _client(args) as client:
+            results = client.classify_tokens(
+                args.texts,
+                model=args.model,
+                aggregation=args.aggregation,
+                ignore_labels=[] if args.all_labels else args.ignore_label,
+                truncate=args.truncate,
+            )
+        return [[asdict(entity) for entity in entities] for entities in results]
+
+    return _call(run)
+
+
+def _fill_mask(args: argparse.Namespace) -> int:
+    def run() -> Any:
+        with _client(args) as client:
+            results = client.fill_mask(
+                args.texts, model=args.model, top_k=args.top_k, targets=args.targets, truncate=args.truncate
+            )
+        return [[[asdict(c) for c in mask] for mask in masks] for masks in results]
+
+    return _call(run)
+
+
+def _detect_replaced(args: argparse.Namespace) -> int:
+    def run() -> Any:
+        with _client(args) as client:
+            results = client.detect_replaced_tokens(
+                args.texts, model=args.model, aggregate_words=args.words, truncate=args.truncate
+            )
+        return [asdict(r) for r in results]
 
     return _call(run)
 

@@ -12,12 +12,30 @@ from bertserve.api import Encoding, Pooling
 from bertserve.serving.batcher import Completed
 
 __all__ = [
+    "Aggregation",
     "AnswerQuery",
     "AnswerSpan",
     "CallLimits",
+    "ClassifyFunction",
+    "ClassifyQuery",
+    "ClassifyResult",
+    "ClassifyTokensQuery",
+    "ClassifyTokensResult",
     "EmbedQuery",
     "EmbedResult",
+    "Entity",
+    "FillMaskQuery",
+    "FillMaskResult",
+    "LabelScore",
+    "MaskCandidate",
     "OffsetUnit",
+    "RankedDocument",
+    "ReplacedTokens",
+    "ReplacedTokensQuery",
+    "ReplacedTokensResult",
+    "RerankQuery",
+    "RerankResult",
+    "TokenProbability",
     "TokenizeQuery",
     "Usage",
     "UsageMeter",
@@ -143,4 +161,156 @@ class AnswerSpan:
 class AnswerResult:
     model: str
     answers: list[list[AnswerSpan]]
+    usage: Usage
+
+
+class ClassifyFunction(enum.Enum):
+    """What turns a sequence classifier's logits into scores (the text-classification pipeline's
+    function_to_apply)."""
+
+    SOFTMAX = "softmax"
+    SIGMOID = "sigmoid"
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class ClassifyQuery:
+    model: str
+    inputs: list[str]
+    pairs: list[str] | None = None  # second segments, one per input
+    top_k: int = 1  # labels per input, best first; 0: all of them
+    function: ClassifyFunction | None = None  # None: as the checkpoint says (the pipeline's default rule)
+    truncate: bool = False
+
+
+@dataclass(frozen=True)
+class LabelScore:
+    label: str
+    index: int  # in the classifier's output
+    score: float
+
+
+@dataclass(frozen=True)
+class ClassifyResult:
+    model: str
+    labels: list[list[LabelScore]]  # per input, best first
+    usage: Usage
+
+
+@dataclass(frozen=True)
+class RerankQuery:
+    model: str
+    query: str
+    documents: list[str]
+    truncate: bool = False
+    return_documents: bool = False
+    raw_scores: bool = False  # the logit instead of its sigmoid
+
+
+@dataclass(frozen=True)
+class RankedDocument:
+    index: int
+    score: float
+    truncated: bool  # the (query, document) pair was cut to the model's limit
+    text: str  # the document with return_documents, else ""
+
+
+@dataclass(frozen=True)
+class RerankResult:
+    model: str
+    documents: list[RankedDocument]  # in request order
+    ranking: list[int]  # document indices, best score first
+    usage: Usage
+
+
+@dataclass(frozen=True)
+class FillMaskQuery:
+    model: str
+    inputs: list[str]  # each with at least one mask: "[MASK]" or the model's own mask token
+    top_k: int = 5  # candidates per mask
+    targets: list[str] | None = None  # restrict the candidates to these (the pipeline's targets)
+    truncate: bool = False
+
+
+@dataclass(frozen=True)
+class MaskCandidate:
+    token: str  # the tokenizer's decoding of token_id
+    token_id: int
+    score: float  # softmax over the whole vocabulary
+    sequence: str  # the input with this token in the mask, decoded as the fill-mask pipeline does
+
+
+@dataclass(frozen=True)
+class FillMaskResult:
+    model: str
+    results: list[list[list[MaskCandidate]]]  # per input, per mask (in text order), best first
+    usage: Usage
+
+
+@dataclass(frozen=True)
+class ReplacedTokensQuery:
+    model: str
+    inputs: list[str]
+    aggregate_words: bool = False
+    offset_unit: OffsetUnit = OffsetUnit.CODE_POINT
+    truncate: bool = False
+
+
+@dataclass(frozen=True)
+class TokenProbability:
+    text: str  # the token as the tokenizer spells it, or the word as it stands in the input
+    start: int  # in the query's offset unit; (0, 0) for a special token
+    end: int
+    probability: float  # that it was replaced: sigmoid of the discriminator's logit
+    special: bool = False  # a special token the tokenizer added
+
+
+@dataclass(frozen=True)
+class ReplacedTokens:
+    tokens: list[TokenProbability]
+    words: list[TokenProbability]  # with aggregate_words, else empty
+
+
+@dataclass(frozen=True)
+class ReplacedTokensResult:
+    model: str
+    results: list[ReplacedTokens]  # per input
+    usage: Usage
+
+
+class Aggregation(enum.Enum):
+    """How ClassifyTokens merges tokens into entities (the token-classification pipeline's
+    aggregation_strategy; see bertserve.serving.entities)."""
+
+    NONE = "none"  # one entity per token
+    SIMPLE = "simple"  # adjacent tokens of the same B-/I- entity grouped, scores averaged
+    FIRST = "first"  # a word takes its first token's label
+    AVERAGE = "average"  # a word takes the label of its tokens' average scores
+    MAX = "max"  # a word takes the label of its highest-scoring token
+
+
+@dataclass(frozen=True)
+class ClassifyTokensQuery:
+    model: str
+    inputs: list[str]
+    aggregation: Aggregation = Aggregation.NONE
+    ignore_labels: tuple[str, ...] = ("O",)  # labels left out of the results; () keeps every label
+    offset_unit: OffsetUnit = OffsetUnit.CODE_POINT
+    truncate: bool = False
+
+
+@dataclass(frozen=True)
+class Entity:
+    label: str  # the token's label (aggregation none) or the entity group
+    score: float
+    word: str  # the text as the pipeline reports it (decoded tokens)
+    start: int  # in the query's offset unit
+    end: int
+    index: int  # the token's index in the tokenized input with aggregation none; 0 otherwise
+
+
+@dataclass(frozen=True)
+class ClassifyTokensResult:
+    model: str
+    entities: list[list[Entity]]  # per input, in text order
     usage: Usage

@@ -200,6 +200,9 @@ class TransformersPlugin(EncoderPlugin):
             mask_token=tokenizer.mask_token,
             mask_token_id=tokenizer.mask_token_id,
             pad_token_id=tokenizer.pad_token_id,
+            unk_token_id=tokenizer.unk_token_id,
+            # The token-classification pipeline's test for a word-aware tokenizer.
+            word_aware=bool(getattr(tokenizer.backend_tokenizer.model, "continuing_subword_prefix", None)),
         )
 
     def _takes_token_types(self, config: Any) -> bool:
@@ -638,6 +641,7 @@ class TransformersPlugin(EncoderPlugin):
         return str(self._tokenize_with().decode(list(ids), skip_special_tokens=skip_special_tokens))
 
     def target_ids(self, targets: Sequence[str]) -> list[int]:
+        # As the fill-mask pipeline's get_target_ids: a target that tokenizes to nothing is skipped.
         tokenizer = self._tokenize_with()
         vocab = tokenizer.get_vocab()
         ids = []
@@ -646,9 +650,14 @@ class TransformersPlugin(EncoderPlugin):
             if id_ is None:
                 pieces = tokenizer(target, add_special_tokens=False, max_length=1, truncation=True)["input_ids"]
                 if not pieces:
-                    raise InvalidRequest(f"target {target!r} is no token of model {self.spec.name!r}'s vocabulary")
+                    continue
                 id_ = pieces[0]
             ids.append(int(id_))
+        if not ids:
+            raise InvalidRequest(
+                f"no target is a token of model {self.spec.name!r}: each of the {len(targets)} targets tokenizes "
+                "to nothing; send a word or a token of the model's vocabulary"
+            )
         return ids
 
     def tokens_to_string(self, tokens: Sequence[str]) -> str:

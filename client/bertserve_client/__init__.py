@@ -17,16 +17,46 @@ contract are in `bertserve_client.v1`.
 
 from bertserve_client._client import AsyncClient, Client, tls_credentials
 from bertserve_client._errors import BertserveError
-from bertserve_client._types import Answer, Answers, EmbedResult, ModelInfo, Tokenization, Unloaded, Usage
+from bertserve_client._types import (
+    Answer,
+    Answers,
+    Classifications,
+    EmbedResult,
+    Entities,
+    Entity,
+    FillMaskResults,
+    LabelScore,
+    MaskCandidate,
+    ModelInfo,
+    RankedDocument,
+    ReplacedTokens,
+    ReplacedTokensResults,
+    RerankResult,
+    Tokenization,
+    TokenProbability,
+    Unloaded,
+    Usage,
+)
 
 __all__ = [
     "Answer",
     "Answers",
     "AsyncClient",
     "BertserveError",
+    "Classifications",
     "Client",
     "EmbedResult",
+    "Entities",
+    "Entity",
+    "FillMaskResults",
+    "LabelScore",
+    "MaskCandidate",
     "ModelInfo",
+    "RankedDocument",
+    "ReplacedTokens",
+    "ReplacedTokensResults",
+    "RerankResult",
+    "TokenProbability",
     "Tokenization",
     "Unloaded",
     "Usage",

@@ -20,18 +20,39 @@ from google.protobuf.message import Message
 
 from bertserve_client._convert import (
     answer_request,
+    classify_request,
+    classify_tokens_request,
+    detect_replaced_tokens_request,
     embed_request,
+    fill_mask_request,
     parse_answer,
+    parse_classify,
+    parse_classify_tokens,
+    parse_detect_replaced_tokens,
     parse_embed,
+    parse_fill_mask,
     parse_model,
     parse_models,
+    parse_rerank,
     parse_stream_item,
     parse_tokenize,
+    rerank_request,
     tokenize_request,
 )
 from bertserve_client._errors import BertserveError, from_rpc_error
 from bertserve_client._fleet import fleet_options
-from bertserve_client._types import Answers, EmbedResult, ModelInfo, Tokenization, Unloaded
+from bertserve_client._types import (
+    Answers,
+    Classifications,
+    EmbedResult,
+    Entities,
+    FillMaskResults,
+    ModelInfo,
+    ReplacedTokensResults,
+    RerankResult,
+    Tokenization,
+    Unloaded,
+)
 from bertserve_client.v1 import encoder_service_pb2, encoder_service_pb2_grpc, model_service_pb2, model_service_pb2_grpc
 
 
@@ -88,6 +109,11 @@ class _Base:
                     "EmbedStream": encoder.EmbedStream,
                     "Tokenize": encoder.Tokenize,
                     "Answer": encoder.Answer,
+                    "Classify": encoder.Classify,
+                    "Rerank": encoder.Rerank,
+                    "ClassifyTokens": encoder.ClassifyTokens,
+                    "FillMask": encoder.FillMask,
+                    "DetectReplacedTokens": encoder.DetectReplacedTokens,
                     "ListModels": models.ListModels,
                     "GetModel": models.GetModel,
                     "LoadModel": models.LoadModel,
@@ -310,6 +336,130 @@ class Client(_Base):
         )
         return parse_answer(self._call("Answer", request, timeout))
 
+    def classify(
+        self,
+        inputs: str | Sequence[str],
+        *,
+        pairs: str | Sequence[str] | None = None,
+        model: str = "",
+        top_k: int | None = None,
+        function: ClassifyFunctionName | None = None,
+        truncate: bool = False,
+        timeout: Timeout = _DEFAULT,
+    ) -> Classifications:
+        """The labels of each input (with its pair, one per input, as a second segment), best first.
+
+        `top_k` labels per input: None for the server's default (1), 0 for all of them.
+        `function` turns logits into scores: "softmax", "sigmoid", "none", or None for the
+        checkpoint's own (sigmoid for multi-label or one-label heads, softmax for single-label
+        ones, none for regression, as transformers' text-classification pipeline decides).
+        """
+        request = classify_request(inputs, pairs=pairs, model=model, top_k=top_k, function=function, truncate=truncate)
+        return parse_classify(self._call("Classify", request, timeout))
+
+    def rerank(
+        self,
+        query: str,
+        documents: str | Sequence[str],
+        *,
+        model: str = "",
+        truncate: bool = False,
+        return_documents: bool = False,
+        raw_scores: bool = False,
+        timeout: Timeout = _DEFAULT,
+    ) -> RerankResult:
+        """Score each document against the query with a cross-encoder.
+
+        The result holds the documents in request order (with their index, score and whether
+        their pair with the query was cut) and `ranking`, their indices best first. Scores are
+        the sigmoid of the model's logit, or the logit with `raw_scores`. `truncate` cuts a pair
+        over the model's limit instead of refusing the call.
+        """
+        request = rerank_request(
+            query,
+            documents,
+            model=model,
+            truncate=truncate,
+            return_documents=return_documents,
+            raw_scores=raw_scores,
+        )
+        return parse_rerank(self._call("Rerank", request, timeout))
+
+    def classify_tokens(
+        self,
+        inputs: str | Sequence[str],
+        *,
+        model: str = "",
+        aggregation: AggregationName = "none",
+        ignore_labels: Sequence[str] | None = None,
+        offset_unit: OffsetUnitName = "code_point",
+        truncate: bool = False,
+        timeout: Timeout = _DEFAULT,
+    ) -> Entities:
+        """The entities of each input (named-entity recognition), in text order.
+
+        `aggregation` is transformers' token-classification aggregation_strategy: "none" (one
+        entity per token, with its index), "simple" (adjacent tokens of one B-/I- entity grouped),
+        or "first", "average", "max" (tokens of a word agree on its first token's label, the
+        label of their average scores, or their highest-scoring token's). Entities whose label is
+        in `ignore_labels` are left out: None leaves out "O", [] keeps every label. Start and end
+        count `offset_unit`, as in tokenize; `truncate` cuts inputs over the model's limit
+        instead of refusing them.
+        """
+        request = classify_tokens_request(
+            inputs,
+            model=model,
+            aggregation=aggregation,
+            ignore_labels=ignore_labels,
+            offset_unit=offset_unit,
+            truncate=truncate,
+        )
+        return parse_classify_tokens(self._call("ClassifyTokens", request, timeout))
+
+    def fill_mask(
+        self,
+        inputs: str | Sequence[str],
+        *,
+        model: str = "",
+        top_k: int | None = None,
+        targets: str | Sequence[str] | None = None,
+        truncate: bool = False,
+        timeout: Timeout = _DEFAULT,
+    ) -> FillMaskResults:
+        """The likeliest tokens at each mask of each input, as transformers' fill-mask pipeline finds them.
+
+        Write a mask as "[MASK]" for any model, or as the model's own mask token ("<mask>" for
+        RoBERTa); each input needs at least one. The result holds, per input, per mask in text
+        order, up to `top_k` candidates (None: the server's default, 5), best first, each with
+        its token, id, probability and the input with it in the mask. `targets` restricts the
+        candidates to these tokens (a word not in the vocabulary stands for its first token);
+        scores stay the probability over the whole vocabulary. `truncate` cuts an input over the
+        model's limit instead of refusing the call; a mask past the cut is not filled.
+        """
+        request = fill_mask_request(inputs, model=model, top_k=top_k, targets=targets, truncate=truncate)
+        return parse_fill_mask(self._call("FillMask", request, timeout))
+
+    def detect_replaced_tokens(
+        self,
+        inputs: str | Sequence[str],
+        *,
+        model: str = "",
+        aggregate_words: bool = False,
+        offset_unit: OffsetUnitName = "code_point",
+        truncate: bool = False,
+        timeout: Timeout = _DEFAULT,
+    ) -> ReplacedTokensResults:
+        """With an ELECTRA discriminator: the probability that each token of each input was replaced.
+
+        Each input's tokens come in order, special tokens included (flagged, at offsets 0, 0);
+        with `aggregate_words` also its words, each with the highest probability of its tokens.
+        Offsets count `offset_unit`, as in tokenize.
+        """
+        request = detect_replaced_tokens_request(
+            inputs, model=model, aggregate_words=aggregate_words, offset_unit=offset_unit, truncate=truncate
+        )
+        return parse_detect_replaced_tokens(self._call("DetectReplacedTokens", request, timeout))
+
     def models(self, *, timeout: Timeout = _DEFAULT) -> list[ModelInfo]:
         """Every configured model, in configuration order, whatever its state."""
         return parse_models(self._call("ListModels", model_service_pb2.ListModelsRequest(), timeout))
@@ -502,6 +652,95 @@ class AsyncClient(_Base):
         )
         return parse_answer(await self._call("Answer", request, timeout))
 
+    async def classify(
+        self,
+        inputs: str | Sequence[str],
+        *,
+        pairs: str | Sequence[str] | None = None,
+        model: str = "",
+        top_k: int | None = None,
+        function: ClassifyFunctionName | None = None,
+        truncate: bool = False,
+        timeout: Timeout = _DEFAULT,
+    ) -> Classifications:
+        """See Client.classify."""
+        request = classify_request(inputs, pairs=pairs, model=model, top_k=top_k, function=function, truncate=truncate)
+        return parse_classify(await self._call("Classify", request, timeout))
+
+    async def rerank(
+        self,
+        query: str,
+        documents: str | Sequence[str],
+        *,
+        model: str = "",
+        truncate: bool = False,
+        return_documents: bool = False,
+        raw_scores: bool = False,
+        timeout: Timeout = _DEFAULT,
+    ) -> RerankResult:
+        """See Client.rerank."""
+        request = rerank_request(
+            query,
+            documents,
+            model=model,
+            truncate=truncate,
+            return_documents=return_documents,
+            raw_scores=raw_scores,
+        )
+        return parse_rerank(await self._call("Rerank", request, timeout))
+
+    async def classify_tokens(
+        self,
+        inputs: str | Sequence[str],
+        *,
+        model: str = "",
+        aggregation: AggregationName = "none",
+        ignore_labels: Sequence[str] | None = None,
+        offset_unit: OffsetUnitName = "code_point",
+        truncate: bool = False,
+        timeout: Timeout = _DEFAULT,
+    ) -> Entities:
+        """See Client.classify_tokens."""
+        request = classify_tokens_request(
+            inputs,
+            model=model,
+            aggregation=aggregation,
+            ignore_labels=ignore_labels,
+            offset_unit=offset_unit,
+            truncate=truncate,
+        )
+        return parse_classify_tokens(await self._call("ClassifyTokens", request, timeout))
+
+    async def fill_mask(
+        self,
+        inputs: str | Sequence[str],
+        *,
+        model: str = "",
+        top_k: int | None = None,
+        targets: str | Sequence[str] | None = None,
+        truncate: bool = False,
+        timeout: Timeout = _DEFAULT,
+    ) -> FillMaskResults:
+        """See Client.fill_mask."""
+        request = fill_mask_request(inputs, model=model, top_k=top_k, targets=targets, truncate=truncate)
+        return parse_fill_mask(await self._call("FillMask", request, timeout))
+
+    async def detect_replaced_tokens(
+        self,
+        inputs: str | Sequence[str],
+        *,
+        model: str = "",
+        aggregate_words: bool = False,
+        offset_unit: OffsetUnitName = "code_point",
+        truncate: bool = False,
+        timeout: Timeout = _DEFAULT,
+    ) -> ReplacedTokensResults:
+        """See Client.detect_replaced_tokens."""
+        request = detect_replaced_tokens_request(
+            inputs, model=model, aggregate_words=aggregate_words, offset_unit=offset_unit, truncate=truncate
+        )
+        return parse_detect_replaced_tokens(await self._call("DetectReplacedTokens", request, timeout))
+
     async def models(self, *, timeout: Timeout = _DEFAULT) -> list[ModelInfo]:
         """See Client.models."""
         return parse_models(await self._call("ListModels", model_service_pb2.ListModelsRequest(), timeout))
@@ -546,6 +785,10 @@ class AsyncClient(_Base):
 ModelEntry: TypeAlias = "Mapping[str, Any] | str"
 #: What offsets count: code points (Python's str indices), UTF-16 code units or UTF-8 bytes.
 OffsetUnitName: TypeAlias = Literal["code_point", "utf16", "utf8"]
+#: How ClassifyTokens merges tokens into entities (the pipeline's aggregation_strategy).
+AggregationName: TypeAlias = Literal["none", "simple", "first", "average", "max"]
+#: How Classify turns logits into scores.
+ClassifyFunctionName: TypeAlias = Literal["softmax", "sigmoid", "none"]
 
 
 def _entry_text(entry: ModelEntry) -> str:

@@ -13,8 +13,26 @@ from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
 from bertserve_client._errors import BertserveError
 from bertserve_client._tensor import tensor_to_numpy
-from bertserve_client._types import Answer, Answers, EmbedResult, ModelInfo, Tokenization, Usage
-from bertserve_client.v1 import common_pb2, encoder_service_pb2, model_service_pb2
+from bertserve_client._types import (
+    Answer,
+    Answers,
+    Classifications,
+    EmbedResult,
+    Entities,
+    Entity,
+    FillMaskResults,
+    LabelScore,
+    MaskCandidate,
+    ModelInfo,
+    RankedDocument,
+    ReplacedTokens,
+    ReplacedTokensResults,
+    RerankResult,
+    Tokenization,
+    TokenProbability,
+    Usage,
+)
+from bertserve_client.v1 import common_pb2, encoder_service_pb2, heads_pb2, model_service_pb2
 
 _POOLINGS = {
     "cls": common_pb2.POOLING_CLS,
@@ -184,6 +202,177 @@ def _offset_unit(name: str) -> common_pb2.OffsetUnit:
 def parse_answer(pb: encoder_service_pb2.AnswerResponse) -> Answers:
     return Answers(
         [[Answer(text=a.text, start=a.start, end=a.end, score=a.score) for a in r.answers] for r in pb.results],
+        model=pb.model,
+        usage=_usage(pb.usage),
+    )
+
+
+_CLASSIFY_FUNCTIONS = {
+    None: heads_pb2.CLASSIFY_FUNCTION_UNSPECIFIED,
+    "softmax": heads_pb2.CLASSIFY_FUNCTION_SOFTMAX,
+    "sigmoid": heads_pb2.CLASSIFY_FUNCTION_SIGMOID,
+    "none": heads_pb2.CLASSIFY_FUNCTION_NONE,
+}
+
+
+def classify_request(
+    inputs: str | Sequence[str],
+    *,
+    pairs: str | Sequence[str] | None,
+    model: str,
+    top_k: int | None,
+    function: str | None,
+    truncate: bool,
+) -> heads_pb2.ClassifyRequest:
+    if function not in _CLASSIFY_FUNCTIONS:
+        names = sorted(f for f in _CLASSIFY_FUNCTIONS if f is not None)
+        raise ValueError(f"unknown function {function!r}: expected one of {names} or None")
+    request = heads_pb2.ClassifyRequest(
+        model=model,
+        inputs=_as_list(inputs),
+        pairs=_as_list(pairs) if pairs is not None else [],
+        function=_CLASSIFY_FUNCTIONS[function],
+        truncate=truncate,
+    )
+    if top_k is not None:
+        request.top_k = top_k
+    return request
+
+
+def parse_classify(pb: heads_pb2.ClassifyResponse) -> Classifications:
+    return Classifications(
+        [[LabelScore(label=s.label, index=s.index, score=s.score) for s in r.labels] for r in pb.results],
+        model=pb.model,
+        usage=_usage(pb.usage),
+    )
+
+
+def rerank_request(
+    query: str,
+    documents: str | Sequence[str],
+    *,
+    model: str,
+    truncate: bool,
+    return_documents: bool,
+    raw_scores: bool,
+) -> heads_pb2.RerankRequest:
+    return heads_pb2.RerankRequest(
+        model=model,
+        query=query,
+        documents=_as_list(documents),
+        truncate=truncate,
+        return_documents=return_documents,
+        raw_scores=raw_scores,
+    )
+
+
+def parse_rerank(pb: heads_pb2.RerankResponse) -> RerankResult:
+    return RerankResult(
+        model=pb.model,
+        # Documents are never empty: an empty text means the server did not send it back.
+        documents=[
+            RankedDocument(index=d.index, score=d.score, truncated=d.truncated, text=d.text or None)
+            for d in pb.documents
+        ],
+        ranking=list(pb.ranking),
+        usage=_usage(pb.usage),
+    )
+
+
+_AGGREGATIONS = {
+    "none": heads_pb2.AGGREGATION_NONE,
+    "simple": heads_pb2.AGGREGATION_SIMPLE,
+    "first": heads_pb2.AGGREGATION_FIRST,
+    "average": heads_pb2.AGGREGATION_AVERAGE,
+    "max": heads_pb2.AGGREGATION_MAX,
+}
+
+
+def classify_tokens_request(
+    inputs: str | Sequence[str],
+    *,
+    model: str,
+    aggregation: str,
+    ignore_labels: Sequence[str] | None,
+    offset_unit: str,
+    truncate: bool,
+) -> heads_pb2.ClassifyTokensRequest:
+    if aggregation not in _AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {list(_AGGREGATIONS)}, not {aggregation!r}")
+    if isinstance(ignore_labels, str):
+        raise ValueError("ignore_labels is a list of labels, not one string")
+    # The wire's empty ignore_labels means ["O"]: keeping every label has a flag of its own.
+    return heads_pb2.ClassifyTokensRequest(
+        model=model,
+        inputs=_as_list(inputs),
+        aggregation=_AGGREGATIONS[aggregation],
+        ignore_labels=list(ignore_labels or ()),
+        keep_all_labels=ignore_labels is not None and not ignore_labels,
+        offset_unit=_offset_unit(offset_unit),
+        truncate=truncate,
+    )
+
+
+def parse_classify_tokens(pb: heads_pb2.ClassifyTokensResponse) -> Entities:
+    return Entities(
+        [[Entity(e.label, e.score, e.word, e.start, e.end, e.index) for e in r.entities] for r in pb.results],
+        model=pb.model,
+        usage=_usage(pb.usage),
+    )
+
+
+def fill_mask_request(
+    inputs: str | Sequence[str],
+    *,
+    model: str,
+    top_k: int | None,
+    targets: str | Sequence[str] | None,
+    truncate: bool,
+) -> heads_pb2.FillMaskRequest:
+    target_list = _as_list(targets) if targets is not None else []
+    if targets is not None and not target_list:
+        # On the wire no targets means the whole vocabulary: an empty list is surely not meant so.
+        raise ValueError("targets is empty: pass None to take candidates from the whole vocabulary")
+    request = heads_pb2.FillMaskRequest(model=model, inputs=_as_list(inputs), targets=target_list, truncate=truncate)
+    if top_k is not None:
+        request.top_k = top_k
+    return request
+
+
+def _candidate(pb: heads_pb2.MaskCandidate) -> MaskCandidate:
+    return MaskCandidate(token=pb.token, token_id=pb.token_id, score=pb.score, sequence=pb.sequence)
+
+
+def parse_fill_mask(pb: heads_pb2.FillMaskResponse) -> FillMaskResults:
+    return FillMaskResults(
+        [[[_candidate(c) for c in m.candidates] for m in r.masks] for r in pb.results],
+        model=pb.model,
+        usage=_usage(pb.usage),
+    )
+
+
+def detect_replaced_tokens_request(
+    inputs: str | Sequence[str], *, model: str, aggregate_words: bool, offset_unit: str, truncate: bool
+) -> heads_pb2.DetectReplacedTokensRequest:
+    return heads_pb2.DetectReplacedTokensRequest(
+        model=model,
+        inputs=_as_list(inputs),
+        aggregate_words=aggregate_words,
+        offset_unit=_offset_unit(offset_unit),
+        truncate=truncate,
+    )
+
+
+def _token_probability(pb: heads_pb2.TokenProbability) -> TokenProbability:
+    return TokenProbability(text=pb.text, start=pb.start, end=pb.end, probability=pb.probability, special=pb.special)
+
+
+def parse_detect_replaced_tokens(pb: heads_pb2.DetectReplacedTokensResponse) -> ReplacedTokensResults:
+    return ReplacedTokensResults(
+        [
+            ReplacedTokens(tokens=list(map(_token_probability, r.tokens)), words=list(map(_token_probability, r.words)))
+            for r in pb.results
+        ],
         model=pb.model,
         usage=_usage(pb.usage),
     )

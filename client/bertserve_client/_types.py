@@ -76,6 +76,134 @@ class Answers(list[list[Answer]]):
 
 
 @dataclass(frozen=True, slots=True)
+class LabelScore:
+    """One label of a sequence classifier with its score."""
+
+    label: str
+    index: int
+    """The label's index in the classifier's output."""
+    score: float
+
+
+class Classifications(list[list[LabelScore]]):
+    """The labels of each input, best first, plus what they cost: a plain list of lists, with
+    `model` and `usage` as attributes."""
+
+    def __init__(self, results: list[list[LabelScore]], *, model: str, usage: Usage) -> None:
+        super().__init__(results)
+        self.model = model
+        self.usage = usage
+
+
+@dataclass(frozen=True, slots=True)
+class RankedDocument:
+    """One document's score against the query."""
+
+    index: int
+    """Its index in the request."""
+    score: float
+    """sigmoid of the cross-encoder's logit (the logit itself with raw_scores)."""
+    truncated: bool
+    """Whether the (query, document) pair was cut to fit the model."""
+    text: str | None = None
+    """The document, with return_documents."""
+
+
+@dataclass(frozen=True, slots=True)
+class RerankResult:
+    """Scores of a query's documents."""
+
+    model: str
+    documents: list[RankedDocument]
+    """In request order."""
+    ranking: list[int]
+    """Document indices, best score first (ties in request order)."""
+    usage: Usage
+
+
+@dataclass(frozen=True, slots=True)
+class MaskCandidate:
+    """One token that may fill a mask."""
+
+    token: str
+    """The token as text (the tokenizer's decoding of token_id)."""
+    token_id: int
+    score: float
+    """Its probability at the mask: softmax over the whole vocabulary, targets or not."""
+    sequence: str
+    """The input with this token in the mask, decoded as transformers' fill-mask pipeline does."""
+
+
+class FillMaskResults(list[list[list[MaskCandidate]]]):
+    """Per input, per mask (in text order), the candidates best first; a plain list of lists of
+    lists, with `model` and `usage` as attributes."""
+
+    def __init__(self, results: list[list[list[MaskCandidate]]], *, model: str, usage: Usage) -> None:
+        super().__init__(results)
+        self.model = model
+        self.usage = usage
+
+
+@dataclass(frozen=True, slots=True)
+class TokenProbability:
+    """One token (or word) with the probability that it was replaced."""
+
+    text: str
+    """The token as the tokenizer spells it, or the word as it stands in the input."""
+    start: int
+    """Where it starts in the input, in the call's offset_unit; 0 for a special token."""
+    end: int
+    """One past where it ends; 0 for a special token."""
+    probability: float
+    """sigmoid of the discriminator's logit."""
+    special: bool = False
+    """A special token the tokenizer added ([CLS], [SEP])."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplacedTokens:
+    """One input's tokens, special tokens included, and with aggregate_words its words."""
+
+    tokens: list[TokenProbability]
+    words: list[TokenProbability]
+    """Each word's probability is the highest of its tokens'; empty without aggregate_words."""
+
+
+class ReplacedTokensResults(list[ReplacedTokens]):
+    """One entry per input, with `model` and `usage` as attributes."""
+
+    def __init__(self, results: list[ReplacedTokens], *, model: str, usage: Usage) -> None:
+        super().__init__(results)
+        self.model = model
+        self.usage = usage
+
+
+@dataclass(frozen=True, slots=True)
+class Entity:
+    """One token (aggregation "none") or group of tokens with a label: text[start:end] is what it covers."""
+
+    label: str
+    """The token's label, or with aggregation the entity group (the label without its B-/I- prefix)."""
+    score: float
+    word: str
+    """The text as transformers' token-classification pipeline reports it: the decoded tokens."""
+    start: int
+    end: int
+    index: int
+    """With aggregation "none": the token's index in the tokenized input; 0 otherwise."""
+
+
+class Entities(list[list[Entity]]):
+    """The entities of each input, in text order, plus what they cost: a plain list of lists, with
+    `model` and `usage` as attributes."""
+
+    def __init__(self, results: list[list[Entity]], *, model: str, usage: Usage) -> None:
+        super().__init__(results)
+        self.model = model
+        self.usage = usage
+
+
+@dataclass(frozen=True, slots=True)
 class ModelInfo:
     """One model the server is configured with, whatever its state."""
 

@@ -16,11 +16,17 @@ from bertserve.edge.auth import require_model
 from bertserve.edge.parsing import Unparsable
 from bertserve.edge.status import grpc_errors, internal_error, status_of
 from bertserve.errors import BertserveError, Overloaded, PreconditionFailed
-from bertserve.serving import embedding, qa
+from bertserve.serving import classify, classify_tokens, embedding, fill_mask, qa, replaced_tokens, rerank
 from bertserve.serving.model_host import ModelHost
 from bertserve.serving.model_manager import ModelManager
 from bertserve.serving.router import Router
-from bertserve_client.v1 import encoder_service_pb2, encoder_service_pb2_grpc, model_service_pb2, model_service_pb2_grpc
+from bertserve_client.v1 import (
+    encoder_service_pb2,
+    encoder_service_pb2_grpc,
+    heads_pb2,
+    model_service_pb2,
+    model_service_pb2_grpc,
+)
 
 __all__ = ["EncoderServicer", "ModelServicer"]
 
@@ -90,6 +96,62 @@ class EncoderServicer(encoder_service_pb2_grpc.EncoderServiceServicer):
         with self._slot(request.model):
             result = await qa.answer(self._router, convert.answer_query(request), deadline=deadline_of(context))
             return convert.answer_response(result)
+
+    @grpc_errors
+    async def Classify(
+        self, request: heads_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
+    ) -> heads_pb2.ClassifyResponse:
+        with self._slot(request.model):
+            query = convert.classify_query(request)
+            result = await classify.classify(self._router, query, deadline=deadline_of(context))
+            return convert.classify_response(result)
+
+    @grpc_errors
+    async def Rerank(
+        self, request: heads_pb2.RerankRequest, context: grpc.aio.ServicerContext
+    ) -> heads_pb2.RerankResponse:
+        with self._slot(request.model):
+            result = await rerank.rerank(self._router, convert.rerank_query(request), deadline=deadline_of(context))
+            return convert.rerank_response(result)
+
+    @grpc_errors
+    async def FillMask(
+        self, request: heads_pb2.FillMaskRequest, context: grpc.aio.ServicerContext
+    ) -> heads_pb2.FillMaskResponse:
+        with self._slot(request.model):
+            result = await fill_mask.fill_mask(
+                self._router,
+                convert.fill_mask_query(request),
+                deadline=deadline_of(context),
+                max_reply_bytes=self._limits.max_reply_bytes,
+            )
+            return convert.fill_mask_response(result)
+
+    @grpc_errors
+    async def DetectReplacedTokens(
+        self, request: heads_pb2.DetectReplacedTokensRequest, context: grpc.aio.ServicerContext
+    ) -> heads_pb2.DetectReplacedTokensResponse:
+        with self._slot(request.model):
+            result = await replaced_tokens.detect_replaced_tokens(
+                self._router,
+                convert.detect_replaced_tokens_query(request),
+                deadline=deadline_of(context),
+                max_reply_bytes=self._limits.max_reply_bytes,
+            )
+            return convert.detect_replaced_tokens_response(result)
+
+    @grpc_errors
+    async def ClassifyTokens(
+        self, request: heads_pb2.ClassifyTokensRequest, context: grpc.aio.ServicerContext
+    ) -> heads_pb2.ClassifyTokensResponse:
+        with self._slot(request.model):
+            result = await classify_tokens.classify_tokens(
+                self._router,
+                convert.classify_tokens_query(request),
+                deadline=deadline_of(context),
+                max_reply_bytes=self._limits.max_reply_bytes,
+            )
+            return convert.classify_tokens_response(result)
 
     async def EmbedStream(
         self, request_iterator: AsyncIterator[encoder_service_pb2.EmbedStreamRequest], context: grpc.aio.ServicerContext

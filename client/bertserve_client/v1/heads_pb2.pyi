@@ -211,20 +211,22 @@ class RankedDocument(_message.Message):
     def __init__(self, index: _Optional[int] = ..., score: _Optional[float] = ..., truncated: _Optional[bool] = ..., text: _Optional[str] = ...) -> None: ...
 
 class ClassifyTokensRequest(_message.Message):
-    __slots__ = ("model", "inputs", "aggregation", "ignore_labels", "offset_unit", "truncate")
+    __slots__ = ("model", "inputs", "aggregation", "ignore_labels", "offset_unit", "truncate", "keep_all_labels")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     IGNORE_LABELS_FIELD_NUMBER: _ClassVar[int]
     OFFSET_UNIT_FIELD_NUMBER: _ClassVar[int]
     TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    KEEP_ALL_LABELS_FIELD_NUMBER: _ClassVar[int]
     model: str
     inputs: _containers.RepeatedScalarFieldContainer[str]
     aggregation: Aggregation
     ignore_labels: _containers.RepeatedScalarFieldContainer[str]
     offset_unit: _common_pb2.OffsetUnit
     truncate: bool
-    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., ignore_labels: _Optional[_Iterable[str]] = ..., offset_unit: _Optional[_Union[_common_pb2.OffsetUnit, str]] = ..., truncate: _Optional[bool] = ...) -> None: ...
+    keep_all_labels: bool
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., ignore_labels: _Optional[_Iterable[str]] = ..., offset_unit: _Optional[_Union[_common_pb2.OffsetUnit, str]] = ..., truncate: _Optional[bool] = ..., keep_all_labels: _Optional[bool] = ...) -> None: ...
 
 class ClassifyTokensResponse(_message.Message):
     __slots__ = ("model", "results", "usage")

@@ -1,0 +1,150 @@
+"""FillMask: the likeliest tokens at each mask, as transformers' fill-mask pipeline computes them.
+
+Inputs are tokenized once off the loop and go through the model's batcher like any other work;
+the plugin returns the masked-language-model logits at the mask positions only, and everything
+after (softmax, targets, top-k, decoding) is done here, once for every variant, on the tokenizer
+pool. What the pipeline does, this does: the score is the softmax over the whole vocabulary (in
+float32), targets only pick columns of it, and each candidate's sequence is the input decoded with
+that token in its mask, padding left out, special tokens skipped only when the input has one mask.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from bertserve.api import Capability, EncoderPlugin
+from bertserve.domain import FillMaskQuery, FillMaskResult, MaskCandidate, usage_of
+from bertserve.errors import CapabilityNotSupported, InputTooLong, InvalidRequest
+from bertserve.serving.model_host import ModelHost
+from bertserve.serving.router import Router
+
+__all__ = ["PLACEHOLDER", "fill_mask"]
+
+#: The mask any caller may write, whatever the model: it becomes the model's own mask token.
+PLACEHOLDER = "[MASK]"
+
+# A candidate's share of the reply besides its sequence: token, id, score, framing.
+_CANDIDATE_BYTES = 48
+
+
+async def fill_mask(
+    router: Router, query: FillMaskQuery, *, deadline: float | None, max_reply_bytes: int = 1 << 62
+) -> FillMaskResult:
+    with router.use(query.model) as host:
+        return await _fill_mask(host, query, deadline, max_reply_bytes)
+
+
+async def _fill_mask(
+    host: ModelHost, query: FillMaskQuery, deadline: float | None, max_reply_bytes: int
+) -> FillMaskResult:
+    info = host.require(Capability.FILL_MASK)
+    mask_token, mask_id = info.mask_token, info.mask_token_id
+    if mask_token is None or mask_id is None:
+        raise CapabilityNotSupported(f"model {host.name!r} cannot serve FillMask: its tokenizer has no mask token")
+    if not query.inputs:
+        raise InvalidRequest("inputs is empty: send at least one text")
+    if query.top_k < 1:
+        raise InvalidRequest(f"top_k must be at least 1, got {query.top_k}")
+    texts = query.inputs if mask_token == PLACEHOLDER else [t.replace(PLACEHOLDER, mask_token) for t in query.inputs]
+    plugin = host.plugin
+
+    started = time.monotonic_ns()
+    targets = None
+    if query.targets:
+        # The pipeline dedupes with a set, whose order is CPython's; first occurrence order is ours.
+        targets = list(dict.fromkeys(await host.off_loop(plugin.target_ids, query.targets)))
+    limit = info.max_input_tokens
+    # Cut at the limit whether or not truncate is set: a longer input is then told, not tokenized whole.
+    encodings = await host.tokenize(texts, max_length=limit)
+    tokenization_ns = time.monotonic_ns() - started
+
+    masks = [e.ids.count(mask_id) for e in encodings]
+    for i, (text, encoding, count) in enumerate(zip(texts, encodings, masks, strict=True)):
+        if encoding.truncated and not query.truncate:
+            raise InputTooLong(host.name, i, encoding.full_length, limit)
+        # A cut input may have had its masks past the cut: those are not filled (see the contract).
+        if count == 0 and not (encoding.truncated and mask_token in text):
+            own = "" if mask_token == PLACEHOLDER else f" (or the model's own mask token {mask_token!r})"
+            raise InvalidRequest(f"input {i} has no mask: put {PLACEHOLDER}{own} where a token should be predicted")
+    top_k = min(query.top_k, len(targets)) if targets is not None else query.top_k
+    _check_reply(texts, masks, top_k, max_reply_bytes)
+
+    masked = [i for i, count in enumerate(masks) if count]
+    results = await host.run(("fill_mask",), [encodings[i] for i in masked], deadline=deadline)
+    candidates: list[list[list[MaskCandidate]]] = [[] for _ in encodings]
+    for i, result in zip(masked, results, strict=True):
+        candidates[i] = await host.off_loop(
+            _candidates, plugin, encodings[i].ids, result.value, top_k, targets, mask_id, info.pad_token_id
+        )
+    return FillMaskResult(
+        model=host.name,
+        results=candidates,
+        usage=usage_of(results, tokens=sum(len(encodings[i]) for i in masked), tokenization_ns=tokenization_ns),
+    )
+
+
+def _candidates(
+    plugin: EncoderPlugin,
+    ids: list[int],
+    logits: np.ndarray,
+    top_k: int,
+    targets: list[int] | None,
+    mask_id: int,
+    pad_id: int | None,
+) -> list[list[MaskCandidate]]:
+    """The pipeline's postprocess of one input: logits is [masks, vocabulary], masks in text order."""
+    positions = [p for p, id_ in enumerate(ids) if id_ == mask_id]
+    assert len(positions) == len(logits), "one row of logits per mask"
+    probs = _softmax(logits)
+    if targets is not None:
+        probs = probs[:, targets]
+    # Beyond the vocabulary the pipeline fails; bertserve gives the whole vocabulary.
+    k = min(top_k, probs.shape[1])
+    single = len(positions) == 1  # several masks keep the special tokens, so the others still show
+    found = []
+    for row, position in zip(probs, positions, strict=True):
+        best = []
+        for j in _top(row, k):
+            token_id = targets[j] if targets is not None else int(j)
+            filled = list(ids)
+            filled[position] = token_id
+            if pad_id is not None:
+                filled = [t for t in filled if t != pad_id]
+            best.append(
+                MaskCandidate(
+                    token=plugin.decode([token_id]),
+                    token_id=token_id,
+                    score=float(row[j]),
+                    sequence=plugin.decode(filled, skip_special_tokens=single),
+                )
+            )
+        found.append(best)
+    return found
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float32, copy=False)
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)  # type: ignore[no-any-return]
+
+
+def _top(row: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest values, largest first; equal values by index."""
+    part = np.argpartition(-row, k - 1)[:k] if k < len(row) else np.arange(len(row))
+    return part[np.lexsort((part, -row[part]))]  # type: ignore[no-any-return]
+
+
+def _check_reply(texts: Sequence[str], masks: Sequence[int], top_k: int, limit: int) -> None:
+    """Refuse a call whose candidates would not fit the send limit before the model runs, not after:
+    each candidate carries a sequence about as long as its input."""
+    size = 64 + sum(
+        count * top_k * (len(text.encode()) + _CANDIDATE_BYTES) for text, count in zip(texts, masks, strict=True)
+    )
+    if size > limit:
+        raise InvalidRequest(
+            f"the reply would hold about {size} bytes, over the server's limit of {limit} bytes per reply "
+            f"(max_send_message_bytes): lower top_k (now {top_k}) or send fewer inputs or masks per call"
+        )

@@ -1,0 +1,118 @@
+"""DetectReplacedTokens: ELECTRA's discriminator, the probability that each token was replaced.
+
+Inputs are tokenized once off the loop and go through the model's batcher; the plugin returns the
+discriminator's logit of each token, and the probability is its sigmoid. With aggregate_words,
+each word (the tokens the tokenizer gives one word id) takes the highest probability of its
+tokens, and its text is the input's, from its first token's start to its last token's end.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from bertserve.api import Capability, Encoding
+from bertserve.domain import (
+    OffsetUnit,
+    ReplacedTokens,
+    ReplacedTokensQuery,
+    ReplacedTokensResult,
+    TokenProbability,
+    usage_of,
+)
+from bertserve.errors import InputTooLong, InvalidRequest
+from bertserve.serving.model_host import ModelHost
+from bertserve.serving.offsets import OffsetMap
+from bertserve.serving.router import Router
+
+__all__ = ["detect_replaced_tokens"]
+
+# A token's (or word's) share of the reply besides its text: offsets, probability, flag, framing.
+_ENTRY_BYTES = 24
+
+
+async def detect_replaced_tokens(
+    router: Router, query: ReplacedTokensQuery, *, deadline: float | None, max_reply_bytes: int = 1 << 62
+) -> ReplacedTokensResult:
+    with router.use(query.model) as host:
+        return await _detect(host, query, deadline, max_reply_bytes)
+
+
+async def _detect(
+    host: ModelHost, query: ReplacedTokensQuery, deadline: float | None, max_reply_bytes: int
+) -> ReplacedTokensResult:
+    info = host.require(Capability.DETECT_REPLACED_TOKENS)
+    if not query.inputs:
+        raise InvalidRequest("inputs is empty: send at least one text")
+    for i, text in enumerate(query.inputs):
+        if not text or text.isspace():  # (strip() would copy a megabyte input to learn this)
+            raise InvalidRequest(f"input {i} is empty")
+
+    limit = info.max_input_tokens
+    started = time.monotonic_ns()
+    # Cut at the limit whether or not truncate is set: a longer input is then told, not tokenized whole.
+    encodings = await host.tokenize(query.inputs, max_length=limit)
+    tokenization_ns = time.monotonic_ns() - started
+    if not query.truncate:
+        for i, encoding in enumerate(encodings):
+            if encoding.truncated:
+                raise InputTooLong(host.name, i, encoding.full_length, limit)
+    size = await host.off_loop(_reply_bytes, encodings, query.aggregate_words)
+    if size > max_reply_bytes:
+        fit = max(1, len(encodings) * max_reply_bytes // size)
+        raise InvalidRequest(
+            f"the reply would hold about {size} bytes, over the server's limit of {max_reply_bytes} bytes per reply "
+            f"(max_send_message_bytes); send at most {fit} inputs per call"
+        )
+
+    results = await host.run(("replaced",), encodings, deadline=deadline)
+    found = await host.off_loop(
+        lambda: [
+            _replaced(text, encoding, r.value, aggregate_words=query.aggregate_words, unit=query.offset_unit)
+            for text, encoding, r in zip(query.inputs, encodings, results, strict=True)
+        ]
+    )
+    return ReplacedTokensResult(
+        model=host.name,
+        results=found,
+        usage=usage_of(results, tokens=sum(len(e) for e in encodings), tokenization_ns=tokenization_ns),
+    )
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-x)) in float32, without overflow for logits of either sign."""
+    x = np.asarray(x, dtype=np.float32)
+    e = np.exp(-np.abs(x))  # in (0, 1]: never overflows
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(np.float32)  # type: ignore[no-any-return]
+
+
+def _replaced(
+    text: str, encoding: Encoding, logits: np.ndarray, *, aggregate_words: bool, unit: OffsetUnit
+) -> ReplacedTokens:
+    probabilities = _sigmoid(logits)
+    special = [bool(m) for m in encoding.special_tokens_mask]
+    spans = [(0, 0) if s else span for span, s in zip(encoding.offsets, special, strict=True)]
+    offsets = OffsetMap(text, unit)
+    tokens = [
+        TokenProbability(text=token, start=start, end=end, probability=float(p), special=s)
+        for token, (start, end), p, s in zip(encoding.tokens, offsets.spans(spans), probabilities, special, strict=True)
+    ]
+    words: list[TokenProbability] = []
+    if aggregate_words:
+        members: dict[int, list[int]] = {}  # word id -> its tokens, in order
+        for k, (word, s) in enumerate(zip(encoding.word_ids, special, strict=True)):
+            if word >= 0 and not s:
+                members.setdefault(word, []).append(k)
+        word_spans = [(spans[ks[0]][0], spans[ks[-1]][1]) for ks in members.values()]
+        words = [
+            TokenProbability(text=text[start:end], start=s, end=e, probability=float(probabilities[ks].max()))
+            for ks, (start, end), (s, e) in zip(members.values(), word_spans, offsets.spans(word_spans), strict=True)
+        ]
+    return ReplacedTokens(tokens=tokens, words=words)
+
+
+def _reply_bytes(encodings: list[Encoding], aggregate_words: bool) -> int:
+    """About the reply's size: each token's text and fields, and as much again for its words."""
+    tokens = sum(_ENTRY_BYTES * len(e) + sum(len(t.encode()) for t in e.tokens) for e in encodings)
+    return 64 + (2 * tokens if aggregate_words else tokens)
