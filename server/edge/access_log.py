@@ -214,7 +214,7 @@ def _inputs_of(request: Any) -> int:
     if request is None or not hasattr(request, "DESCRIPTOR"):
         return 0
     fields = request.DESCRIPTOR.fields_by_name
-    for name in ("inputs", "questions"):
+    for name in ("inputs", "questions", "documents"):
         if name in fields:
             return len(getattr(request, name))
     return 0
