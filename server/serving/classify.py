@@ -15,7 +15,7 @@ import numpy as np
 
 from bertserve.api import Capability, ModelInfo
 from bertserve.domain import ClassifyFunction, ClassifyQuery, ClassifyResult, LabelScore, usage_of
-from bertserve.errors import InputTooLong, InvalidRequest
+from bertserve.errors import InvalidRequest
 from bertserve.serving.model_host import ModelHost
 from bertserve.serving.router import Router
 
@@ -30,15 +30,9 @@ async def classify(router: Router, query: ClassifyQuery, *, deadline: float | No
 async def _classify(host: ModelHost, query: ClassifyQuery, deadline: float | None) -> ClassifyResult:
     info = host.require(Capability.CLASSIFY)
     _validate(query)
-    limit = info.max_input_tokens
     started = time.monotonic_ns()
-    # Cut at the limit whether or not truncate is set: a longer input is then told, not run.
-    encodings = await host.tokenize(query.inputs, pairs=query.pairs, max_length=limit)
+    encodings = await host.tokenize_inputs(query.inputs, pairs=query.pairs, truncate=query.truncate)
     tokenization_ns = time.monotonic_ns() - started
-    if not query.truncate:
-        for i, encoding in enumerate(encodings):
-            if encoding.truncated:
-                raise InputTooLong(host.name, i, encoding.full_length, limit)
     results = await host.run(("classify",), encodings, deadline=deadline)
     function = query.function or default_function(info)
     logits = [np.asarray(r.value, dtype=np.float32) for r in results]

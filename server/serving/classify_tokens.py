@@ -17,10 +17,11 @@ import numpy as np
 
 from bertserve.api import Capability, Encoding
 from bertserve.domain import ClassifyTokensQuery, ClassifyTokensResult, Entity, OffsetUnit, usage_of
-from bertserve.errors import InputTooLong, InvalidRequest
+from bertserve.errors import InvalidRequest
 from bertserve.serving.entities import EntityTraits, entities_of
 from bertserve.serving.model_host import ModelHost
 from bertserve.serving.offsets import OffsetMap
+from bertserve.serving.replies import check_reply_size
 from bertserve.serving.router import Router
 
 __all__ = ["classify_tokens"]
@@ -45,15 +46,9 @@ async def _classify_tokens(
     if not query.inputs:
         raise InvalidRequest("inputs is empty: send at least one text")
     # (An empty text is no error: it has no entities, as in the pipeline.)
-    limit = info.max_input_tokens
     started = time.monotonic_ns()
-    # Cut at the limit whether or not truncate is set: a longer input is then told, not run.
-    encodings = await host.tokenize(query.inputs, max_length=limit)
+    encodings = await host.tokenize_inputs(query.inputs, truncate=query.truncate)
     tokenization_ns = time.monotonic_ns() - started
-    if not query.truncate:
-        for i, encoding in enumerate(encodings):
-            if encoding.truncated:
-                raise InputTooLong(host.name, i, encoding.full_length, limit)
 
     results = await host.run(("classify_tokens",), encodings, deadline=deadline)
     traits = EntityTraits(
@@ -67,7 +62,8 @@ async def _classify_tokens(
         part = slice(start, start + _POSTPROCESS_SLICE)
         logits = [np.asarray(r.value, dtype=np.float32) for r in results[part]]
         entities += await host.off_loop(_postprocess, query, query.inputs[part], encodings[part], logits, traits)
-    _check_reply(await host.off_loop(_reply_bytes, entities), max_reply_bytes, len(entities))
+    # The size is known only once the model has labelled the tokens, unlike Embed's.
+    check_reply_size(await host.off_loop(_reply_bytes, entities), max_reply_bytes, len(entities))
     return ClassifyTokensResult(
         model=host.name,
         entities=entities,

@@ -9,9 +9,10 @@ import numpy as np
 
 from bertserve.api import Capability, Encoding
 from bertserve.domain import EmbedQuery, EmbedResult, OffsetUnit, TokenizeQuery, TokenizeResult, usage_of
-from bertserve.errors import CapabilityNotSupported, InputTooLong, InvalidRequest
+from bertserve.errors import CapabilityNotSupported, InvalidRequest
 from bertserve.serving.model_host import ModelHost
 from bertserve.serving.offsets import OffsetMap
+from bertserve.serving.replies import check_reply_size
 from bertserve.serving.router import Router
 
 __all__ = ["embed", "tokenize"]
@@ -45,7 +46,7 @@ async def _tokenize(host: ModelHost, query: TokenizeQuery, max_reply_bytes: int)
     if query.offset_unit is not OffsetUnit.CODE_POINT:
         encodings = await host.off_loop(_in_unit, encodings, query.inputs, query.pairs, query.offset_unit)
     # Every token's text is counted: on the pool, as a large call has millions of them.
-    _check_reply(await host.off_loop(_tokenize_reply_bytes, encodings), max_reply_bytes, len(encodings), "")
+    check_reply_size(await host.off_loop(_tokenize_reply_bytes, encodings), max_reply_bytes, len(encodings))
     return TokenizeResult(model=host.name, encodings=encodings)
 
 
@@ -70,21 +71,15 @@ async def _embed(host: ModelHost, query: EmbedQuery, deadline: float | None, max
         if not text or text.isspace():  # (strip() would copy a megabyte input to learn this)
             raise InvalidRequest(f"input {i} is empty")
 
-    limit = info.max_input_tokens
     started = time.monotonic_ns()
-    # Cut at the limit whether or not truncate is set: a longer input is then told, not tokenized whole.
-    encodings = await host.tokenize(query.inputs, max_length=limit)
+    encodings = await host.tokenize_inputs(query.inputs, truncate=query.truncate)
     tokenization_ns = time.monotonic_ns() - started
-    if not query.truncate:
-        for i, encoding in enumerate(encodings):
-            if encoding.truncated:
-                raise InputTooLong(host.name, i, encoding.full_length, limit)
     vector = 4 * info.hidden_size  # float32
     reply = 64 + len(encodings) * (vector + 8)
     if query.with_token_states:
         reply += sum(len(e) * vector + 24 for e in encodings)
     or_else = " or leave out return_token_embeddings" if query.with_token_states else ""
-    _check_reply(reply, max_reply_bytes, len(encodings), or_else)
+    check_reply_size(reply, max_reply_bytes, len(encodings), or_else)
 
     results = await host.run(("embed", pooling, query.with_token_states), encodings, deadline=deadline)
     pooled = np.stack([r.value[0] for r in results]).astype(np.float32, copy=False)
@@ -120,13 +115,3 @@ _TOKEN_BYTES = 16
 
 def _tokenize_reply_bytes(encodings: list[Encoding]) -> int:
     return 64 + sum(_TOKEN_BYTES * len(e) + sum(len(t.encode()) for t in e.tokens) for e in encodings)
-
-
-def _check_reply(size: int, limit: int, inputs: int, or_else: str) -> None:
-    """Refuse a call whose reply would not fit the send limit before the model runs, not after."""
-    if size > limit:
-        fit = max(1, inputs * limit // size)
-        raise InvalidRequest(
-            f"the reply would hold about {size} bytes, over the server's limit of {limit} bytes per reply "
-            f"(max_send_message_bytes); send at most {fit} inputs per call{or_else}"
-        )

@@ -17,7 +17,7 @@ import numpy as np
 
 from bertserve.api import Capability, EncoderPlugin
 from bertserve.domain import FillMaskQuery, FillMaskResult, MaskCandidate, usage_of
-from bertserve.errors import CapabilityNotSupported, InputTooLong, InvalidRequest
+from bertserve.errors import CapabilityNotSupported, InvalidRequest
 from bertserve.serving.model_host import ModelHost
 from bertserve.serving.router import Router
 
@@ -56,15 +56,11 @@ async def _fill_mask(
     if query.targets:
         # The pipeline dedupes with a set, whose order is CPython's; first occurrence order is ours.
         targets = list(dict.fromkeys(await host.off_loop(plugin.target_ids, query.targets)))
-    limit = info.max_input_tokens
-    # Cut at the limit whether or not truncate is set: a longer input is then told, not tokenized whole.
-    encodings = await host.tokenize(texts, max_length=limit)
+    encodings = await host.tokenize_inputs(texts, truncate=query.truncate)
     tokenization_ns = time.monotonic_ns() - started
 
     masks = [e.ids.count(mask_id) for e in encodings]
     for i, (text, encoding, count) in enumerate(zip(texts, encodings, masks, strict=True)):
-        if encoding.truncated and not query.truncate:
-            raise InputTooLong(host.name, i, encoding.full_length, limit)
         # A cut input may have had its masks past the cut: those are not filled (see the contract).
         if count == 0 and not (encoding.truncated and mask_token in text):
             own = "" if mask_token == PLACEHOLDER else f" (or the model's own mask token {mask_token!r})"

@@ -17,6 +17,7 @@ from bertserve.api import Capability, EncoderPlugin, Encoding, ModelInfo, ModelS
 from bertserve.errors import (
     BertserveError,
     CapabilityNotSupported,
+    InputTooLong,
     ModelFailed,
     ModelUnavailable,
     Overloaded,
@@ -264,6 +265,19 @@ class ModelHost:
                 add_special_tokens=add_special_tokens,
                 max_length=max_length,
             )
+        return encodings
+
+    async def tokenize_inputs(
+        self, texts: Sequence[str], *, pairs: Sequence[str] | None = None, truncate: bool
+    ) -> list[Encoding]:
+        """Inputs as the model takes them, cut at its token limit either way: a longer input is
+        told, never tokenized whole. Without truncate, one over the limit is InputTooLong."""
+        limit = self.ready().max_input_tokens
+        encodings = await self.tokenize(texts, pairs=pairs, max_length=limit)
+        if not truncate:
+            for i, encoding in enumerate(encodings):
+                if encoding.truncated:
+                    raise InputTooLong(self.name, i, encoding.full_length, limit)
         return encodings
 
     async def run(self, op: Hashable, encodings: Sequence[Encoding], *, deadline: float | None) -> list[Completed]:

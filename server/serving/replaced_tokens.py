@@ -21,9 +21,10 @@ from bertserve.domain import (
     TokenProbability,
     usage_of,
 )
-from bertserve.errors import InputTooLong, InvalidRequest
+from bertserve.errors import InvalidRequest
 from bertserve.serving.model_host import ModelHost
 from bertserve.serving.offsets import OffsetMap
+from bertserve.serving.replies import check_reply_size
 from bertserve.serving.router import Router
 
 __all__ = ["detect_replaced_tokens"]
@@ -42,29 +43,18 @@ async def detect_replaced_tokens(
 async def _detect(
     host: ModelHost, query: ReplacedTokensQuery, deadline: float | None, max_reply_bytes: int
 ) -> ReplacedTokensResult:
-    info = host.require(Capability.DETECT_REPLACED_TOKENS)
+    host.require(Capability.DETECT_REPLACED_TOKENS)
     if not query.inputs:
         raise InvalidRequest("inputs is empty: send at least one text")
     for i, text in enumerate(query.inputs):
         if not text or text.isspace():  # (strip() would copy a megabyte input to learn this)
             raise InvalidRequest(f"input {i} is empty")
 
-    limit = info.max_input_tokens
     started = time.monotonic_ns()
-    # Cut at the limit whether or not truncate is set: a longer input is then told, not tokenized whole.
-    encodings = await host.tokenize(query.inputs, max_length=limit)
+    encodings = await host.tokenize_inputs(query.inputs, truncate=query.truncate)
     tokenization_ns = time.monotonic_ns() - started
-    if not query.truncate:
-        for i, encoding in enumerate(encodings):
-            if encoding.truncated:
-                raise InputTooLong(host.name, i, encoding.full_length, limit)
     size = await host.off_loop(_reply_bytes, encodings, query.aggregate_words)
-    if size > max_reply_bytes:
-        fit = max(1, len(encodings) * max_reply_bytes // size)
-        raise InvalidRequest(
-            f"the reply would hold about {size} bytes, over the server's limit of {max_reply_bytes} bytes per reply "
-            f"(max_send_message_bytes); send at most {fit} inputs per call"
-        )
+    check_reply_size(size, max_reply_bytes, len(encodings))
 
     results = await host.run(("replaced",), encodings, deadline=deadline)
     found = await host.off_loop(

@@ -34,7 +34,8 @@ async def _rerank(host: ModelHost, query: RerankQuery, deadline: float | None) -
     _validate(query)
     limit = info.max_input_tokens
     started = time.monotonic_ns()
-    encodings = await host.tokenize([query.query] * len(query.documents), pairs=query.documents, max_length=limit)
+    # Pairs are flagged when cut, or refused naming the document (not InputTooLong's "input").
+    encodings = await host.tokenize_inputs([query.query] * len(query.documents), pairs=query.documents, truncate=True)
     tokenization_ns = time.monotonic_ns() - started
     if not query.truncate:
         for i, encoding in enumerate(encodings):
