@@ -16,6 +16,7 @@ import numpy as np
 from bertserve.api import Capability, ModelInfo
 from bertserve.domain import ClassifyFunction, ClassifyQuery, ClassifyResult, LabelScore, usage_of
 from bertserve.errors import InvalidRequest
+from bertserve.serving.activations import softmax
 from bertserve.serving.model_host import ModelHost
 from bertserve.serving.router import Router
 
@@ -78,11 +79,10 @@ def default_function(info: ModelInfo) -> ClassifyFunction:
 
 def scores_of(logits: np.ndarray, function: ClassifyFunction) -> np.ndarray:
     """One sequence's scores, [labels] float32, computed as the pipeline computes them."""
-    if function is ClassifyFunction.SIGMOID:
+    if function is ClassifyFunction.SIGMOID:  # the pipeline's own formula: its ties at 0 and 1 are ours
         return 1.0 / (1.0 + np.exp(-logits))  # type: ignore[no-any-return]
     if function is ClassifyFunction.SOFTMAX:
-        shifted = np.exp(logits - np.max(logits, axis=-1, keepdims=True))
-        return shifted / shifted.sum(axis=-1, keepdims=True)  # type: ignore[no-any-return]
+        return softmax(logits)
     return logits
 
 

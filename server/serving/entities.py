@@ -18,6 +18,7 @@ import numpy as np
 
 from bertserve.api import Encoding
 from bertserve.domain import Aggregation, Entity
+from bertserve.serving.activations import softmax
 
 __all__ = ["EntityTraits", "entities_of"]
 
@@ -59,7 +60,7 @@ def entities_of(
     ignore_labels: Collection[str],
 ) -> list[Entity]:
     """The entities of one input from its per-token logits [tokens, labels]."""
-    tokens = _pre_entities(text, encoding, _softmax(logits), traits)
+    tokens = _pre_entities(text, encoding, softmax(logits), traits)
     if aggregation in (Aggregation.NONE, Aggregation.SIMPLE):
         for token in tokens:
             best = token.scores.argmax()
@@ -72,13 +73,6 @@ def entities_of(
     else:
         found = _group_entities(entities, traits)
     return [e for e in found if e.label not in ignore_labels]
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    """As the pipeline computes it, in float32."""
-    logits = logits.astype(np.float32, copy=False)
-    shifted_exp = np.exp(logits - np.max(logits, axis=-1, keepdims=True))
-    return shifted_exp / shifted_exp.sum(axis=-1, keepdims=True)  # type: ignore[no-any-return]
 
 
 def _pre_entities(text: str, encoding: Encoding, scores: np.ndarray, traits: EntityTraits) -> list[_Token]:

@@ -18,6 +18,7 @@ import numpy as np
 from bertserve.api import Capability, EncoderPlugin
 from bertserve.domain import FillMaskQuery, FillMaskResult, MaskCandidate, usage_of
 from bertserve.errors import CapabilityNotSupported, InvalidRequest
+from bertserve.serving.activations import softmax
 from bertserve.serving.model_host import ModelHost
 from bertserve.serving.router import Router
 
@@ -94,7 +95,7 @@ def _candidates(
     """The pipeline's postprocess of one input: logits is [masks, vocabulary], masks in text order."""
     positions = [p for p, id_ in enumerate(ids) if id_ == mask_id]
     assert len(positions) == len(logits), "one row of logits per mask"
-    probs = _softmax(logits)
+    probs = softmax(logits)
     if targets is not None:
         probs = probs[:, targets]
     # Beyond the vocabulary the pipeline fails; bertserve gives the whole vocabulary.
@@ -119,12 +120,6 @@ def _candidates(
             )
         found.append(best)
     return found
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float32, copy=False)
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)  # type: ignore[no-any-return]
 
 
 def _top(row: np.ndarray, k: int) -> np.ndarray:

@@ -22,6 +22,7 @@ from bertserve.domain import (
     usage_of,
 )
 from bertserve.errors import InvalidRequest
+from bertserve.serving.activations import sigmoid
 from bertserve.serving.model_host import ModelHost
 from bertserve.serving.offsets import OffsetMap
 from bertserve.serving.replies import check_reply_size
@@ -70,17 +71,10 @@ async def _detect(
     )
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    """1 / (1 + exp(-x)) in float32, without overflow for logits of either sign."""
-    x = np.asarray(x, dtype=np.float32)
-    e = np.exp(-np.abs(x))  # in (0, 1]: never overflows
-    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(np.float32)  # type: ignore[no-any-return]
-
-
 def _replaced(
     text: str, encoding: Encoding, logits: np.ndarray, *, aggregate_words: bool, unit: OffsetUnit
 ) -> ReplacedTokens:
-    probabilities = _sigmoid(logits)
+    probabilities = sigmoid(logits)
     special = [bool(m) for m in encoding.special_tokens_mask]
     spans = [(0, 0) if s else span for span, s in zip(encoding.offsets, special, strict=True)]
     offsets = OffsetMap(text, unit)

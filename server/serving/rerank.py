@@ -18,6 +18,7 @@ import numpy as np
 from bertserve.api import Capability
 from bertserve.domain import RankedDocument, RerankQuery, RerankResult, usage_of
 from bertserve.errors import InvalidRequest
+from bertserve.serving.activations import sigmoid
 from bertserve.serving.model_host import ModelHost
 from bertserve.serving.router import Router
 
@@ -46,7 +47,7 @@ async def _rerank(host: ModelHost, query: RerankQuery, deadline: float | None) -
                 )
     results = await host.run(("classify",), encodings, deadline=deadline)
     logits = np.array([r.value[0] for r in results], dtype=np.float32)
-    scores = logits if query.raw_scores else 1.0 / (1.0 + np.exp(-logits))
+    scores = logits if query.raw_scores else sigmoid(logits)
     documents = [
         RankedDocument(
             index=i,
