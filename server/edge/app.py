@@ -7,9 +7,10 @@ import ipaddress
 import logging
 import os
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -122,8 +123,7 @@ class BertServer:
             await self.health.set(name, unknown)
             await self._refresh_overall()
 
-        self._health_tasks.add(task := asyncio.get_running_loop().create_task(refresh()))
-        task.add_done_callback(self._health_tasks.discard)
+        self._update_health(refresh())
 
     async def start(self) -> int:
         """Bind, serve, and load every model concurrently; returns the bound port."""
@@ -239,7 +239,11 @@ class BertServer:
             await asyncio.shield(self._loading)
 
     def _publish_health(self, host: ModelHost) -> None:
-        self._health_tasks.add(task := asyncio.get_running_loop().create_task(self._refresh_health(host)))
+        self._update_health(self._refresh_health(host))
+
+    def _update_health(self, update: Coroutine[Any, Any, None]) -> None:
+        """Run a health update from sync code; the task is kept until it ends."""
+        self._health_tasks.add(task := asyncio.get_running_loop().create_task(update))
         task.add_done_callback(self._health_tasks.discard)
 
     async def _refresh_health(self, host: ModelHost) -> None:
