@@ -112,6 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--max-pass-ms", type=float, default=None, help="the model's max_pass_ms")
+    parser.add_argument("--workers", type=int, default=None, help="the model's workers")
+    parser.add_argument("--torch-threads", type=int, default=0, help="the server's torch_threads")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of the scenarios, in alternating order")
     args = parser.parse_args(argv)
     sentences = workload(8000)
     names = ["small", "large", "small+large", "small+max"]
@@ -122,11 +125,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{{name: minilm, plugin: bert, source: '{minilm_dir()}', device: cpu, "
             "max_queue_requests: 8192, max_queue_tokens: 1048576"
             + ("" if args.max_pass_ms is None else f", max_pass_ms: {args.max_pass_ms}")
+            + ("" if args.workers is None else f", workers: {args.workers}")
             + "}"
         )
-        with serve(Path(tmp) / "bertserve.yaml", [model], Settings()) as target, ProcessPoolExecutor(2) as pool:
+        settings = Settings(torch_threads=args.torch_threads)
+        with serve(Path(tmp) / "bertserve.yaml", [model], settings) as target, ProcessPoolExecutor(2) as pool:
             asyncio.run(scenario(target, "small", sentences, 2.0, pool))  # warm-up
-            for order in (names, names[::-1]):
+            for order in ([names, names[::-1]] * args.rounds)[: args.rounds]:
                 for name in order:
                     got = asyncio.run(scenario(target, name, sentences, args.seconds, pool))
                     for key, values in got.items():

@@ -75,7 +75,7 @@ class ModelSpec:
     max_queue_requests: int = 1024
     max_wait_ms: float = 0.0  # extra wait for more work after a busy pass; never when the model is idle
     pass_overhead_tokens: float = 32.0  # a pass's fixed cost in padded tokens: batching vs padding
-    workers: int = 1  # worker threads, each running one forward pass at a time
+    workers: int = 0  # worker threads, each running one forward pass at a time; 0: one per core's share on a CPU
     max_pass_ms: float = 100.0  # while calls contend, a pass holds what the model computes in this long
     max_context_bytes: int = 4 * 1024 * 1024  # UTF-8 bytes of one Answer context; its windows go through in parts
     options: dict[str, Any] = field(default_factory=dict)  # plugin-specific extras

@@ -179,7 +179,7 @@ def _serve(args: argparse.Namespace) -> int:
     from bertserve.edge.app import BertServer
     from bertserve.errors import ConfigError
     from bertserve.logs import configure_logging
-    from bertserve.runtime.threads import configure_runtime
+    from bertserve.runtime.threads import configure_runtime, cpu_cores, share_cores
     from bertserve.telemetry import configure_tracing
 
     try:
@@ -209,6 +209,7 @@ def _serve(args: argparse.Namespace) -> int:
             from bertserve.supervisor import serve_processes
 
             return serve_processes(config)
+        config = share_cores(config, cpu_cores())
         configure_runtime(config)
         asyncio.run(BertServer(config, registry).serve_forever())
     except OSError as e:

@@ -89,7 +89,7 @@ class ServerConfig:
     drain_delay_s: float = 0.0  # on SIGTERM: NOT_SERVING first, still serving this long, then stop accepting
     load_retry_max_s: float = 60.0  # a load that could not reach its files is retried, the pause doubling up to this
     processes: int = 1  # server processes sharing the port; the kernel spreads connections over them
-    torch_threads: int = 0  # torch intra-op threads per process; 0: the cores split between the processes
+    torch_threads: int = 0  # torch intra-op threads per worker; 0: the process's cores split between its CPU workers
     tokenizer_threads: int = 2  # the pool that tokenizes and decodes answers off the event loop
     stream_max_in_flight: int = 64  # items of one EmbedStream being worked on at once
     max_concurrent_calls: int = 1024  # EncoderService calls in flight; more are refused with a retry hint
@@ -194,7 +194,7 @@ class ModelSettings(_Schema):
     max_queue_requests: AtLeastOne = _MODEL["max_queue_requests"]
     max_wait_ms: NonNegative = _MODEL["max_wait_ms"]
     pass_overhead_tokens: NonNegative = _MODEL["pass_overhead_tokens"]
-    workers: AtLeastOne = _MODEL["workers"]
+    workers: Annotated[Whole, Field(ge=0)] = _MODEL["workers"]
     max_pass_ms: NonNegative = _MODEL["max_pass_ms"]
     max_context_bytes: AtLeastOne = _MODEL["max_context_bytes"]
     options: dict[StrictStr, Any] = Field(default_factory=dict)

@@ -45,8 +45,10 @@ def serve_processes(config: ServerConfig) -> int:
     """Run config.processes servers on one port until SIGTERM or SIGINT; the exit status."""
     reserved = _reserve_port(config)  # held open, so the port stays ours while servers restart
     port = reserved.getsockname()[1]
-    threads = config.torch_threads or max(1, (os.cpu_count() or 1) // config.processes)
-    child_config = replace(config, port=port, processes=1, torch_threads=threads)
+    from bertserve.runtime.threads import cpu_cores  # no torch in the supervisor: joblib counts
+
+    cores = max(1, cpu_cores() // config.processes)  # each process's share, split again between its workers
+    child_config = replace(config, port=port, processes=1)
     context = multiprocessing.get_context("spawn")  # no forked copies of a parent's threads or locks
     samples = _serve_metrics_of_all(config)
     stopping = False
@@ -77,19 +79,13 @@ def serve_processes(config: ServerConfig) -> int:
         listening = context.Event()
         process = context.Process(
             target=_serve_one,
-            args=(child_config, index, config.processes, listening, os.getpid()),
+            args=(child_config, cores, index, config.processes, listening, os.getpid()),
             name=f"bertserve-{index}",
         )
         process.start()
         return process, listening
 
-    log.info(
-        "%d server processes on %s (port %d), torch intra-op threads %d each",
-        config.processes,
-        child_config.bind,
-        port,
-        threads,
-    )
+    log.info("%d server processes on %s (port %d), %d cores each", config.processes, child_config.bind, port, cores)
     children.extend(start(i + 1) for i in range(config.processes))
     try:
         for index, (process, listening) in enumerate(children, start=1):
@@ -172,15 +168,16 @@ def _reserve_port(config: ServerConfig) -> socket.socket:
     return reserved
 
 
-def _serve_one(config: ServerConfig, index: int, total: int, listening: Event, supervisor: int) -> None:
+def _serve_one(config: ServerConfig, cores: int, index: int, total: int, listening: Event, supervisor: int) -> None:
     """One server process (spawned): its own logging, thread settings and event loop."""
     _end_with(supervisor)
     from bertserve.edge.app import BertServer
     from bertserve.logs import configure_logging
-    from bertserve.runtime.threads import configure_runtime
+    from bertserve.runtime.threads import configure_runtime, share_cores
     from bertserve.telemetry import configure_tracing
 
     configure_logging(config.log_level, config.log_format, process=f"[{index}/{total}] ")
+    config = share_cores(config, cores)
     configure_runtime(config)
     configure_tracing()
     asyncio.run(BertServer(config, share_port=True).serve_forever(on_listening=listening.set))

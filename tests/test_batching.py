@@ -155,11 +155,12 @@ async def test_stream_survives_a_client_that_cancels_midway(client: AsyncClient,
 
 
 async def test_stream_keeps_at_most_its_bound_in_flight(tiny_models: dict, tmp_path: Path) -> None:
-    """With stream_max_in_flight 3, the model never holds more than 3 items of the stream at once."""
+    """With stream_max_in_flight 3, the model never holds more than 3 items of the stream at once.
+    One worker: with one idle per core, each item would go through alone and nothing would batch."""
     config = tmp_path / "stream.yaml"
     config.write_text(
         "server: {address: 127.0.0.1, port: 0, stream_max_in_flight: 3}\n"
-        f"models: [{{name: bert, plugin: bert, source: '{tiny_models['bert']}'}}]\n"
+        f"models: [{{name: bert, plugin: bert, source: '{tiny_models['bert']}', workers: 1}}]\n"
     )
     server = BertServer(load_config(config))
     await server.start()

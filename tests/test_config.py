@@ -101,7 +101,7 @@ _KNOWN_MODEL_SETTINGS = (
             "server.colour: unknown setting; known: address, port",
         ),
         ("[1, 2", "config is not valid YAML"),
-        ("models: [{name: a, plugin: bert, workers: 0}]\n", "models[0].workers: must be at least 1, got 0"),
+        ("models: [{name: a, plugin: bert, workers: -1}]\n", "models[0].workers: must be at least 0, got -1"),
         ("server: {processes: 0}\nmodels: [{name: a, plugin: bert}]\n", "server.processes: must be at least 1, got 0"),
         # Wrong types, from the file: each names its path, the problem and the value.
         ("models: [{name: a, plugin: bert, max_wait_ms: '5'}]\n", "models[0].max_wait_ms: expected a number, got '5'"),

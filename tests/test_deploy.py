@@ -25,6 +25,7 @@ from containers import ROOT, Dockerfile
 from bertserve.cli import _parser
 from bertserve.config import ServerConfig, load_config
 from bertserve.metrics import QUEUE_SEQUENCES
+from bertserve.runtime.threads import share_cores
 
 DEPLOY = ROOT / "deploy"
 #: The oldest Kubernetes the manifests support (gRPC probes are GA from 1.27, the PDB's
@@ -274,11 +275,15 @@ def test_the_disruption_budget_and_the_autoscaler_govern_the_deployment(rendered
 
 
 def test_torch_threads_match_the_cpu_limit(rendered: Rendered, tmp_path: Path) -> None:
-    """torch would start a thread per core of the node, not of the container."""
+    """torch would start a thread per core of the node, not of the container: the threads of the
+    CPU models' workers add up to the CPU limit, which bertserve reads as the cgroup's quota."""
     config = rendered.config(tmp_path)
-    cpu = rendered.container["resources"]["limits"]["cpu"]
-    assert config.torch_threads * config.processes == int(cpu)
-    assert rendered.container["resources"]["requests"]["cpu"] == cpu
+    cpu = int(rendered.container["resources"]["limits"]["cpu"])
+    shared = share_cores(config, cpu // config.processes)
+    on_cpu = [spec for spec in shared.models if spec.device == "cpu"]
+    threads = max((spec.workers for spec in on_cpu), default=1) * shared.torch_threads
+    assert threads * config.processes == cpu, (shared.torch_threads, [(s.name, s.workers) for s in shared.models])
+    assert rendered.container["resources"]["requests"]["cpu"] == str(cpu)
 
 
 def test_the_gpu_overlay_asks_for_a_gpu_and_a_cuda_image() -> None:

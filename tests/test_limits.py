@@ -88,7 +88,7 @@ async def limited_server(
         f"  - {{name: slow, {MINILM}, max_batch_size: 1, max_queue_requests: 8}}\n"
         # So short a pass budget that a pass under it holds one sequence.
         # A real model's passes take long enough that two calls at once surely overlap.
-        f"  - {{name: short-passes, {MINILM}, max_pass_ms: 0.001}}\n"
+        f"  - {{name: short-passes, {MINILM}, max_pass_ms: 0.001, workers: 1}}\n"
     )
     server = BertServer(load_config(config))
     await server.start()

@@ -71,9 +71,13 @@ async def test_scores_equal_each_pair_scored_alone(client: AsyncClient, cross_en
     assert raw.ranking == result.ranking
 
 
-async def test_ties_keep_request_order(client: AsyncClient) -> None:
+async def test_ties_keep_request_order(client: AsyncClient, server: BertServer) -> None:
+    """A document sent twice is scored once, so its copies tie exactly, and keep request order."""
     same = ["Paris is the capital of France.", "yes", "Paris is the capital of France.", "yes"]
+    stats = server.router.get(MODEL).batcher.stats
+    sequences = stats.sequences
     result = await client.rerank(QUERY, same, model=MODEL)
+    assert stats.sequences - sequences == 2
     assert result.documents[0].score == result.documents[2].score
     assert result.documents[1].score == result.documents[3].score
     first, second = (0, 1) if result.documents[0].score > result.documents[1].score else (1, 0)
@@ -116,7 +120,7 @@ async def test_results_do_not_depend_on_batching(client: AsyncClient, server: Be
     stats = server.router.get(MODEL).batcher.stats
     passes, sequences = stats.forward_passes, stats.sequences
     together = await asyncio.gather(*(client.rerank(q, docs, model=MODEL) for q, docs in calls))
-    assert stats.sequences - sequences == sum(len(docs) for _, docs in calls)
+    assert stats.sequences - sequences == sum(len(set(docs)) for _, docs in calls)  # a repeated document runs once
     assert stats.forward_passes - passes < len(calls)  # calls shared passes, padded to other lengths
     for a, t in zip(alone, together, strict=True):
         np.testing.assert_allclose([d.score for d in t.documents], [d.score for d in a.documents], rtol=0, atol=1e-5)

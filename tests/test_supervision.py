@@ -51,7 +51,7 @@ async def faulty(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPath
     config = tmp_path_factory.mktemp("faulty") / "c.yaml"
     config.write_text(
         "server: {address: 127.0.0.1, port: 0}\nmodels:\n"
-        f"  - {{name: faulty, plugin: faulty, source: '{tiny_models['spanbert-qa']}'}}\n"
+        f"  - {{name: faulty, plugin: faulty, source: '{tiny_models['spanbert-qa']}', workers: 1}}\n"
         f"  - {{name: fine, plugin: bert, source: '{tiny_models['bert']}'}}\n"
     )
     registry = PluginRegistry({**discover_plugins().plugins, "faulty": FaultyPlugin}, {})

@@ -65,7 +65,7 @@ async def test_each_call_is_traced_with_its_queue_wait_and_forward_pass(
     config = tmp_path / "c.yaml"
     config.write_text(
         "server: {address: 127.0.0.1, port: 0}\n"
-        f"models:\n  - {{name: bert, plugin: bert, source: '{tiny_models['bert']}'}}\n"
+        f"models:\n  - {{name: bert, plugin: bert, source: '{tiny_models['bert']}', workers: 1}}\n"
     )
     served = Served(
         config,

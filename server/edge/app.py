@@ -9,6 +9,7 @@ import os
 import signal
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -34,7 +35,7 @@ from bertserve.edge.tls import CertificateFiles, RotatingCredentials
 from bertserve.errors import ConfigError, InvalidRequest, ModelUnavailable
 from bertserve.metrics import serve_metrics
 from bertserve.runtime.device_workers import DeviceWorkers
-from bertserve.runtime.threads import freeze_loaded_heap
+from bertserve.runtime.threads import cpu_cores, freeze_loaded_heap, model_workers, share_cores
 from bertserve.serving.model_host import ModelHost
 from bertserve.serving.model_manager import ModelManager
 from bertserve.serving.router import Router
@@ -67,6 +68,8 @@ class BertServer:
         Otherwise the port is this process's alone, and a port already taken fails to bind
         rather than silently splitting traffic with whatever holds it.
         """
+        # Workers left automatic become concrete here when the caller did not (tests, embedders).
+        config = share_cores(config, cpu_cores()) if any(not spec.workers for spec in config.models) else config
         self.config = config
         self._share_port = share_port
         self._registry = registry or discover_plugins()
@@ -113,7 +116,7 @@ class BertServer:
             raise InvalidRequest(_capped(str(e))) from None
         except KeyError as e:
             raise InvalidRequest(f"entry.plugin: {e.args[0]}") from None
-        return spec
+        return replace(spec, workers=model_workers(spec, self.config.torch_threads, cpu_cores()))
 
     def _forget(self, name: str) -> None:
         """A model is gone: its health entry says so (SERVICE_UNKNOWN), and the server's is recomputed."""

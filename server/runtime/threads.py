@@ -5,12 +5,57 @@ from __future__ import annotations
 import gc
 import logging
 import os
+from dataclasses import replace
 
+from bertserve.api import ModelSpec
 from bertserve.config import ServerConfig
+from bertserve.errors import ConfigError
 
-__all__ = ["configure_runtime", "freeze_loaded_heap"]
+__all__ = ["configure_runtime", "cpu_cores", "freeze_loaded_heap", "model_workers", "share_cores"]
 
 log = logging.getLogger(__name__)
+
+
+def cpu_cores() -> int:
+    """The cores this process may use: its CPU affinity, and a container's CPU quota (cgroups v1
+    and v2), which os.cpu_count() and torch's default both ignore."""
+    import joblib
+
+    return max(1, int(joblib.cpu_count()))
+
+
+def share_cores(config: ServerConfig, cores: int) -> ServerConfig:
+    """config with its automatic thread settings (0) made concrete for one process's `cores`.
+
+    On a CPU, the default is one single-threaded worker per core: passes run side by side with
+    no OpenMP team to synchronise, so the event loop or a tokenizer taking a core slows one pass
+    instead of stalling every op of a two-threaded one at its barriers. Measured with MiniLM on 2
+    cores (bench/fairness.py): one-sentence calls beside callers sending 8 MB inputs had a p99
+    of 180-190 ms this way against 440-560 ms with one two-threaded worker, and bulk throughput
+    rose 4-7%. An explicit setting on either side takes its share first: `workers: 1` leaves torch
+    every core, `torch_threads: 2` gives each worker two.
+    """
+    cpu_workers = [spec.workers for spec in config.models if spec.workers and _on_cpu(spec)]
+    threads = config.torch_threads or max(1, cores // max(cpu_workers, default=cores))
+    models = tuple(replace(spec, workers=model_workers(spec, threads, cores)) for spec in config.models)
+    return replace(config, torch_threads=threads, models=models)
+
+
+def model_workers(spec: ModelSpec, torch_threads: int, cores: int) -> int:
+    """The workers of a model: as configured, or, when automatic (0), one per torch_threads of
+    the cores on a CPU and one on an accelerator, which runs one stream of work."""
+    if spec.workers:
+        return spec.workers
+    return max(1, cores // max(1, torch_threads)) if _on_cpu(spec) else 1
+
+
+def _on_cpu(spec: ModelSpec) -> bool:
+    from bertserve.runtime.placement import resolve_device
+
+    try:
+        return resolve_device(spec.device).type == "cpu"
+    except ConfigError:  # the model fails to load with this error; one worker for its unused pool
+        return False
 
 
 def configure_runtime(config: ServerConfig) -> None:
@@ -29,8 +74,9 @@ def configure_runtime(config: ServerConfig) -> None:
     if config.torch_threads > 0:
         torch.set_num_threads(config.torch_threads)
     log.info(
-        "threads: torch intra-op %d, tokenizers parallelism %s",
+        "threads: torch intra-op %d per worker; workers %s; tokenizers parallelism %s",
         torch.get_num_threads(),
+        ", ".join(f"{spec.name} {spec.workers}" for spec in config.models) or "none",
         os.environ["TOKENIZERS_PARALLELISM"],
     )
 

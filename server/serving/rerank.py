@@ -45,8 +45,13 @@ async def _rerank(host: ModelHost, query: RerankQuery, deadline: float | None) -
                     f"document {i} and the query make {encoding.full_length} tokens, over the limit of {limit} "
                     f"of model {host.name!r}; shorten it or set truncate"
                 )
-    results = await host.run(("classify",), encodings, deadline=deadline)
-    logits = np.array([r.value[0] for r in results], dtype=np.float32)
+    # A document sent twice is scored once: less work, and its copies tie exactly, whatever passes
+    # the model's workers would have put them in.
+    first_of: dict[str, int] = {}
+    computed = [i for i, d in enumerate(query.documents) if first_of.setdefault(d, i) == i]
+    results = await host.run(("classify",), [encodings[i] for i in computed], deadline=deadline)
+    logit_of = {i: r.value[0] for i, r in zip(computed, results, strict=True)}
+    logits = np.array([logit_of[first_of[d]] for d in query.documents], dtype=np.float32)
     scores = logits if query.raw_scores else sigmoid(logits)
     documents = [
         RankedDocument(
@@ -63,7 +68,11 @@ async def _rerank(host: ModelHost, query: RerankQuery, deadline: float | None) -
         model=host.name,
         documents=documents,
         ranking=ranking,
-        usage=usage_of(results, tokens=sum(len(e) for e in encodings), tokenization_ns=tokenization_ns),
+        usage=usage_of(
+            results,
+            tokens=sum(len(encodings[i]) for i in computed),
+            tokenization_ns=tokenization_ns,
+        ),
     )
 
 
