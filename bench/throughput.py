@@ -18,8 +18,8 @@ b+ with c at concurrency 64; b again with e at concurrency 64), so that drift in
 (seen here: 20% within a minute) hits both alike. The server runs in its own process, as in
 production; every scenario stops after --seconds. With --processes N the server runs N processes on
 one port (server.processes), the cores split between their torch threads, and the client spreads
-its calls over --channels connections. With --workers N each model runs N passes at once, each on
-its share of the cores (workers, server.torch_threads).
+its calls over --channels connections. Each model runs the server's default of one single-threaded
+worker per core; with --workers N it runs N passes at once, each on its share of the cores.
 """
 
 from __future__ import annotations
@@ -311,8 +311,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--workers",
         type=int,
-        default=1,
-        help="forward passes in flight per model (workers), the cores split between them (server.torch_threads)",
+        default=0,
+        help="forward passes in flight per model (workers), the cores split between them (server.torch_threads); "
+        "0: the server's default, one single-threaded worker per core",
     )
     parser.add_argument(
         "--compile", action="store_true", help="serve the bfloat16 MiniLM under torch.compile (options.compile)"
@@ -328,10 +329,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     sentences = workload(args.sentences)
     print(f"workload: {len(sentences)} sentences, seed 1234; torch {torch.__version__}, {os.cpu_count()} cores")
-    server_threads = max(1, torch.get_num_threads() // (args.processes * args.workers))
+    server_threads = max(1, torch.get_num_threads() // (args.processes * (args.workers or torch.get_num_threads())))
+    workers = args.workers or f"{max(1, torch.get_num_threads() // args.processes)} (automatic)"
     print(
         f"threads: bench torch intra-op {torch.get_num_threads()}; server {args.processes} process(es) of "
-        f"{args.workers} worker(s) per model, torch intra-op {server_threads}, tokenizer pool 2; "
+        f"{workers} worker(s) per model, torch intra-op {server_threads}, tokenizer pool 2; "
         f"client connections {channels}; "
         f"TOKENIZERS_PARALLELISM={os.environ['TOKENIZERS_PARALLELISM']}"
     )
@@ -347,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{{name: minilm-qa-serial, plugin: bert, source: '{qa_dir}', device: cpu, workers: {args.workers}, "
             "max_batch_size: 1}",
         ]
-        settings = Settings(args.processes, server_threads if args.workers > 1 else 0, channels)
+        settings = Settings(args.processes, 0, channels)  # the server splits the cores between its workers
         with serve(Path(tmp) / "fp32.yaml", fp32_models, settings) as target:
             fp32 = asyncio.run(_served_fp32(target, sentences, args.seconds, baseline))
         if bf16:  # its own process: a process that ran float32 kernels runs bfloat16 ones slower, and back

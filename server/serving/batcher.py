@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -74,6 +75,8 @@ class BatchStats:
     dropped: int = 0
     refused: int = 0
     largest_pass: int = 0  # the most sequences one pass carried
+    #: (start, end) in time.monotonic_ns() of the latest passes, for tests and diagnostics.
+    recent_passes: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=256))
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,7 @@ class Batcher:
         self._closed = False
         self._abandoned: BertserveError | None = None  # set when the drain ran out of time
         self._running: dict[int, list[_Pending[Any]]] = {}  # the batches of the passes in flight, by id
+        self._ends_ns: dict[int, int] = {}  # when each pass in flight should end, at the measured rate
         self._tokens_per_s = 0.0  # smoothed throughput, for retry hints
         self._failures_in_a_row = 0  # forward passes that failed since the last that succeeded
         self._requests = 0  # submit() calls so far: each one's number
@@ -258,6 +262,8 @@ class Batcher:
             if not batch:
                 slots.release()
                 continue
+            if self._tokens_per_s > 0:
+                self._ends_ns[id(batch)] = time.monotonic_ns() + int(self._computed(batch) / self._tokens_per_s * 1e9)
             task = asyncio.create_task(self._run(batch))
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
@@ -289,7 +295,9 @@ class Batcher:
         finally:
             self._last_pass_end_ns = time.monotonic_ns()
             del self._running[id(batch)]
+            self._ends_ns.pop(id(batch), None)
         self._passed(ok=True)
+        self.stats.recent_passes.append((started, self._last_pass_end_ns))
         self._trace(batch, pass_id, started)
         elapsed = self._last_pass_end_ns - started
         if log.isEnabledFor(logging.DEBUG):
@@ -304,8 +312,7 @@ class Batcher:
                 len(self._pending),
             )
         costs = [p.cost for p in batch]
-        # The rate is of what a pass computes: a padded pass computes its padding too.
-        self._observe(sum(costs) if self._packed(batch[0].op) else len(costs) * max(costs), elapsed)
+        self._observe(self._computed(batch), elapsed)
         metrics.INFERENCE_SECONDS.labels(self.name).observe(elapsed / 1e9)
         metrics.PASS_SEQUENCES.labels(self.name).observe(len(batch))
         metrics.PASS_TOKENS.labels(self.name).observe(sum(costs))
@@ -451,7 +458,7 @@ class Batcher:
         A packed pass costs its tokens; a padded one, count x longest."""
         budget = self.limits.max_batch_tokens
         if self.limits.max_pass_ms > 0 and self._tokens_per_s > 0:
-            budget = min(budget, int(self._tokens_per_s * self.limits.max_pass_ms / 1000))
+            budget = min(budget, int(self._tokens_per_s * self._pass_ms() / 1000))
         batch: list[_Pending[Any]] = []
         longest = total = 0
         for p in candidates:
@@ -463,6 +470,32 @@ class Batcher:
             batch.append(p)
             longest, total = width, total + p.cost
         return batch
+
+    def _computed(self, batch: list[_Pending[Any]]) -> int:
+        """The tokens a pass computes: a padded pass computes its padding too."""
+        costs = [p.cost for p in batch]
+        return sum(costs) if self._packed(batch[0].op) else len(costs) * max(costs)
+
+    def _pass_ms(self) -> float:
+        """How long the next pass may compute while calls contend: max_pass_ms, or less, so that the
+        passes of several workers end one after another, max_pass_ms / workers apart, rather than
+        together. A call that comes in then waits that long for a worker to free up, not a whole
+        pass. Passes fall into step at the start and by chance; one shorter pass puts them out again."""
+        limit = self.limits.max_pass_ms
+        if self.limits.concurrent_passes < 2 or not self._ends_ns:
+            return limit
+        step = limit / self.limits.concurrent_passes
+        now = time.monotonic_ns() / 1e6
+        ends = [end / 1e6 for end in self._ends_ns.values()]  # of the passes in flight, in ms
+        earliest, latest = now + step / 2, now + limit
+
+        def apart(t: float) -> float:
+            return min(step, *(abs(t - end) for end in ends))
+
+        # The longest pass whose end is a step from every other end, or else the one that comes closest.
+        candidates = [latest, *(end + k * step for end in ends for k in (-1, 1))]
+        best = max((t for t in candidates if earliest <= t <= latest), key=lambda t: (apart(t), t), default=latest)
+        return best - now
 
     def _observe(self, tokens: int, elapsed_ns: int) -> None:
         rate = tokens / max(elapsed_ns, 1) * 1e9
