@@ -187,7 +187,7 @@ async def test_the_passes_of_two_workers_end_apart_not_together(tmp_path: Path) 
         await server.stop(grace=1)
     passes = list(stats.recent_passes)
     assert len(passes) >= 20, passes
-    ends = sorted(end for _, end in passes)
+    ends = sorted(end for _, end in passes)[:-4]  # the last passes drain what is left: short, and any time
     gaps_ms = sorted((b - a) / 1e6 for a, b in itertools.pairwise(ends))
     pass_ms = statistics.median((end - start) / 1e6 for start, end in passes)
     tenth = gaps_ms[len(gaps_ms) // 10]
