@@ -43,7 +43,9 @@ def test_a_call_writes_one_json_line_with_its_request_id(json_logging: Served) -
         request = encoder_service_pb2.EmbedRequest(model="bert", inputs=["one text", "and another"])
         metadata = (("authorization", "Bearer an-access-log-token-0123"), ("x-request-id", "req-abc-123"))
         reply, call = stub.Embed.with_call(request, metadata=metadata)
-    assert ("x-request-id", "req-abc-123") in call.initial_metadata()
+    # A unary answer goes out as one batch (headers, message, trailers): the id is in the trailers.
+    assert ("x-request-id", "req-abc-123") in call.trailing_metadata()
+    assert ("x-request-id", "req-abc-123") not in call.initial_metadata()
     [line] = _access_lines(served, "req-abc-123")
     assert line["logger"] == "bertserve.access" and line["level"] == "INFO"
     assert {k: line[k] for k in ("rpc", "model", "code", "inputs", "tokens", "token_name", "request_id")} == {

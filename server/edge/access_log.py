@@ -92,7 +92,13 @@ def _begin(context: grpc.aio.ServicerContext) -> str:
 
 
 async def _answering(context: grpc.aio.ServicerContext, request_id: str) -> None:
-    """Headers with the request id, sent with the first response message."""
+    """Headers with the request id, sent before a stream's first message.
+
+    A unary answer sends none of its own: gRPC then sends its headers, message and trailers
+    (which hold the id) as one batch. Headers sent ahead would commit the call a moment early,
+    and a replica killed in that moment would leave the caller a committed call without an
+    answer, which its retry policy cannot send elsewhere.
+    """
     await context.send_initial_metadata(((request_ids.HEADER, request_id),))
 
 
@@ -106,7 +112,6 @@ def _unary(inner: Any, rpc: str, record: Record) -> Any:
         response, raised = None, None
         try:
             response = await inner(request, context)
-            await _answering(context, request_id)
             return response
         except BaseException as e:
             raised = e
