@@ -329,11 +329,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     sentences = workload(args.sentences)
     print(f"workload: {len(sentences)} sentences, seed 1234; torch {torch.__version__}, {os.cpu_count()} cores")
-    server_threads = max(1, torch.get_num_threads() // (args.processes * (args.workers or torch.get_num_threads())))
-    workers = args.workers or f"{max(1, torch.get_num_threads() // args.processes)} (automatic)"
+    cores = max(1, torch.get_num_threads() // args.processes)  # each server process's share
+    workers = args.workers or cores  # automatic: one single-threaded worker per core
     print(
         f"threads: bench torch intra-op {torch.get_num_threads()}; server {args.processes} process(es) of "
-        f"{workers} worker(s) per model, torch intra-op {server_threads}, tokenizer pool 2; "
+        f"{workers}{'' if args.workers else ' (automatic)'} worker(s) per model, "
+        f"torch intra-op {max(1, cores // workers)}, tokenizer pool 2; "
         f"client connections {channels}; "
         f"TOKENIZERS_PARALLELISM={os.environ['TOKENIZERS_PARALLELISM']}"
     )

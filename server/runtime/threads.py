@@ -29,10 +29,8 @@ def share_cores(config: ServerConfig, cores: int) -> ServerConfig:
 
     On a CPU, the default is one single-threaded worker per core: passes run side by side with
     no OpenMP team to synchronise, so the event loop or a tokenizer taking a core slows one pass
-    instead of stalling every op of a two-threaded one at its barriers. Measured with MiniLM on 2
-    cores (bench/fairness.py): one-sentence calls beside callers sending 8 MB inputs had a p99
-    of 180-190 ms this way against 440-560 ms with one two-threaded worker, and bulk throughput
-    rose 4-7%. An explicit setting on either side takes its share first: `workers: 1` leaves torch
+    instead of stalling every op of a two-threaded one at its barriers (the README has the
+    figures). An explicit setting on either side takes its share first: `workers: 1` leaves torch
     every core, `torch_threads: 2` gives each worker two.
     """
     cpu_workers = [spec.workers for spec in config.models if spec.workers and _on_cpu(spec)]
