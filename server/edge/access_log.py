@@ -16,9 +16,9 @@ from typing import Any
 import grpc
 
 from bertserve import metrics, request_ids
-from bertserve.edge.auth import caller
+from bertserve.edge import call_facts
+from bertserve.edge.call_facts import CallFacts
 from bertserve.edge.handlers import replace_behaviour
-from bertserve.edge.status import RETRY_AFTER
 
 __all__ = ["AccessLog"]
 
@@ -28,9 +28,12 @@ log = logging.getLogger("bertserve.access")
 class AccessLog(grpc.aio.ServerInterceptor):
     """Outermost interceptor of the methods given: refused calls are counted and logged too.
 
-    Every call is counted in the metrics; lines are written when lines is set. Metric labels
-    name served models only (a caller's unknown name is "-"), so that callers cannot grow
-    the label sets without bound.
+    It reads the call's facts as the handler starts (see bertserve.edge.call_facts) and records
+    the call from them alone. Streams are served as reader-writer coroutines that close the
+    handlers under them before they return, so that nothing of a cancelled stream outlives its
+    call. Every call is counted in the metrics; lines are written when lines is set. Metric labels
+    name served models only (a caller's unknown name is "-"), so that callers cannot grow the
+    label sets without bound.
     """
 
     def __init__(self, methods: Collection[str], models: Container[str], default_model: str, *, lines: bool) -> None:
@@ -48,67 +51,47 @@ class AccessLog(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or details.method not in self._methods:
             return handler
-        rpc = details.method.rsplit("/", 1)[-1]
         inner = handler.unary_unary or handler.stream_stream
-        return replace_behaviour(handler, _unary(inner, rpc, self._record), _streaming(inner, rpc, self._record))
+        return replace_behaviour(
+            handler, _unary(inner, details, self._record), _streaming(inner, details, self._record)
+        )
 
     def _record(
-        self,
-        rpc: str,
-        request: Any,
-        response: Any,
-        code: str,
-        context: grpc.aio.ServicerContext,
-        started: float,
-        request_id: str,
-        *,
-        items: int | None,
+        self, facts: CallFacts, request: Any, response: Any, raised: BaseException | None, *, items: int | None
     ) -> None:
         """Count the call and log its line; a fault here is logged, never the call's."""
         try:
-            seconds = time.perf_counter() - started
-            named = _served_model(response) or _model_of(request)
-            label = named or self._default_model
-            label = label if label in self._models else "-"
-            metrics.CALLS.labels(rpc, label, code).inc()
-            metrics.CALL_SECONDS.labels(rpc, label).observe(seconds)
+            seconds = time.perf_counter() - facts.started
+            code = _code_of(facts, raised)
+            named = _served_model(response) or _model_of(request) or facts.model
+            model = named or (self._default_model if _names_default(request) else "-")
+            label = model if model in self._models else "-"
+            metrics.CALLS.labels(facts.rpc, label, code).inc()
+            metrics.CALL_SECONDS.labels(facts.rpc, label).observe(seconds)
             if self._lines and log.isEnabledFor(logging.INFO):
-                _line(rpc, named, request, response, code, context, seconds, request_id, items=items)
+                _line(facts, model, request, response, code, seconds, items=items)
         except Exception:
-            log.exception("cannot record a %s call", rpc)
+            log.exception("cannot record a %s call", facts.rpc)
 
 
-def _begin(context: grpc.aio.ServicerContext) -> str:
-    """The call's request id, in its trailers from the start (an error's only metadata).
+def _begin(details: grpc.HandlerCallDetails, context: grpc.aio.ServicerContext) -> CallFacts:
+    """The call's facts, and its request id in its trailers from the start (an error's only metadata).
 
     Nothing is sent yet: response headers commit a call, and a gRPC client retries only calls
     not committed. An UNAVAILABLE or RESOURCE_EXHAUSTED answer (a draining server, a full queue)
     must go out as trailers alone for the caller's retry policy to send it elsewhere.
     """
-    request_id = request_ids.from_metadata(context.invocation_metadata())  # type: ignore[arg-type]
-    request_ids.current.set(request_id)
-    context.set_trailing_metadata(((request_ids.HEADER, request_id),))
-    return request_id
-
-
-async def _answering(context: grpc.aio.ServicerContext, request_id: str) -> None:
-    """Headers with the request id, sent before a stream's first message.
-
-    A unary answer sends none of its own: gRPC then sends its headers, message and trailers
-    (which hold the id) as one batch. Headers sent ahead would commit the call a moment early,
-    and a replica killed in that moment would leave the caller a committed call without an
-    answer, which its retry policy cannot send elsewhere.
-    """
-    await context.send_initial_metadata(((request_ids.HEADER, request_id),))
+    facts = call_facts.read(details.method, details.invocation_metadata, context)  # type: ignore[arg-type]
+    context.set_trailing_metadata(((request_ids.HEADER, facts.request_id),))
+    return facts
 
 
 Record = Callable[..., None]
 
 
-def _unary(inner: Any, rpc: str, record: Record) -> Any:
+def _unary(inner: Any, details: grpc.HandlerCallDetails, record: Record) -> Any:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        started = time.perf_counter()
-        request_id = _begin(context)
+        facts = _begin(details, context)
         response, raised = None, None
         try:
             response = await inner(request, context)
@@ -117,16 +100,17 @@ def _unary(inner: Any, rpc: str, record: Record) -> Any:
             raised = e
             raise
         finally:
-            record(rpc, request, response, _code_of(context, raised), context, started, request_id, items=None)
+            record(facts, request, response, raised, items=None)
 
     return handle
 
 
-def _streaming(inner: Any, rpc: str, record: Record) -> Any:
-    async def handle(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        started = time.perf_counter()
-        request_id = _begin(context)
-        seen: list[Any] = []  # the first request, for its model; and a count of the items answered
+def _streaming(inner: Any, details: grpc.HandlerCallDetails, record: Record) -> Any:
+    async def handle(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
+        """A reader-writer handler (a coroutine, not a generator): gRPC cancels it in its own task,
+        so its finally runs while the call is alive, and closes the generators under it there."""
+        facts = _begin(details, context)
+        seen: list[Any] = []  # the first request, for its model
         answered, raised = 0, None
 
         async def counted() -> AsyncIterator[Any]:
@@ -135,39 +119,48 @@ def _streaming(inner: Any, rpc: str, record: Record) -> Any:
                     seen.append(request)
                 yield request
 
+        responses = inner(counted(), context)
         try:
-            async for response in inner(counted(), context):
+            async for response in responses:
                 if not answered:
-                    await _answering(context, request_id)
+                    # Headers with the request id before a stream's first message. A unary answer
+                    # sends none of its own: gRPC then sends its headers, message and trailers (which
+                    # hold the id) as one batch, so a replica killed in between cannot leave a
+                    # committed call unanswered, which a client's retry policy cannot send elsewhere.
+                    await context.send_initial_metadata(((request_ids.HEADER, facts.request_id),))
                 answered += 1
-                yield response
+                await context.write(response)
         except BaseException as e:
             raised = e
             raise
         finally:
+            await _close(responses)
             first = seen[0].request if seen and hasattr(seen[0], "request") else None
-            record(rpc, first, None, _code_of(context, raised), context, started, request_id, items=answered)
+            record(facts, first, None, raised, items=answered)
 
     return handle
 
 
+async def _close(responses: Any) -> None:
+    """Close a stream's handler now (its finally blocks run in this call's task), not whenever the
+    garbage collector finalizes it, by which time gRPC has released the call."""
+    aclose = getattr(responses, "aclose", None)
+    if aclose is None:
+        return
+    try:
+        await aclose()
+    except Exception:
+        log.exception("a stream's handler failed as it closed")
+
+
 def _line(
-    rpc: str,
-    model: str,
-    request: Any,
-    response: Any,
-    code: str,
-    context: grpc.aio.ServicerContext,
-    seconds: float,
-    request_id: str,
-    *,
-    items: int | None,
+    facts: CallFacts, model: str, request: Any, response: Any, code: str, seconds: float, *, items: int | None
 ) -> None:
     usage = None
     if response is not None and "usage" in response.DESCRIPTOR.fields_by_name and response.HasField("usage"):
         usage = response.usage
     fields: dict[str, Any] = {
-        "rpc": rpc,
+        "rpc": facts.rpc,
         "model": model,
         "code": code,
         "inputs": _inputs_of(request) if items is None else items,
@@ -175,31 +168,32 @@ def _line(
         "queue_ms": round(usage.queue_time_ns / 1e6, 3) if usage else 0.0,
         "inference_ms": round(usage.inference_time_ns / 1e6, 3) if usage else 0.0,
         "ms": round(seconds * 1000, 3),
-        "peer": context.peer(),
-        "token_name": caller.get() or "-",
-        "request_id": request_id,
-        "retry_after_ms": _retry_after_ms(context),
+        "peer": facts.peer or "-",
+        "token_name": facts.token_name or "-",
+        "request_id": facts.request_id,
+        "retry_after_ms": facts.retry_after_ms,
     }
     log.info(" ".join(f"{k}={v}" for k, v in fields.items()), extra=fields)
 
 
-def _retry_after_ms(context: grpc.aio.ServicerContext) -> int:
-    """The retry hint the call was refused with; 0 for none."""
-    for key, value in context.trailing_metadata() or ():  # type: ignore[attr-defined]
-        if key == RETRY_AFTER:
-            return int(value)
-    return 0
-
-
-def _code_of(context: grpc.aio.ServicerContext, raised: BaseException | None) -> str:
-    code = context.code()  # what the call was aborted with, or set to; None when neither
-    if isinstance(code, grpc.StatusCode):
-        return code.name
-    if isinstance(raised, asyncio.CancelledError) or context.cancelled():
+def _code_of(facts: CallFacts, raised: BaseException | None) -> str:
+    if facts.code is not None:  # what bertserve aborted the call with
+        return facts.code.name
+    if isinstance(raised, asyncio.CancelledError):
         return "CANCELLED"
+    if isinstance(raised, grpc.aio.AbortError):
+        return "UNKNOWN"  # aborted by code that did not say how (bertserve's own aborts all do)
     if raised is not None and not isinstance(raised, GeneratorExit):
         return "UNKNOWN"  # what gRPC answers for an exception it was not told the code of
     return "OK"
+
+
+def _names_default(request: Any) -> bool:
+    """A request whose empty model (or name) field means the default model."""
+    if request is None or not hasattr(request, "DESCRIPTOR"):
+        return False
+    fields = request.DESCRIPTOR.fields_by_name
+    return "model" in fields or "name" in fields
 
 
 def _served_model(response: Any) -> str:

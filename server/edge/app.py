@@ -26,15 +26,17 @@ from bertserve.config import ServerConfig, TlsConfig, parse_model_entry
 from bertserve.discovery import PluginRegistry, discover_plugins
 from bertserve.domain import CallLimits
 from bertserve.edge.access_log import AccessLog
-from bertserve.edge.auth import ADMIN, ANY_SCOPE, INFERENCE, AuthInterceptor, Principal, TokenTable
+from bertserve.edge.auth import ADMIN, ANY_SCOPE, INFERENCE, AuthInterceptor, LocalAdminOnly, Principal, TokenTable
+from bertserve.edge.grpc_logs import quiet_grpc_logs
 from bertserve.edge.parsing import add_servicer
 from bertserve.edge.reflection import METHODS as REFLECTION_METHODS
 from bertserve.edge.reflection import enable_reflection
 from bertserve.edge.servicers import EncoderServicer, ModelServicer
 from bertserve.edge.tls import CertificateFiles, RotatingCredentials
-from bertserve.errors import ConfigError, InvalidRequest, ModelUnavailable
+from bertserve.errors import ConfigError, InvalidRequest, ModelUnavailable, PermissionDenied, quoted
 from bertserve.metrics import serve_metrics
 from bertserve.runtime.device_workers import DeviceWorkers
+from bertserve.runtime.sources import source_allowed
 from bertserve.runtime.threads import cpu_cores, freeze_loaded_heap, model_workers, share_cores
 from bertserve.serving.model_host import ModelHost
 from bertserve.serving.model_manager import ModelManager
@@ -108,14 +110,26 @@ class BertServer:
         return host
 
     def _parse_entry(self, text: str) -> ModelSpec:
-        """A model entry sent to LoadModel or ReloadModel; InvalidRequest naming what is wrong."""
+        """A model entry sent to LoadModel or ReloadModel; InvalidRequest naming what is wrong, and
+        PermissionDenied for what the server's admin settings do not allow a run-time entry."""
+        admin = self.config.admin
         try:
-            spec = parse_model_entry(text, self._registry.plugins)
+            spec = parse_model_entry(text, self._registry.plugins, max_bytes=admin.max_entry_bytes)
             self._registry.get(spec.plugin)
         except ConfigError as e:
             raise InvalidRequest(_capped(str(e))) from None
         except KeyError as e:
             raise InvalidRequest(f"entry.plugin: {e.args[0]}") from None
+        if spec.allow_pickle and not admin.allow_pickle:
+            raise PermissionDenied(
+                "entry.allow_pickle: this server does not let a run-time entry load pickle weights; the operator "
+                "can allow it with server.admin.allow_pickle: true, or list the model in the configuration file"
+            )
+        if not source_allowed(spec.source, admin.allowed_sources):
+            raise PermissionDenied(
+                f"entry.source: {quoted(spec.source)} is not among the sources this server allows run-time entries "
+                "to load (server.admin.allowed_sources)"
+            )
         return replace(spec, workers=model_workers(spec, self.config.torch_threads, cpu_cores()))
 
     def _forget(self, name: str) -> None:
@@ -131,6 +145,7 @@ class BertServer:
     async def start(self) -> int:
         """Bind, serve, and load every model concurrently; returns the bound port."""
         config = self.config
+        quiet_grpc_logs()
         server = grpc.aio.server(
             interceptors=self._interceptors(),
             options=[
@@ -190,14 +205,10 @@ class BertServer:
         return self.port
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        """The trace span outermost where tracing is on, then the access log and call metrics
-        (refused calls count too), then token auth."""
-        interceptors: list[grpc.aio.ServerInterceptor] = []
-        provider = telemetry.tracer_provider()
-        if provider is not None:
-            # Probes call health every few seconds: their spans would drown the calls' own.
-            interceptors.append(aio_server_interceptor(provider, filter_=negate(service_name(health.SERVICE_NAME))))
-        interceptors += [
+        """The access log and call metrics outermost (refused calls count too): it reads each call's
+        facts as the call starts and closes a stream's handlers before the call ends. Then the trace
+        span where tracing is on, then token auth, or without tokens the admin RPCs' loopback rule."""
+        interceptors: list[grpc.aio.ServerInterceptor] = [
             AccessLog(
                 _methods(_SERVICE_DESCRIPTORS),
                 self.router,
@@ -205,8 +216,14 @@ class BertServer:
                 lines=self.config.access_log,
             )
         ]
+        provider = telemetry.tracer_provider()
+        if provider is not None:
+            # Probes call health every few seconds: their spans would drown the calls' own.
+            interceptors.append(aio_server_interceptor(provider, filter_=negate(service_name(health.SERVICE_NAME))))
         auth = self.config.auth
         if not auth.enabled:
+            if not self.config.admin.allow_remote_without_auth:
+                interceptors.append(LocalAdminOnly(_ADMIN_METHODS))
             return interceptors
         scopes = {method: INFERENCE for method in _methods(_SERVICE_DESCRIPTORS)}
         scopes.update(dict.fromkeys(_ADMIN_METHODS, ADMIN))
@@ -227,6 +244,12 @@ class BertServer:
             )
         if config.auth.enabled:
             log.info("token auth on: %d tokens", len(config.auth.tokens))
+        elif config.admin.allow_remote_without_auth:
+            log.warning(
+                "admin calls (LoadModel, UnloadModel, ReloadModel) are open to every peer without auth "
+                "(server.admin.allow_remote_without_auth): anyone who reaches %s can change the models",
+                config.bind,
+            )
 
     def reload_certificates(self) -> None:
         """Re-read the TLS files at the next handshake (SIGHUP)."""

@@ -8,20 +8,32 @@ every known token's hash in constant time.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import hashlib
 import hmac
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
+from bertserve.edge import call_facts
 from bertserve.edge.handlers import replace_behaviour
+from bertserve.edge.status import abort
 from bertserve.errors import PermissionDenied, quoted
 
-__all__ = ["ADMIN", "ANY_SCOPE", "INFERENCE", "AuthInterceptor", "Principal", "TokenTable", "caller", "require_model"]
+__all__ = [
+    "ADMIN",
+    "ANY_SCOPE",
+    "INFERENCE",
+    "AuthInterceptor",
+    "LocalAdminOnly",
+    "Principal",
+    "TokenTable",
+    "require_model",
+]
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +42,6 @@ ADMIN = "admin"
 ALL_MODELS = "*"
 ANY_SCOPE = ""  # an RPC that any known token may call
 
-#: The token name of the current call ("" when auth is off or the RPC is open to all).
-caller: contextvars.ContextVar[str] = contextvars.ContextVar("bertserve_caller", default="")
 #: What the current call's token may do (None when auth is off or the RPC is open to all).
 _principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("bertserve_principal", default=None)
 
@@ -127,6 +137,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return Refusal(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"token {principal.name!r} may not call {details.method}: it needs the {scope} scope",
+                token_name=principal.name,
             )
         return principal
 
@@ -142,6 +153,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 class Refusal:
     code: grpc.StatusCode
     message: str
+    token_name: str = ""  # the known token refused, for the access log
+
+
+def _note_caller(name: str) -> None:
+    facts = call_facts.current.get()
+    if facts is not None:
+        facts.token_name = name
 
 
 def _model_of(request: Any) -> str | None:
@@ -160,10 +178,12 @@ def _model_of(request: Any) -> str | None:
 
 def _refusing(handler: grpc.RpcMethodHandler, refusal: Refusal) -> grpc.RpcMethodHandler:
     async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(refusal.code, refusal.message)
+        _note_caller(refusal.token_name)
+        await abort(context, refusal.code, refusal.message)
 
     async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        await context.abort(refusal.code, refusal.message)
+        _note_caller(refusal.token_name)
+        await abort(context, refusal.code, refusal.message)
         yield  # pragma: no cover - abort raises
 
     return replace_behaviour(handler, unary, streaming)
@@ -178,22 +198,59 @@ def _with_principal(
     inner = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
 
     async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        caller.set(principal.name)
+        _note_caller(principal.name)
         _principal.set(principal)
         if (refusal := refusal_of(principal, request)) is not None:
-            await context.abort(refusal.code, refusal.message)
+            await abort(context, refusal.code, refusal.message)
         return await inner(request, context)
 
     async def streaming(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        caller.set(principal.name)
+        _note_caller(principal.name)
 
         async def checked() -> AsyncIterator[Any]:
             async for request in requests:
                 if (refusal := refusal_of(principal, request)) is not None:
-                    await context.abort(refusal.code, refusal.message)
+                    await abort(context, refusal.code, refusal.message)
                 yield request
 
-        async for response in inner(checked(), context):
-            yield response
+        async with contextlib.aclosing(inner(checked(), context)) as responses:
+            async for response in responses:
+                yield response
 
     return replace_behaviour(handler, unary, streaming)
+
+
+class LocalAdminOnly(grpc.aio.ServerInterceptor):
+    """Without tokens, the admin RPCs answer callers on this machine only (loopback or a Unix
+    socket): anyone who can reach the port could otherwise load any file as a model."""
+
+    def __init__(self, admin_methods: Collection[str]) -> None:
+        self._admin_methods = frozenset(admin_methods)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or details.method not in self._admin_methods or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+        rpc = details.method.rsplit("/", 1)[-1]
+
+        async def local_only(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            facts = call_facts.current.get()
+            peer = facts.peer if facts is not None else ""
+            if not call_facts.is_local_peer(peer):
+                log.warning("refused %s from %s: admin calls without tokens are for this machine only", rpc, peer)
+                await abort(
+                    context,
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"{rpc} is an admin call, and this server has no tokens, so it answers admin calls from this "
+                    f"machine only (loopback), not from {peer or 'an unknown peer'}. To call it from elsewhere, "
+                    "configure tokens with the admin scope (server.auth.tokens_file or BERTSERVE_TOKENS), or set "
+                    "server.admin.allow_remote_without_auth: true to open admin calls to every peer without auth",
+                )
+            return await inner(request, context)
+
+        return handler._replace(unary_unary=local_only)  # type: ignore[attr-defined,no-any-return]

@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator, Iterator
 import grpc
 
 from bertserve import __version__, metrics
+from bertserve.api import ModelSpec
 from bertserve.domain import CallLimits
-from bertserve.edge import convert
+from bertserve.edge import call_facts, convert
 from bertserve.edge.auth import require_model
 from bertserve.edge.parsing import Unparsable
 from bertserve.edge.status import grpc_errors, internal_error, status_of
@@ -174,6 +175,13 @@ class EncoderServicer(encoder_service_pb2_grpc.EncoderServiceServicer):
                 in_flight.put_nowait(None)
 
         reader = asyncio.create_task(read())
+
+        def stop_reading(_: object) -> None:
+            # gRPC runs this as the call's task ends, before it releases the call: a reader left
+            # running would read from a released call (a NULL pointer in grpc core) and crash.
+            reader.cancel()
+
+        context.add_done_callback(stop_reading)
         try:
             while (task := await in_flight.get()) is not None:
                 try:
@@ -238,7 +246,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         self, request: model_service_pb2.LoadModelRequest, context: grpc.aio.ServicerContext
     ) -> model_service_pb2.LoadModelResponse:
         manager = self._management("LoadModel")
-        spec = manager.parse(request.entry)
+        spec = await _parsed(manager, request.entry)
         require_model(spec.name)
         host = await manager.load(spec)
         return model_service_pb2.LoadModelResponse(model=self._model(host))
@@ -255,7 +263,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         self, request: model_service_pb2.ReloadModelRequest, context: grpc.aio.ServicerContext
     ) -> model_service_pb2.ReloadModelResponse:
         manager = self._management("ReloadModel")
-        spec = manager.parse(request.entry) if request.entry else None
+        spec = await _parsed(manager, request.entry) if request.entry else None
         host = await manager.reload(request.name, spec)
         return model_service_pb2.ReloadModelResponse(model=self._model(host))
 
@@ -269,3 +277,12 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
                 "change the configuration and restart, or run one process"
             )
         return self._manager
+
+
+async def _parsed(manager: ModelManager, entry: str) -> ModelSpec:
+    """An entry's spec, parsed and checked on a thread: however it is crafted, the event loop and
+    every other call go on meanwhile. The model it names goes into the call's facts, for the metrics."""
+    spec = await asyncio.to_thread(manager.parse, entry)
+    if (facts := call_facts.current.get()) is not None:
+        facts.model = spec.name
+    return spec

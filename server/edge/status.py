@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import grpc
 
 from bertserve import request_ids
+from bertserve.edge import call_facts
 from bertserve.edge.parsing import Unparsable
 from bertserve.errors import (
     BertserveError,
@@ -29,7 +30,16 @@ from bertserve.errors import (
     PreconditionFailed,
 )
 
-__all__ = ["RETRY_AFTER", "RETRY_PUSHBACK", "STATUS_OF", "abort_with", "grpc_errors", "internal_error", "status_of"]
+__all__ = [
+    "RETRY_AFTER",
+    "RETRY_PUSHBACK",
+    "STATUS_OF",
+    "abort",
+    "abort_with",
+    "grpc_errors",
+    "internal_error",
+    "status_of",
+]
 
 RETRY_AFTER = "retry-after-ms"
 RETRY_PUSHBACK = "grpc-retry-pushback-ms"  # gRPC's own (see gRFC A6, client retries)
@@ -66,7 +76,7 @@ def grpc_errors(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
         if isinstance(request, Unparsable):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(request))
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(request))
         try:
             return await handler(self, request, context)
         except grpc.aio.AbortError:
@@ -74,7 +84,7 @@ def grpc_errors(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
         except BertserveError as e:
             await abort_with(context, e)
         except Exception:
-            await context.abort(grpc.StatusCode.INTERNAL, internal_error(handler.__name__))
+            await abort(context, grpc.StatusCode.INTERNAL, internal_error(handler.__name__))
         raise AssertionError("unreachable: context.abort raises")
 
     return wrapper
@@ -85,10 +95,27 @@ async def abort_with(context: grpc.aio.ServicerContext, error: BertserveError) -
     as retry-after-ms for the caller's own code, and as grpc-retry-pushback-ms, which a gRPC
     client whose retry policy covers the code waits for before its next attempt."""
     retry = getattr(error, "retry_after_s", None)
-    if retry is not None:
-        ms = str(max(1, round(retry * 1000)))
-        context.set_trailing_metadata((*(context.trailing_metadata() or ()), (RETRY_AFTER, ms), (RETRY_PUSHBACK, ms)))
-    await context.abort(status_of(error), str(error))
+    retry_ms = None if retry is None else max(1, round(retry * 1000))
+    await abort(context, status_of(error), str(error), retry_after_ms=retry_ms)
+
+
+async def abort(
+    context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str, *, retry_after_ms: int | None = None
+) -> None:
+    """Abort the call, with the retry hint in its trailers when given, beside the request id.
+
+    The outcome is noted in the call's facts first, so that the access log and the metrics never
+    ask the context once the call has ended (see bertserve.edge.call_facts).
+    """
+    facts = call_facts.current.get()
+    trailers: tuple[tuple[str, str], ...] = ()
+    if facts is not None:
+        facts.code = code
+        facts.retry_after_ms = retry_after_ms or 0
+        trailers = ((request_ids.HEADER, facts.request_id),)
+    if retry_after_ms is not None:
+        trailers += ((RETRY_AFTER, str(retry_after_ms)), (RETRY_PUSHBACK, str(retry_after_ms)))
+    await context.abort(code, message, trailers)
 
 
 def internal_error(where: str) -> str:

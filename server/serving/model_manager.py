@@ -96,6 +96,7 @@ class ModelManager:
         task: asyncio.Task[T] = asyncio.create_task(locked(), name=f"model-change:{name}")
         self._changes.add(task)  # type: ignore[arg-type]
         task.add_done_callback(self._changes.discard)  # type: ignore[arg-type]
+        task.add_done_callback(_note_outcome)
         return await asyncio.shield(task)
 
     async def _load(self, spec: ModelSpec) -> ModelHost:
@@ -170,3 +171,11 @@ class ModelManager:
         drained = await host.drain(grace, late)
         await host.stop()
         return drained
+
+
+def _note_outcome(task: asyncio.Task[object]) -> None:
+    """Take a change's error (its caller may have left: a cancelled call does not wait for the
+    change it started), so that it is logged as what it is, not as an unretrieved task's."""
+    if task.cancelled() or (error := task.exception()) is None:
+        return
+    log.info("%s ended: %s", task.get_name().replace("model-change:", "change of model "), error)
