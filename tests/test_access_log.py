@@ -9,8 +9,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from bertserve_client.v1 import encoder_service_pb2, encoder_service_pb2_grpc
+from bertserve_client.v1 import encoder_service_pb2, encoder_service_pb2_grpc, model_service_pb2, model_service_pb2_grpc
 
+from raw_h2 import unary_call
 from served import Served
 
 
@@ -104,3 +105,51 @@ def test_every_rpc_is_logged_with_its_code(json_logging: Served) -> None:
         3,
     )
     assert not served.wait_for("cannot write the access log line", count=0)
+
+
+def test_a_scope_refusal_names_the_token(json_logging: Served) -> None:
+    served = json_logging
+    with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        metadata = (("authorization", "Bearer an-access-log-token-0123"), ("x-request-id", "scope-1"))
+        with pytest.raises(grpc.RpcError) as info:
+            stub.UnloadModel(model_service_pb2.UnloadModelRequest(name="bert"), metadata=metadata)
+    err: grpc.Call = info.value  # type: ignore[assignment]
+    assert (err.code(), err.details()) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "token 'app' may not call /bertserve.v1.ModelService/UnloadModel: it needs the admin scope",
+    )
+    [line] = _access_lines(served, "scope-1")
+    assert (line["rpc"], line["model"], line["code"], line["token_name"]) == (
+        "UnloadModel",
+        "bert",
+        "PERMISSION_DENIED",
+        "app",
+    )
+
+
+def test_metadata_that_is_not_utf8_is_served_and_logged_once_without_a_traceback(json_logging: Served) -> None:
+    served = json_logging
+    request = encoder_service_pb2.EmbedRequest(model="bert", inputs=["junk"]).SerializeToString()
+    method = "/bertserve.v1.EncoderService/Embed"
+    for i in range(5):
+        metadata = [
+            (b"authorization", b"Bearer an-access-log-token-0123"),
+            (b"x-junk", b"\xff\xfe\x80"),
+            (b"user-agent", b"agent \xc3\x28"),
+            (b"x-request-id", f"junk-{i}".encode()),
+        ]
+        trailers = unary_call("127.0.0.1", served.port, method, request, metadata)
+        assert trailers[b"grpc-status"] == b"0", trailers
+    # A token that is not UTF-8 is an unknown token, not a fault.
+    metadata = [(b"authorization", b"Bearer \xff\xfe"), (b"x-request-id", b"junk-token")]
+    trailers = unary_call("127.0.0.1", served.port, method, request, metadata)
+    refusal = (trailers[b"grpc-status"], trailers[b"grpc-message"])
+    assert refusal == (b"16", b"the token is not known to this server"), trailers
+    for i in range(5):
+        [line] = _access_lines(served, f"junk-{i}")
+        assert line["code"] == "OK"
+    [warning] = served.wait_for("a call sent metadata that is not UTF-8")
+    assert json.loads(warning)["level"] == "WARNING"
+    log = "".join(served.log)
+    assert "Traceback" not in log and "Invalid encoding" not in log, log

@@ -138,3 +138,29 @@ def test_one_scrape_shows_every_process(tiny_models: dict[str, Path], tmp_path: 
     finally:
         served.process.terminate()
         served.process.wait(30)
+
+
+async def test_admin_calls_are_counted_under_the_model_they_name_or_dash(
+    metered: BertServer, tiny_models: dict[str, Path]
+) -> None:
+    before = await asyncio.to_thread(scrape, metered.metrics_port)
+    entry = f"{{name: later, plugin: bert, source: '{tiny_models['bert']}'}}"
+    async with AsyncClient(f"127.0.0.1:{metered.port}") as client:
+        await client.models()
+        await client.load_model(entry)
+        await client.unload_model("later")
+        with pytest.raises(BertserveError) as info:
+            await client.load_model("{name: [not, a, name]}")
+    assert info.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    after = await asyncio.to_thread(scrape, metered.metrics_port)
+
+    def moved(rpc: str, model: str, code: str) -> float:
+        labels = {"rpc": rpc, "model": model, "code": code}
+        return value(after, "bertserve_calls_total", **labels) - value(before, "bertserve_calls_total", **labels)
+
+    assert moved("ListModels", "-", "OK") == 1, "a call that names no model is not the default model's"
+    assert moved("ListModels", "metered", "OK") == 0
+    assert moved("LoadModel", "later", "OK") == 1
+    assert moved("UnloadModel", "later", "OK") == 1, "the model it named, served when the call began"
+    assert moved("LoadModel", "-", "INVALID_ARGUMENT") == 1
+    assert moved("LoadModel", "metered", "INVALID_ARGUMENT") == 0

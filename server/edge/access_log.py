@@ -53,19 +53,29 @@ class AccessLog(grpc.aio.ServerInterceptor):
             return handler
         inner = handler.unary_unary or handler.stream_stream
         return replace_behaviour(
-            handler, _unary(inner, details, self._record), _streaming(inner, details, self._record)
+            handler, _unary(inner, details, self._record, self._models), _streaming(inner, details, self._record)
         )
 
     def _record(
-        self, facts: CallFacts, request: Any, response: Any, raised: BaseException | None, *, items: int | None
+        self,
+        facts: CallFacts,
+        request: Any,
+        response: Any,
+        raised: BaseException | None,
+        *,
+        items: int | None,
+        served_at_start: str = "",
     ) -> None:
-        """Count the call and log its line; a fault here is logged, never the call's."""
+        """Count the call and log its line; a fault here is logged, never the call's.
+
+        served_at_start: the model the request named, where it was served as the call began (an
+        unloaded model is gone by the time its UnloadModel call is recorded)."""
         try:
             seconds = time.perf_counter() - facts.started
             code = _code_of(facts, raised)
             named = _served_model(response) or _model_of(request) or facts.model
             model = named or (self._default_model if _names_default(request) else "-")
-            label = model if model in self._models else "-"
+            label = model if model in self._models or model == served_at_start else "-"
             metrics.CALLS.labels(facts.rpc, label, code).inc()
             metrics.CALL_SECONDS.labels(facts.rpc, label).observe(seconds)
             if self._lines and log.isEnabledFor(logging.INFO):
@@ -89,9 +99,11 @@ def _begin(details: grpc.HandlerCallDetails, context: grpc.aio.ServicerContext) 
 Record = Callable[..., None]
 
 
-def _unary(inner: Any, details: grpc.HandlerCallDetails, record: Record) -> Any:
+def _unary(inner: Any, details: grpc.HandlerCallDetails, record: Record, models: Container[str]) -> Any:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
         facts = _begin(details, context)
+        named = _model_of(request)
+        served_at_start = named if named in models else ""
         response, raised = None, None
         try:
             response = await inner(request, context)
@@ -100,7 +112,7 @@ def _unary(inner: Any, details: grpc.HandlerCallDetails, record: Record) -> Any:
             raised = e
             raise
         finally:
-            record(facts, request, response, raised, items=None)
+            record(facts, request, response, raised, items=None, served_at_start=served_at_start)
 
     return handle
 
