@@ -18,8 +18,9 @@ RPCs that run model passes wait in a queue or sit in a pass):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,9 @@ from bertserve_client.v1 import (
     model_service_pb2,
     model_service_pb2_grpc,
 )
+
+from otlp import Collector, collecting, tracing_env
+from served import Served
 
 PHASES = ("before_start", "queued", "mid_pass", "mid_stream", "after_answer")
 NO_RETRIES = (("grpc.enable_retries", 0),)
@@ -374,3 +378,72 @@ async def restore_models(stubs: Stubs, tiny: dict[str, Path]) -> None:
             listed = await stubs.models.ListModels(model_service_pb2.ListModelsRequest(), metadata=stubs.metadata)
             states = {m.name: m.state for m in listed.models}
     raise AssertionError(f"cannot restore the models: {states}")
+
+
+# -- a server to cut calls of ----------------------------------------------------------------------
+
+TOKEN = "cancel-matrix-token-0123456789"  # inference and admin scopes
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Which of the parts that see every call are on."""
+
+    log_format: str = "text"
+    access_log: bool = True
+    metrics: bool = True
+    tracing: bool = True
+    auth: bool = True
+
+
+class Server:
+    """A served setup: the child process, its stubs, its OTLP receiver (where tracing is on)."""
+
+    def __init__(self, served: Served, stubs: Stubs, collector: Collector | None, setup: Setup) -> None:
+        self.served, self.stubs, self.collector, self.setup = served, stubs, collector, setup
+        self.target = f"127.0.0.1:{served.port}"
+
+    def check_alive(self, case: str) -> None:
+        code = self.served.process.poll()
+        assert code is None, f"the server exited ({code}) after {case}:\n{''.join(self.served.log[-40:])}"
+
+    def tracebacks(self) -> list[str]:
+        text = "".join(self.served.log)
+        return [m for m in ("Traceback", "Fatal Python error", "Segmentation fault") if m in text]
+
+
+@contextlib.asynccontextmanager
+async def serving(setup: Setup, tiny: dict[str, Path], tmp: Path) -> AsyncIterator[Server]:
+    tokens = None
+    if setup.auth:
+        tokens = tmp / "tokens.yaml"
+        tokens.write_text(f"- {{name: operator, token: {TOKEN}, scopes: [inference, admin]}}\n")
+    config = tmp / "bertserve.yaml"
+    config.write_text(
+        config_text(
+            tiny, log_format=setup.log_format, access_log=setup.access_log, metrics=setup.metrics, tokens=tokens
+        )
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        collector, env = None, {}
+        if setup.tracing:
+            collector, port = await stack.enter_async_context(collecting())
+            env = tracing_env(port, "cancelled")
+        served = Served(config, env=env)
+        stack.push_async_callback(asyncio.to_thread, _stop, served)  # the receiver answers meanwhile
+        await asyncio.to_thread(served.wait_for, r"model '[\w-]+' ready in", len(MODELS), 180)
+        channel = await stack.enter_async_context(
+            grpc.aio.insecure_channel(f"127.0.0.1:{served.port}", options=NO_RETRIES)
+        )
+        metadata = (("authorization", f"Bearer {TOKEN}"),) if setup.auth else ()
+        server = Server(served, Stubs(channel, metadata), collector, setup)
+        await alive(server.stubs)
+        yield server
+
+
+def _stop(served: Served) -> None:
+    served.process.terminate()
+    try:
+        served.process.wait(30)
+    except Exception:
+        served.process.kill()

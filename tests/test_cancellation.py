@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import json
 import os
 import random
 import re
 import time
 import urllib.request
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -30,33 +27,22 @@ import pytest
 from cancellation import (
     ADMIN_PHASES,
     ENCODER_RPCS,
-    NO_RETRIES,
     Outcome,
+    Server,
+    Setup,
     Stubs,
     admin_case,
     alive,
     code_of,
-    config_text,
     encoder_case,
     heavy_seconds,
+    serving,
     stream_case,
     stream_items,
 )
-from otlp import Collector, collecting, tracing_env
-from served import Served
 
-TOKEN = "cancel-matrix-token-0123456789"
 CANCELLED, OK = grpc.StatusCode.CANCELLED, grpc.StatusCode.OK
 SLOW = os.environ.get("BERTSERVE_SLOW_TESTS") == "1"
-
-
-@dataclass(frozen=True)
-class Setup:
-    log_format: str = "text"
-    access_log: bool = True
-    metrics: bool = True
-    tracing: bool = True
-    auth: bool = True
 
 
 #: Everything on (text and JSON logs), then each part off in turn. The first and the last run by
@@ -71,59 +57,6 @@ SETUPS = {
     "auth-off": Setup(auth=False),
 }
 DEFAULT_SETUPS = ("all-on", "auth-off")
-
-
-class Server:
-    """A served setup: the child process, its stubs, its OTLP receiver (where tracing is on)."""
-
-    def __init__(self, served: Served, stubs: Stubs, collector: Collector | None, setup: Setup) -> None:
-        self.served, self.stubs, self.collector, self.setup = served, stubs, collector, setup
-        self.target = f"127.0.0.1:{served.port}"
-
-    def check_alive(self, case: str) -> None:
-        code = self.served.process.poll()
-        assert code is None, f"the server exited ({code}) after {case}:\n{''.join(self.served.log[-40:])}"
-
-    def tracebacks(self) -> list[str]:
-        text = "".join(self.served.log)
-        return [m for m in ("Traceback", "Fatal Python error", "Segmentation fault") if m in text]
-
-
-@contextlib.asynccontextmanager
-async def serving(setup: Setup, tiny: dict[str, Path], tmp: Path) -> AsyncIterator[Server]:
-    tokens = None
-    if setup.auth:
-        tokens = tmp / "tokens.yaml"
-        tokens.write_text(f"- {{name: operator, token: {TOKEN}, scopes: [inference, admin]}}\n")
-    config = tmp / "bertserve.yaml"
-    config.write_text(
-        config_text(
-            tiny, log_format=setup.log_format, access_log=setup.access_log, metrics=setup.metrics, tokens=tokens
-        )
-    )
-    async with contextlib.AsyncExitStack() as stack:
-        collector, env = None, {}
-        if setup.tracing:
-            collector, port = await stack.enter_async_context(collecting())
-            env = tracing_env(port, "cancelled")
-        served = Served(config, env=env)
-        stack.push_async_callback(asyncio.to_thread, _stop, served)  # the receiver answers meanwhile
-        await asyncio.to_thread(served.wait_for, r"model 'spare' ready|'spare'.*ready", 1, 180)
-        channel = await stack.enter_async_context(
-            grpc.aio.insecure_channel(f"127.0.0.1:{served.port}", options=NO_RETRIES)
-        )
-        metadata = (("authorization", f"Bearer {TOKEN}"),) if setup.auth else ()
-        server = Server(served, Stubs(channel, metadata), collector, setup)
-        await alive(server.stubs)
-        yield server
-
-
-def _stop(served: Served) -> None:
-    served.process.terminate()
-    try:
-        served.process.wait(30)
-    except Exception:
-        served.process.kill()
 
 
 async def run_matrix(server: Server, tiny: dict[str, Path]) -> list[Outcome]:

@@ -18,6 +18,8 @@ import pytest
 
 from bertserve_client import AsyncClient, BertserveError, EmbedResult
 
+from cancellation import MODELS, TOKEN, Setup, alive, serving, spare_entry
+
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "node"
 NODE = shutil.which("node")
 NPM = shutil.which("npm")
@@ -44,10 +46,16 @@ async def run(command: list[str], env: dict[str, str] | None = None, timeout: fl
 
 
 @pytest.fixture(scope="module")
-async def printed(target: str) -> dict[str, Any]:
-    """Install the example's locked dependencies, run it once against the test server, parse its JSON."""
+async def installed() -> None:
+    """The example's locked dependencies, installed."""
     assert NODE is not None and NPM is not None
     await run([NPM, "ci", "--no-audit", "--no-fund", "--ignore-scripts", "--prefer-offline", "--loglevel=error"])
+
+
+@pytest.fixture(scope="module")
+async def printed(installed: None, target: str) -> dict[str, Any]:
+    """Run the example once against the test server, parse its JSON."""
+    assert NODE is not None
     env = {k: v for k, v in os.environ.items() if not k.startswith("BERTSERVE_")}
     env.update(
         BERTSERVE_TARGET=target,
@@ -148,3 +156,43 @@ async def test_an_unknown_enum_name_is_caught_before_sending(printed: dict[str, 
     assert pitfall["server_would_see"] == "POOLING_UNSPECIFIED"  # protobufjs dropped the name without a word
     assert pitfall["known_names"] == ["POOLING_UNSPECIFIED", "POOLING_CLS", "POOLING_MEAN", "POOLING_POOLER"]
     assert '"POOLING_AVERAGE" is not one of' in pitfall["checked_rejects"]
+
+
+async def test_calls_cut_by_grpc_js_leave_the_server_serving(
+    installed: None, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """cancel.mjs cuts calls as grpc-js does (its cancel() sends RST_STREAM at once, and closing a
+    client tears its connection down), against a server in a child process with the access log,
+    metrics, tracing and token auth on."""
+    assert NODE is not None
+    async with serving(Setup(), tiny_models, tmp_path) as server:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BERTSERVE_")}
+        env.update(
+            BERTSERVE_TARGET=server.target,
+            BERTSERVE_MODEL="minilm",
+            BERTSERVE_QA_MODEL="qa",
+            BERTSERVE_ENTRY=spare_entry(tiny_models, "loaded-by-node"),
+            BERTSERVE_MODELS=",".join(MODELS),
+            BERTSERVE_TOKEN=TOKEN,
+        )
+        result = json.loads(await run([NODE, "cancel.mjs"], env=env, timeout=300))
+        server.check_alive("the Node.js cancels")
+        await alive(server.stubs)
+    cut = {"CANCELLED"}
+    assert result["cases"] == {
+        "stream_before_first_message": ["CANCELLED"] * 3,
+        "stream_mid_stream": ["CANCELLED"] * 3,
+        "stream_after_answers": ["CANCELLED"] * 3,
+        "stream_mid_pass": ["CANCELLED"] * 3,
+        "unary_at_once": ["CANCELLED"] * 3,
+        "unary_mid_pass": ["CANCELLED"] * 3,
+        "unary_deadline": ["DEADLINE_EXCEEDED"] * 3,
+        "answer_mid_pass": ["CANCELLED"] * 3,
+        # The first load is cut; the next two find the model it went on loading.
+        "load_mid_load": result["cases"]["load_mid_load"],
+        "client_closed_mid_stream": ["CANCELLED"] * 3,
+    }
+    assert set(result["cases"]["load_mid_load"]) <= cut | {"ALREADY_EXISTS"}, result["cases"]
+    assert result["after"] == "OK"
+    assert result["health"] == {"": "SERVING", **dict.fromkeys(MODELS, "SERVING")}
+    assert not server.tracebacks(), "".join(server.served.log[-100:])
