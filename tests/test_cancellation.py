@@ -42,7 +42,10 @@ from cancellation import (
 )
 
 CANCELLED, OK = grpc.StatusCode.CANCELLED, grpc.StatusCode.OK
-SLOW = os.environ.get("BERTSERVE_SLOW_TESTS") == "1"
+NOT_SLOW = pytest.mark.skipif(
+    os.environ.get("BERTSERVE_SLOW_TESTS") != "1",
+    reason="the matrix with one part off (a server and some 20 s each): set BERTSERVE_SLOW_TESTS=1 (.ci/run does)",
+)
 
 
 #: Everything on (text and JSON logs), then each part off in turn. The first and the last run by
@@ -96,7 +99,7 @@ def _expected(outcome: Outcome) -> set[grpc.StatusCode]:
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize(
     "name",
-    [name if name in DEFAULT_SETUPS or SLOW else pytest.param(name, marks=pytest.mark.slow) for name in SETUPS],
+    [name if name in DEFAULT_SETUPS else pytest.param(name, marks=[pytest.mark.slow, NOT_SLOW]) for name in SETUPS],
 )
 async def test_no_cut_call_takes_the_server_down(name: str, tiny_models: dict[str, Path], tmp_path: Path) -> None:
     setup = SETUPS[name]

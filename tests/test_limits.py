@@ -176,13 +176,22 @@ async def test_the_passes_of_two_workers_end_apart_not_together(tmp_path: Path) 
     )
     server = await start_server(config)
     stats = server.router.get("two-workers").batcher.stats
-    texts = [f"sentence {k} of the long call number {i}, with a few more words" for i in range(4) for k in range(100)]
+    per_call = 100  # grown below until the calls take at least 24 passes on this machine, however fast
     try:
         async with AsyncClient(f"127.0.0.1:{server.port}", timeout=120) as client:
-            await client.embed(texts[:8], model="two-workers")  # measures the rate
-            stats.recent_passes.clear()
-            calls = (client.embed(texts[i * 100 : (i + 1) * 100], model="two-workers") for i in range(4))
-            await asyncio.gather(*calls)
+            await client.embed(["a call that measures the rate"] * 8, model="two-workers")
+            for _ in range(4):
+                texts = [
+                    f"sentence {k} of the long call number {i}, with a few more words"
+                    for i in range(4)
+                    for k in range(per_call)
+                ]
+                stats.recent_passes.clear()
+                calls = (client.embed(texts[i * per_call : (i + 1) * per_call], model="two-workers") for i in range(4))
+                await asyncio.gather(*calls)
+                if len(stats.recent_passes) >= 24:
+                    break
+                per_call = min(1000, per_call * 30 // max(1, len(stats.recent_passes)))
     finally:
         await server.stop(grace=1)
     passes = list(stats.recent_passes)
