@@ -139,9 +139,9 @@ def _streaming(inner: Any, details: grpc.HandlerCallDetails, record: Record) -> 
                     # sends none of its own: gRPC then sends its headers, message and trailers (which
                     # hold the id) as one batch, so a replica killed in between cannot leave a
                     # committed call unanswered, which a client's retry policy cannot send elsewhere.
-                    await context.send_initial_metadata(((request_ids.HEADER, facts.request_id),))
+                    await _sending(facts, context.send_initial_metadata(((request_ids.HEADER, facts.request_id),)))
                 answered += 1
-                await context.write(response)
+                await _sending(facts, context.write(response))
         except BaseException as e:
             raised = e
             raise
@@ -151,6 +151,20 @@ def _streaming(inner: Any, details: grpc.HandlerCallDetails, record: Record) -> 
             record(facts, first, None, raised, items=answered)
 
     return handle
+
+
+#: What grpcio raises when a message cannot go out because the call has ended under it.
+_CALL_ENDED: type[Exception] = grpc._cython.cygrpc.ExecuteBatchError  # type: ignore[attr-defined]
+
+
+async def _sending(facts: CallFacts, sent: Awaitable[None]) -> None:
+    """Send on a stream; if the caller has just cancelled (before gRPC has cancelled this task), the
+    call ends as cancelled, as it would a moment later, not as a fault logged with a traceback."""
+    try:
+        await sent
+    except _CALL_ENDED:
+        facts.code = grpc.StatusCode.CANCELLED
+        raise asyncio.CancelledError from None
 
 
 async def _close(responses: Any) -> None:
