@@ -253,4 +253,4 @@ class LocalAdminOnly(grpc.aio.ServerInterceptor):
                 )
             return await inner(request, context)
 
-        return handler._replace(unary_unary=local_only)  # type: ignore[attr-defined,no-any-return]
+        return replace_behaviour(handler, local_only, None)  # the admin RPCs are all unary
