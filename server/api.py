@@ -3,9 +3,9 @@
 A plugin is a subclass of :class:`EncoderPlugin` registered under the entry-point group
 ``bertserve.plugins``. The server builds one instance per configured model, calls
 :meth:`EncoderPlugin.fetch` on a loader thread and :meth:`EncoderPlugin.load` on the worker
-of the model's device, then calls ``tokenize``, ``embed`` and ``answer_windows`` from worker
-threads only: every method here may block, and none of them
-ever sees protobuf or gRPC. This module imports neither.
+of the model's device, then calls ``tokenize``, ``embed`` and ``head_logits`` from worker
+threads only: every method here may block, and none of them ever sees protobuf or gRPC. This
+module imports neither.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ __all__ = [
     "EmbedOutput",
     "EncoderPlugin",
     "Encoding",
+    "Head",
     "ModelInfo",
     "ModelSpec",
     "Pooling",
@@ -41,6 +42,26 @@ class Pooling(enum.Enum):
     CLS = "cls"
     MEAN = "mean"
     POOLER = "pooler"
+
+
+class Head(enum.Enum):
+    """A head a plugin runs through head_logits: what its raw outputs are, per sequence."""
+
+    QUESTION_ANSWERING = "question_answering"
+    MASKED_LM = "masked_lm"
+    REPLACED_TOKENS = "replaced_tokens"
+    SEQUENCE_CLASSIFICATION = "sequence_classification"
+    TOKEN_CLASSIFICATION = "token_classification"
+
+
+#: The method of each head in the older plugin contract, which head_logits replaces.
+LEGACY_HEAD_METHODS = {
+    Head.QUESTION_ANSWERING: "answer_windows",
+    Head.MASKED_LM: "mask_logits",
+    Head.REPLACED_TOKENS: "replaced_logits",
+    Head.SEQUENCE_CLASSIFICATION: "sequence_logits",
+    Head.TOKEN_CLASSIFICATION: "token_logits",
+}
 
 
 class Capability(enum.Enum):
@@ -143,7 +164,8 @@ class EmbedOutput:
 
 @dataclass(frozen=True)
 class QAWindowLogits:
-    """Start and end logits of one question-answering window, unpadded, as float32."""
+    """Start and end logits of one question-answering window, unpadded, as float32: what the older
+    contract's answer_windows returns (head_logits returns them as one [tokens, 2] array)."""
 
     start: np.ndarray  # [tokens]
     end: np.ndarray  # [tokens]
@@ -193,10 +215,6 @@ class EncoderPlugin(abc.ABC):
     def embed(self, batch: Sequence[Encoding], *, pooling: Pooling, with_token_states: bool) -> EmbedOutput:
         """Run one forward pass over a batch of encodings and pool each."""
 
-    def answer_windows(self, batch: Sequence[Encoding]) -> list[QAWindowLogits]:
-        """Run the question-answering head over a batch of (question, context) windows."""
-        raise CapabilityNotSupported(f"model {self.spec.name!r} has no question-answering head")
-
     def tokenize_windows(
         self, question: str, context: str, *, max_seq_len: int, doc_stride: int, max_question_len: int
     ) -> Iterable[Encoding]:
@@ -212,24 +230,30 @@ class EncoderPlugin(abc.ABC):
         """
         raise CapabilityNotSupported(f"model {self.spec.name!r} has no question-answering head")
 
-    # -- heads: each returns raw outputs as float32 numpy, unpadded; the server postprocesses them
-    # once for every variant. A plugin offers the ones whose Capability its ModelInfo lists.
+    def head_logits(self, head: Head, batch: Sequence[Encoding]) -> list[np.ndarray]:
+        """Run one head over a batch: per sequence, its raw outputs as float32 numpy, unpadded.
 
-    def mask_logits(self, batch: Sequence[Encoding]) -> list[np.ndarray]:
-        """FillMask: per sequence, the masked-language-model logits at its mask tokens, [masks, vocab]."""
-        raise CapabilityNotSupported(f"model {self.spec.name!r} has no masked-language-model head")
+        What each head returns, per sequence (the server postprocesses them once for every variant):
 
-    def replaced_logits(self, batch: Sequence[Encoding]) -> list[np.ndarray]:
-        """DetectReplacedTokens: per sequence, the discriminator's logit of each token, [tokens]."""
-        raise CapabilityNotSupported(f"model {self.spec.name!r} has no replaced-token-detection head")
+        - ``Head.QUESTION_ANSWERING``: ``[tokens, 2]``, the start and the end logit of each token;
+        - ``Head.MASKED_LM``: ``[masks, vocabulary]``, the logits at the sequence's mask tokens only;
+        - ``Head.REPLACED_TOKENS``: ``[tokens]``, the discriminator's logit of each token;
+        - ``Head.SEQUENCE_CLASSIFICATION``: ``[labels]``;
+        - ``Head.TOKEN_CLASSIFICATION``: ``[tokens, labels]``.
 
-    def sequence_logits(self, batch: Sequence[Encoding]) -> np.ndarray:
-        """Classify and Rerank: the sequence classifier's logits, [batch, labels]."""
-        raise CapabilityNotSupported(f"model {self.spec.name!r} has no sequence-classification head")
-
-    def token_logits(self, batch: Sequence[Encoding]) -> list[np.ndarray]:
-        """ClassifyTokens: per sequence, the token classifier's logits, [tokens, labels]."""
-        raise CapabilityNotSupported(f"model {self.spec.name!r} has no token-classification head")
+        A plugin offers the heads whose capabilities its ModelInfo lists (see
+        bertserve.capabilities); the server checks at load that it overrides this method. A plugin
+        written against the older contract, with one method per head (``answer_windows``,
+        ``mask_logits``, ``replaced_logits``, ``sequence_logits``, ``token_logits``), still works:
+        this default calls them, and the server logs at load which method to write instead.
+        """
+        legacy = LEGACY_HEAD_METHODS[head]
+        if getattr(type(self), legacy, None) is None:
+            raise CapabilityNotSupported(f"model {self.spec.name!r} has no {head.value.replace('_', '-')} head")
+        out = getattr(self, legacy)(batch)
+        if head is Head.QUESTION_ANSWERING:
+            return [np.stack([w.start, w.end], axis=1) for w in out]
+        return list(out)
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = False) -> str:
         """The tokenizer's decoding of ids (FillMask's sequences and tokens)."""

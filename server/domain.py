@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bertserve.api import Encoding, Pooling
-from bertserve.serving.batcher import Completed
+from bertserve.ops import Completed
 
 __all__ = [
     "Aggregation",
@@ -68,7 +68,7 @@ class Usage:
     tokenization_time_ns: int = 0
 
 
-def usage_of(results: Sequence[Completed], *, tokens: int, tokenization_ns: int) -> Usage:
+def usage_of(results: Sequence[Completed[object]], *, tokens: int, tokenization_ns: int) -> Usage:
     """Usage of one request from its sequences' results: shared passes count once, whole."""
     meter = UsageMeter(tokenization_ns=tokenization_ns)
     meter.add(results)
@@ -83,7 +83,7 @@ class UsageMeter:
     queue_ns: int = 0
     pass_ns: dict[int, int] = field(default_factory=dict)  # pass id -> its time: shared passes count once
 
-    def add(self, results: Sequence[Completed]) -> None:
+    def add(self, results: Sequence[Completed[object]]) -> None:
         for r in results:
             self.pass_ns[r.pass_id] = r.pass_ns
             self.queue_ns = max(self.queue_ns, r.queue_ns)

@@ -12,7 +12,8 @@
     ├── PermissionDenied          PERMISSION_DENIED: the caller's token may not touch that model
     ├── Overloaded                RESOURCE_EXHAUSTED: queue full, device out of memory
     ├── InternalFailure           INTERNAL: a fault on the model's path, logged once with this request id
-    └── ConfigError               (at start-up, never a call) a configuration or model that cannot load
+    ├── ConfigError               (at start-up, never a call) a configuration or model that cannot load
+    └── PluginContractError       (at load, never a call) a plugin claims what it does not implement
 
 Anything else raised while serving a call is INTERNAL and logged with a request id. Messages
 name the model, the limit and the offending input index: they reach the caller verbatim.
@@ -33,6 +34,7 @@ __all__ = [
     "ModelUnavailable",
     "Overloaded",
     "PermissionDenied",
+    "PluginContractError",
     "PreconditionFailed",
     "quoted",
 ]
@@ -113,3 +115,7 @@ class SourceUnavailable(BertserveError):
 
 class ConfigError(BertserveError):
     """The configuration is wrong or names a model that cannot be loaded as configured."""
+
+
+class PluginContractError(BertserveError):
+    """A plugin claims a capability whose methods it does not implement: its model fails to load."""

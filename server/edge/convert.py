@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from bertserve.api import Capability, Encoding, Pooling
+import numpy as np
+import numpy.typing as npt
+
+from bertserve.api import Encoding, Pooling
+from bertserve.capabilities import CAPABILITIES
 from bertserve.domain import (
     Aggregation,
     AnswerQuery,
@@ -32,7 +36,6 @@ from bertserve.domain import (
 )
 from bertserve.errors import InvalidRequest
 from bertserve.serving.model_host import ModelHost, ModelState
-from bertserve_client._tensor import numpy_to_tensor
 from bertserve_client.v1 import common_pb2, encoder_service_pb2, heads_pb2, model_service_pb2
 
 __all__ = [
@@ -55,6 +58,13 @@ __all__ = [
     "tokenize_response",
 ]
 
+
+def numpy_to_tensor(array: npt.ArrayLike) -> common_pb2.Tensor:
+    """An array as the contract's Tensor: little-endian float32 in row-major order, with its shape."""
+    packed = np.asarray(array, dtype="<f4")
+    return common_pb2.Tensor(data=packed.tobytes(order="C"), shape=packed.shape)  # C order, whatever the layout
+
+
 _POOLING_FROM_PB = {
     common_pb2.POOLING_UNSPECIFIED: None,
     common_pb2.POOLING_CLS: Pooling.CLS,
@@ -62,16 +72,6 @@ _POOLING_FROM_PB = {
     common_pb2.POOLING_POOLER: Pooling.POOLER,
 }
 _POOLING_TO_PB = {v: k for k, v in _POOLING_FROM_PB.items() if v is not None}
-_CAPABILITY_TO_PB = {
-    Capability.TOKENIZE: model_service_pb2.CAPABILITY_TOKENIZE,
-    Capability.EMBED: model_service_pb2.CAPABILITY_EMBED,
-    Capability.ANSWER: model_service_pb2.CAPABILITY_ANSWER,
-    Capability.FILL_MASK: model_service_pb2.CAPABILITY_FILL_MASK,
-    Capability.DETECT_REPLACED_TOKENS: model_service_pb2.CAPABILITY_DETECT_REPLACED_TOKENS,
-    Capability.CLASSIFY: model_service_pb2.CAPABILITY_CLASSIFY,
-    Capability.RERANK: model_service_pb2.CAPABILITY_RERANK,
-    Capability.CLASSIFY_TOKENS: model_service_pb2.CAPABILITY_CLASSIFY_TOKENS,
-}
 _STATE_TO_PB = {
     ModelState.LOADING: model_service_pb2.MODEL_STATE_LOADING,
     ModelState.READY: model_service_pb2.MODEL_STATE_READY,
@@ -364,7 +364,7 @@ def model_proto(host: ModelHost, *, is_default: bool) -> model_service_pb2.Model
     if info is not None:
         model.devices.extend(info.devices)
         model.dtype = info.dtype
-        model.capabilities.extend(sorted(_CAPABILITY_TO_PB[c] for c in info.capabilities))
+        model.capabilities.extend(sorted(CAPABILITIES[c].proto_value for c in info.capabilities))
         model.hidden_size = info.hidden_size
         model.max_input_tokens = info.max_input_tokens
         model.poolings.extend(_POOLING_TO_PB[p] for p in info.poolings)

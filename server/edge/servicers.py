@@ -1,11 +1,18 @@
-"""The gRPC servicers: thin translations between protobuf and the domain flows."""
+"""The gRPC servicers: thin translations between protobuf and the domain flows.
+
+The encoder service's unary RPCs are a table (UNARY): each row decodes the request, runs its flow
+within the server's limit on calls in flight, and encodes the result. EmbedStream and the model
+service are written out.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import grpc
 
@@ -18,18 +25,18 @@ from bertserve.edge.parsing import Unparsable
 from bertserve.edge.status import grpc_errors, internal_error, status_of
 from bertserve.errors import BertserveError, Overloaded, PreconditionFailed
 from bertserve.serving import classify, classify_tokens, embedding, fill_mask, qa, replaced_tokens, rerank
+from bertserve.serving.flow import Call, Flow, run_flow
 from bertserve.serving.model_host import ModelHost
 from bertserve.serving.model_manager import ModelManager
 from bertserve.serving.router import Router
-from bertserve_client.v1 import (
-    encoder_service_pb2,
-    encoder_service_pb2_grpc,
-    heads_pb2,
-    model_service_pb2,
-    model_service_pb2_grpc,
-)
+from bertserve_client.v1 import encoder_service_pb2, encoder_service_pb2_grpc, model_service_pb2, model_service_pb2_grpc
 
-__all__ = ["EncoderServicer", "ModelServicer"]
+__all__ = ["UNARY", "EncoderServicer", "ModelServicer", "Unary"]
+
+Req = TypeVar("Req")
+Q = TypeVar("Q")
+T = TypeVar("T")
+Resp = TypeVar("Resp")
 
 
 def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
@@ -66,93 +73,6 @@ class EncoderServicer(encoder_service_pb2_grpc.EncoderServiceServicer):
             yield
         finally:
             self._in_flight -= 1
-
-    @grpc_errors
-    async def Embed(
-        self, request: encoder_service_pb2.EmbedRequest, context: grpc.aio.ServicerContext
-    ) -> encoder_service_pb2.EmbedResponse:
-        with self._slot(request.model):
-            result = await embedding.embed(
-                self._router,
-                convert.embed_query(request),
-                deadline=deadline_of(context),
-                max_reply_bytes=self._limits.max_reply_bytes,
-            )
-            return convert.embed_response(result)
-
-    @grpc_errors
-    async def Tokenize(
-        self, request: encoder_service_pb2.TokenizeRequest, context: grpc.aio.ServicerContext
-    ) -> encoder_service_pb2.TokenizeResponse:
-        with self._slot(request.model):
-            result = await embedding.tokenize(
-                self._router, convert.tokenize_query(request), max_reply_bytes=self._limits.max_reply_bytes
-            )
-            return convert.tokenize_response(result)
-
-    @grpc_errors
-    async def Answer(
-        self, request: encoder_service_pb2.AnswerRequest, context: grpc.aio.ServicerContext
-    ) -> encoder_service_pb2.AnswerResponse:
-        with self._slot(request.model):
-            result = await qa.answer(self._router, convert.answer_query(request), deadline=deadline_of(context))
-            return convert.answer_response(result)
-
-    @grpc_errors
-    async def Classify(
-        self, request: heads_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
-    ) -> heads_pb2.ClassifyResponse:
-        with self._slot(request.model):
-            query = convert.classify_query(request)
-            result = await classify.classify(self._router, query, deadline=deadline_of(context))
-            return convert.classify_response(result)
-
-    @grpc_errors
-    async def Rerank(
-        self, request: heads_pb2.RerankRequest, context: grpc.aio.ServicerContext
-    ) -> heads_pb2.RerankResponse:
-        with self._slot(request.model):
-            result = await rerank.rerank(self._router, convert.rerank_query(request), deadline=deadline_of(context))
-            return convert.rerank_response(result)
-
-    @grpc_errors
-    async def FillMask(
-        self, request: heads_pb2.FillMaskRequest, context: grpc.aio.ServicerContext
-    ) -> heads_pb2.FillMaskResponse:
-        with self._slot(request.model):
-            result = await fill_mask.fill_mask(
-                self._router,
-                convert.fill_mask_query(request),
-                deadline=deadline_of(context),
-                max_reply_bytes=self._limits.max_reply_bytes,
-            )
-            return convert.fill_mask_response(result)
-
-    @grpc_errors
-    async def DetectReplacedTokens(
-        self, request: heads_pb2.DetectReplacedTokensRequest, context: grpc.aio.ServicerContext
-    ) -> heads_pb2.DetectReplacedTokensResponse:
-        with self._slot(request.model):
-            result = await replaced_tokens.detect_replaced_tokens(
-                self._router,
-                convert.detect_replaced_tokens_query(request),
-                deadline=deadline_of(context),
-                max_reply_bytes=self._limits.max_reply_bytes,
-            )
-            return convert.detect_replaced_tokens_response(result)
-
-    @grpc_errors
-    async def ClassifyTokens(
-        self, request: heads_pb2.ClassifyTokensRequest, context: grpc.aio.ServicerContext
-    ) -> heads_pb2.ClassifyTokensResponse:
-        with self._slot(request.model):
-            result = await classify_tokens.classify_tokens(
-                self._router,
-                convert.classify_tokens_query(request),
-                deadline=deadline_of(context),
-                max_reply_bytes=self._limits.max_reply_bytes,
-            )
-            return convert.classify_tokens_response(result)
 
     async def EmbedStream(
         self, request_iterator: AsyncIterator[encoder_service_pb2.EmbedStreamRequest], context: grpc.aio.ServicerContext
@@ -202,12 +122,8 @@ class EncoderServicer(encoder_service_pb2_grpc.EncoderServiceServicer):
             error = encoder_service_pb2.ItemError(code=grpc.StatusCode.INVALID_ARGUMENT.value[0], message=str(item))
             return encoder_service_pb2.EmbedStreamResponse(error=error)
         try:
-            result = await embedding.embed(
-                self._router,
-                convert.embed_query(item.request),
-                deadline=deadline,
-                max_reply_bytes=self._limits.max_reply_bytes,
-            )
+            call = Call(deadline, self._limits.max_reply_bytes)
+            result = await run_flow(self._router, embedding.EMBED, convert.embed_query(item.request), call)
         except BertserveError as e:
             error = encoder_service_pb2.ItemError(code=status_of(e).value[0], message=str(e))
             return encoder_service_pb2.EmbedStreamResponse(error=error)
@@ -217,6 +133,49 @@ class EncoderServicer(encoder_service_pb2_grpc.EncoderServiceServicer):
             )
             return encoder_service_pb2.EmbedStreamResponse(error=error)
         return encoder_service_pb2.EmbedStreamResponse(response=convert.embed_response(result))
+
+
+@dataclass(frozen=True)
+class Unary(Generic[Req, Q, T, Resp]):
+    """A unary RPC of the encoder service: its request decoded into a query, the flow that serves
+    it, and the flow's result encoded as the reply (the codec pairs live in bertserve.edge.convert)."""
+
+    decode: Callable[[Req], Q]
+    flow: Flow[Q, T]
+    encode: Callable[[T], Resp]
+
+
+#: The encoder service's unary RPCs. A new head's RPC is one row here.
+UNARY: dict[str, Unary[Any, Any, Any, Any]] = {
+    "Embed": Unary(convert.embed_query, embedding.EMBED, convert.embed_response),
+    "Tokenize": Unary(convert.tokenize_query, embedding.TOKENIZE, convert.tokenize_response),
+    "Answer": Unary(convert.answer_query, qa.ANSWER, convert.answer_response),
+    "Classify": Unary(convert.classify_query, classify.CLASSIFY, convert.classify_response),
+    "Rerank": Unary(convert.rerank_query, rerank.RERANK, convert.rerank_response),
+    "FillMask": Unary(convert.fill_mask_query, fill_mask.FILL_MASK, convert.fill_mask_response),
+    "DetectReplacedTokens": Unary(
+        convert.detect_replaced_tokens_query,
+        replaced_tokens.DETECT_REPLACED_TOKENS,
+        convert.detect_replaced_tokens_response,
+    ),
+    "ClassifyTokens": Unary(
+        convert.classify_tokens_query, classify_tokens.CLASSIFY_TOKENS, convert.classify_tokens_response
+    ),
+}
+
+
+def _unary_method(name: str, rpc: Unary[Any, Any, Any, Any]) -> Callable[..., Awaitable[Any]]:
+    async def method(self: EncoderServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        with self._slot(request.model):
+            call = Call(deadline_of(context), self._limits.max_reply_bytes)
+            return rpc.encode(await run_flow(self._router, rpc.flow, rpc.decode(request), call))
+
+    method.__name__ = method.__qualname__ = name
+    return grpc_errors(method)
+
+
+for _name, _rpc in UNARY.items():
+    setattr(EncoderServicer, _name, _unary_method(_name, _rpc))
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):

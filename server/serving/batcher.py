@@ -22,13 +22,14 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from bertserve import metrics, request_ids, telemetry
 from bertserve.errors import BertserveError, InternalFailure, InvalidRequest, ModelUnavailable, Overloaded
+from bertserve.ops import Completed, Op
 from bertserve.serving.packing import plan_groups
 
 __all__ = ["FAILURES_BEFORE_UNHEALTHY", "MAX_RETRY_AFTER_S", "BatchLimits", "BatchStats", "Batcher", "Completed"]
@@ -36,6 +37,7 @@ __all__ = ["FAILURES_BEFORE_UNHEALTHY", "MAX_RETRY_AFTER_S", "BatchLimits", "Bat
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")  # one sequence of work
+R = TypeVar("R")  # an operation's result for one sequence
 
 #: The longest retry hint a refused call gets, in seconds.
 MAX_RETRY_AFTER_S = 10.0
@@ -50,8 +52,9 @@ _FILL_PASSES = 1e9
 #: Forward passes in a row that must fail before the model reports itself unhealthy (NOT_SERVING).
 FAILURES_BEFORE_UNHEALTHY = 3
 
-#: Runs one batch on the worker thread: (operation key, sequences) -> one result per sequence.
-RunBatch = Callable[[Hashable, Sequence[Any]], Sequence[Any]]
+#: Runs one batch on the worker thread: (operation, sequences) -> one result per sequence, each of
+#: the operation's result type.
+RunBatch = Callable[[Op[Any], Sequence[Any]], Sequence[Any]]
 
 
 @dataclass(frozen=True)
@@ -79,22 +82,12 @@ class BatchStats:
     recent_passes: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=256))
 
 
-@dataclass(frozen=True)
-class Completed:
-    """The result of one sequence and what it cost."""
-
-    value: Any
-    queue_ns: int  # from submit to the start of its forward pass
-    pass_id: int  # which forward pass carried it (passes are shared between requests)
-    pass_ns: int  # how long that whole pass took
-
-
 @dataclass(eq=False)
 class _Pending(Generic[T]):
-    op: Hashable
+    op: Op[Any]
     item: T
     cost: int
-    future: asyncio.Future[Completed]
+    future: asyncio.Future[Completed[Any]]
     deadline: float | None
     request: int  # which submit() it came with: passes take turns between requests
     request_id: str  # the call's, for its error message and the log
@@ -111,7 +104,7 @@ class Batcher:
         run_batch: RunBatch,
         executor: Executor,
         limits: BatchLimits,
-        packed: Callable[[Hashable], bool] | None = None,
+        packed: Callable[[Op[Any]], bool] | None = None,
     ) -> None:
         self.name = name
         # Whether an operation's passes are packed: they cost their tokens and pay no padding.
@@ -175,8 +168,8 @@ class Batcher:
         self._wakeup.set()
 
     async def submit(
-        self, op: Hashable, items: Sequence[T], costs: Sequence[int], *, deadline: float | None = None
-    ) -> list[Completed]:
+        self, op: Op[R], items: Sequence[T], costs: Sequence[int], *, deadline: float | None = None
+    ) -> list[Completed[R]]:
         """Queue the sequences of one request; return the result of each, in order.
 
         deadline is a time.monotonic() value after which the work is dropped unrun.

@@ -8,58 +8,34 @@ in float32 as the pipeline computes it, and the labels sorted by score as the pi
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 import numpy as np
 
-from bertserve.api import Capability, ModelInfo
-from bertserve.domain import ClassifyFunction, ClassifyQuery, ClassifyResult, LabelScore, usage_of
+from bertserve.api import Capability, Head, ModelInfo
+from bertserve.domain import ClassifyFunction, ClassifyQuery, ClassifyResult, LabelScore
 from bertserve.errors import InvalidRequest
+from bertserve.ops import HeadOp
 from bertserve.serving.activations import softmax
-from bertserve.serving.model_host import ModelHost
-from bertserve.serving.router import Router
+from bertserve.serving.flow import Flow, Work, check_pairs, check_texts
 
-__all__ = ["classify", "default_function", "scores_of", "top_labels"]
-
-
-async def classify(router: Router, query: ClassifyQuery, *, deadline: float | None) -> ClassifyResult:
-    with router.use(query.model) as host:
-        return await _classify(host, query, deadline)
+__all__ = ["CLASSIFY", "default_function", "scores_of", "top_labels"]
 
 
-async def _classify(host: ModelHost, query: ClassifyQuery, deadline: float | None) -> ClassifyResult:
-    info = host.require(Capability.CLASSIFY)
-    _validate(query)
-    started = time.monotonic_ns()
-    encodings = await host.tokenize_inputs(query.inputs, pairs=query.pairs, truncate=query.truncate)
-    tokenization_ns = time.monotonic_ns() - started
-    results = await host.run(("classify",), encodings, deadline=deadline)
-    function = query.function or default_function(info)
-    logits = [np.asarray(r.value, dtype=np.float32) for r in results]
-    labels = await host.off_loop(_labels, logits, function, info.labels, query.top_k)
-    return ClassifyResult(
-        model=host.name,
-        labels=labels,
-        usage=usage_of(results, tokens=sum(len(e) for e in encodings), tokenization_ns=tokenization_ns),
-    )
-
-
-def _validate(query: ClassifyQuery) -> None:
-    if not query.inputs:
-        raise InvalidRequest("inputs is empty: send at least one text")
-    if query.pairs is not None and len(query.pairs) != len(query.inputs):
-        raise InvalidRequest(
-            f"pairs has {len(query.pairs)} entries for {len(query.inputs)} inputs: send none or one per input"
-        )
-    for i, text in enumerate(query.inputs):
-        if not text or text.isspace():
-            raise InvalidRequest(f"input {i} is empty")
-    for i, text in enumerate(query.pairs or ()):
-        if not text or text.isspace():
-            raise InvalidRequest(f"pair {i} is empty")
+async def _classify(work: Work, query: ClassifyQuery) -> ClassifyResult:
+    check_texts(query.inputs)
+    check_pairs(query.inputs, query.pairs)
     if query.top_k < 0:
         raise InvalidRequest(f"top_k {query.top_k} is negative: send 0 for every label")
+    encodings = await work.tokenize(query.inputs, pairs=query.pairs, truncate=query.truncate)
+    results = await work.run(HeadOp(Head.SEQUENCE_CLASSIFICATION), encodings)
+    function = query.function or default_function(work.info)
+    logits = [np.asarray(r.value, dtype=np.float32) for r in results]
+    labels = await work.off_loop(_labels, logits, function, work.info.labels, query.top_k)
+    return ClassifyResult(model=work.name, labels=labels, usage=work.usage(sum(len(e) for e in encodings)))
+
+
+CLASSIFY = Flow(Capability.CLASSIFY, _classify)
 
 
 def default_function(info: ModelInfo) -> ClassifyFunction:

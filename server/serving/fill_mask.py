@@ -10,19 +10,16 @@ that token in its mask, padding left out, special tokens skipped only when the i
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
-
 import numpy as np
 
-from bertserve.api import Capability, EncoderPlugin
-from bertserve.domain import FillMaskQuery, FillMaskResult, MaskCandidate, usage_of
+from bertserve.api import Capability, EncoderPlugin, Head
+from bertserve.domain import FillMaskQuery, FillMaskResult, MaskCandidate
 from bertserve.errors import CapabilityNotSupported, InvalidRequest
+from bertserve.ops import HeadOp
 from bertserve.serving.activations import softmax
-from bertserve.serving.model_host import ModelHost
-from bertserve.serving.router import Router
+from bertserve.serving.flow import Flow, Work, check_texts
 
-__all__ = ["PLACEHOLDER", "fill_mask"]
+__all__ = ["FILL_MASK", "PLACEHOLDER"]
 
 #: The mask any caller may write, whatever the model: it becomes the model's own mask token.
 PLACEHOLDER = "[MASK]"
@@ -31,34 +28,22 @@ PLACEHOLDER = "[MASK]"
 _CANDIDATE_BYTES = 48
 
 
-async def fill_mask(
-    router: Router, query: FillMaskQuery, *, deadline: float | None, max_reply_bytes: int = 1 << 62
-) -> FillMaskResult:
-    with router.use(query.model) as host:
-        return await _fill_mask(host, query, deadline, max_reply_bytes)
-
-
-async def _fill_mask(
-    host: ModelHost, query: FillMaskQuery, deadline: float | None, max_reply_bytes: int
-) -> FillMaskResult:
-    info = host.require(Capability.FILL_MASK)
+async def _fill_mask(work: Work, query: FillMaskQuery) -> FillMaskResult:
+    info = work.info
     mask_token, mask_id = info.mask_token, info.mask_token_id
     if mask_token is None or mask_id is None:
-        raise CapabilityNotSupported(f"model {host.name!r} cannot serve FillMask: its tokenizer has no mask token")
-    if not query.inputs:
-        raise InvalidRequest("inputs is empty: send at least one text")
+        raise CapabilityNotSupported(f"model {work.name!r} cannot serve FillMask: its tokenizer has no mask token")
+    check_texts(query.inputs)
     if query.top_k < 1:
         raise InvalidRequest(f"top_k must be at least 1, got {query.top_k}")
     texts = query.inputs if mask_token == PLACEHOLDER else [t.replace(PLACEHOLDER, mask_token) for t in query.inputs]
-    plugin = host.plugin
+    plugin = work.plugin
 
-    started = time.monotonic_ns()
     targets = None
     if query.targets:
         # The pipeline dedupes with a set, whose order is CPython's; first occurrence order is ours.
-        targets = list(dict.fromkeys(await host.off_loop(plugin.target_ids, query.targets)))
-    encodings = await host.tokenize_inputs(texts, truncate=query.truncate)
-    tokenization_ns = time.monotonic_ns() - started
+        targets = list(dict.fromkeys(await work.timed(work.off_loop(plugin.target_ids, query.targets))))
+    encodings = await work.tokenize(texts, truncate=query.truncate)
 
     masks = [e.ids.count(mask_id) for e in encodings]
     for i, (text, encoding, count) in enumerate(zip(texts, encodings, masks, strict=True)):
@@ -67,20 +52,23 @@ async def _fill_mask(
             own = "" if mask_token == PLACEHOLDER else f" (or the model's own mask token {mask_token!r})"
             raise InvalidRequest(f"input {i} has no mask: put {PLACEHOLDER}{own} where a token should be predicted")
     top_k = min(query.top_k, len(targets)) if targets is not None else query.top_k
-    _check_reply(texts, masks, top_k, max_reply_bytes)
+    # Each candidate carries a sequence about as long as its input.
+    size = 64 + sum(
+        count * top_k * (len(text.encode()) + _CANDIDATE_BYTES) for text, count in zip(texts, masks, strict=True)
+    )
+    work.check_reply(size, len(texts), f" or lower top_k (now {top_k})")
 
     masked = [i for i, count in enumerate(masks) if count]
-    results = await host.run(("fill_mask",), [encodings[i] for i in masked], deadline=deadline)
+    results = await work.run(HeadOp(Head.MASKED_LM), [encodings[i] for i in masked])
     candidates: list[list[list[MaskCandidate]]] = [[] for _ in encodings]
     for i, result in zip(masked, results, strict=True):
-        candidates[i] = await host.off_loop(
+        candidates[i] = await work.off_loop(
             _candidates, plugin, encodings[i].ids, result.value, top_k, targets, mask_id, info.pad_token_id
         )
-    return FillMaskResult(
-        model=host.name,
-        results=candidates,
-        usage=usage_of(results, tokens=sum(len(encodings[i]) for i in masked), tokenization_ns=tokenization_ns),
-    )
+    return FillMaskResult(model=work.name, results=candidates, usage=work.usage(sum(len(encodings[i]) for i in masked)))
+
+
+FILL_MASK = Flow(Capability.FILL_MASK, _fill_mask)
 
 
 def _candidates(
@@ -126,16 +114,3 @@ def _top(row: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k largest values, largest first; equal values by index."""
     part = np.argpartition(-row, k - 1)[:k] if k < len(row) else np.arange(len(row))
     return part[np.lexsort((part, -row[part]))]  # type: ignore[no-any-return]
-
-
-def _check_reply(texts: Sequence[str], masks: Sequence[int], top_k: int, limit: int) -> None:
-    """Refuse a call whose candidates would not fit the send limit before the model runs, not after:
-    each candidate carries a sequence about as long as its input."""
-    size = 64 + sum(
-        count * top_k * (len(text.encode()) + _CANDIDATE_BYTES) for text, count in zip(texts, masks, strict=True)
-    )
-    if size > limit:
-        raise InvalidRequest(
-            f"the reply would hold about {size} bytes, over the server's limit of {limit} bytes per reply "
-            f"(max_send_message_bytes): lower top_k (now {top_k}) or send fewer inputs or masks per call"
-        )

@@ -7,13 +7,14 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from bertserve import metrics
 from bertserve.api import Capability, EncoderPlugin, Encoding, ModelInfo, ModelSpec
+from bertserve.capabilities import check_plugin, missing_message
 from bertserve.errors import (
     BertserveError,
     CapabilityNotSupported,
@@ -21,8 +22,10 @@ from bertserve.errors import (
     ModelFailed,
     ModelUnavailable,
     Overloaded,
+    PluginContractError,
     SourceUnavailable,
 )
+from bertserve.ops import Embedded, EmbedOp, HeadOp, Op
 from bertserve.serving.batcher import Batcher, BatchLimits, Completed
 
 __all__ = ["Drained", "ModelHost", "ModelState"]
@@ -30,6 +33,7 @@ __all__ = ["Drained", "ModelHost", "ModelState"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 # Texts tokenized in one job of the shared tokenizer pool (see ModelHost.tokenize).
 _TOKENIZE_SLICE = 16
@@ -191,6 +195,11 @@ class ModelHost:
             self._plugin = self._factory(self.spec)  # type: ignore[misc]
             await loop.run_in_executor(self._loader, self._plugin.fetch)
             info: ModelInfo = await loop.run_in_executor(self._worker, self._plugin.load)
+            try:
+                check_plugin(self._plugin, info.capabilities)
+            except PluginContractError:
+                await loop.run_in_executor(self._worker, self._plugin.unload)
+                raise
         except Exception as e:
             self.state = ModelState.FAILED
             self.failure_reason = _reason(e)
@@ -216,7 +225,7 @@ class ModelHost:
         """The model's info when it is ready and offers capability; raise the matching error otherwise."""
         info = self.ready()
         if capability not in info.capabilities:
-            raise CapabilityNotSupported(_missing(self.name, capability, info.capabilities))
+            raise CapabilityNotSupported(missing_message(self.name, capability, info.capabilities))
         return info
 
     def ready(self) -> ModelInfo:
@@ -280,40 +289,30 @@ class ModelHost:
                     raise InputTooLong(self.name, i, encoding.full_length, limit)
         return encodings
 
-    async def run(self, op: Hashable, encodings: Sequence[Encoding], *, deadline: float | None) -> list[Completed]:
+    async def run(self, op: Op[R], encodings: Sequence[Encoding], *, deadline: float | None) -> list[Completed[R]]:
         """Send encodings through the batcher; one result per encoding, in order."""
         return await self.batcher.submit(op, encodings, [len(e) for e in encodings], deadline=deadline)
 
-    def _packed(self, op: Hashable) -> bool:
+    def _packed(self, op: Op[object]) -> bool:
         """Whether the plugin packs the passes of op: their cost is their tokens, with no padding."""
-        return self.info is not None and op[0] == "embed" and op[1] in self.info.packed_poolings  # type: ignore[index]
+        return self.info is not None and isinstance(op, EmbedOp) and op.pooling in self.info.packed_poolings
 
-    def _run_batch(self, op: Hashable, batch: Sequence[Encoding]) -> Sequence[Any]:
+    def _run_batch(self, op: Op[object], batch: Sequence[Encoding]) -> Sequence[object]:
         """On the worker thread: one forward pass of the operation op over the batch."""
-        kind: str = op[0]  # type: ignore[index]
         try:
-            if kind == "embed":
-                pooling, with_states = op[1:]  # type: ignore[index]
-                out = self.plugin.embed(batch, pooling=pooling, with_token_states=with_states)
+            if isinstance(op, EmbedOp):
+                out = self.plugin.embed(batch, pooling=op.pooling, with_token_states=op.with_token_states)
                 states = out.token_states or [None] * len(batch)
-                return list(zip(out.pooled, states, strict=True))
-            if kind == "answer":
-                return self.plugin.answer_windows(batch)
-            if kind == "fill_mask":
-                return self.plugin.mask_logits(batch)
-            if kind == "replaced":
-                return self.plugin.replaced_logits(batch)
-            if kind == "classify":  # Classify and Rerank
-                return list(self.plugin.sequence_logits(batch))
-            if kind == "classify_tokens":
-                return self.plugin.token_logits(batch)
+                return [Embedded(pooled, tokens) for pooled, tokens in zip(out.pooled, states, strict=True)]
+            if isinstance(op, HeadOp):
+                return self.plugin.head_logits(op.head, batch)
         except BertserveError:
             raise
         except Exception as e:
             if _is_out_of_memory(e):
                 raise Overloaded(f"model {self.name!r} ran out of device memory on a batch of {len(batch)}") from e
             raise
-        raise ValueError(f"unknown operation {kind!r}")
+        raise TypeError(f"unknown operation {op!r}")
 
     async def drain(self, grace_s: float, late: Callable[[], BertserveError]) -> Drained:
         """Wait for the calls holding this host to end, up to grace_s; then fail those still
@@ -356,25 +355,6 @@ class Drained:
 
 # After the grace period of a drain, the time the abandoned calls get to answer their error.
 _AFTER_ABANDON_S = 1.0
-
-
-#: Each capability's RPC and what it takes, for the message of a model that lacks it.
-_NEEDS = {
-    Capability.TOKENIZE: ("Tokenize", "a tokenizer"),
-    Capability.EMBED: ("Embed", "an encoder"),
-    Capability.ANSWER: ("Answer", "a question-answering head (a checkpoint fine-tuned for QA)"),
-    Capability.FILL_MASK: ("FillMask", "a masked-language-model head"),
-    Capability.DETECT_REPLACED_TOKENS: ("DetectReplacedTokens", "ELECTRA's discriminator head"),
-    Capability.CLASSIFY: ("Classify", "a sequence-classification head"),
-    Capability.RERANK: ("Rerank", "a cross-encoder head (sequence classification with one label)"),
-    Capability.CLASSIFY_TOKENS: ("ClassifyTokens", "a token-classification head"),
-}
-
-
-def _missing(name: str, capability: Capability, offered: frozenset[Capability]) -> str:
-    rpc, needs = _NEEDS[capability]
-    serves = ", ".join(_NEEDS[c][0] for c in Capability if c in offered)
-    return f"model {name!r} cannot serve {rpc}: that needs {needs}; it serves {serves}"
 
 
 #: The pause before the second attempt at a load that could not reach its files; it doubles.

@@ -16,16 +16,18 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 
-from bertserve.api import Capability, EncoderPlugin, Encoding, QAWindowLogits
-from bertserve.domain import AnswerQuery, AnswerResult, AnswerSpan, OffsetUnit, UsageMeter
+import numpy as np
+
+from bertserve.api import Capability, EncoderPlugin, Encoding, Head
+from bertserve.domain import AnswerQuery, AnswerResult, AnswerSpan, OffsetUnit
 from bertserve.errors import InvalidRequest, Overloaded
-from bertserve.serving.batcher import Completed
+from bertserve.ops import Completed, HeadOp
+from bertserve.serving.flow import Flow, Work
 from bertserve.serving.model_host import ModelHost
 from bertserve.serving.offsets import OffsetMap
 from bertserve.serving.qa_spans import DistinctSpans, MergedAnswers
-from bertserve.serving.router import Router
 
-__all__ = ["answer"]
+__all__ = ["ANSWER"]
 
 # Parts of a call's windows in the batcher at once: one computing while the next waits, so the
 # device never idles while the last part's answers are folded in.
@@ -39,22 +41,12 @@ _MAX_REQUEUE_WAIT_S = 0.5
 _Window = tuple[int, Encoding]  # (pair index, window)
 
 
-async def answer(router: Router, query: AnswerQuery, *, deadline: float | None) -> AnswerResult:
-    with router.use(query.model) as host:
-        return await _answer(host, query, deadline)
-
-
-async def _answer(host: ModelHost, query: AnswerQuery, deadline: float | None) -> AnswerResult:
-    info = host.require(Capability.ANSWER)
-    _validate(query, host.name, host.spec.max_context_bytes)
-    max_seq_len = min(query.max_seq_len, info.max_input_tokens)
+async def _answer(work: Work, query: AnswerQuery) -> AnswerResult:
+    _validate(query, work.name, work.spec.max_context_bytes)
+    max_seq_len = min(query.max_seq_len, work.info.max_input_tokens)
     # The pipeline's default overlap, from the window as it really is (capped at the model's limit).
     doc_stride = query.doc_stride if query.doc_stride is not None else min(128, max_seq_len // 2)
-    meter = UsageMeter()
-
-    started = time.monotonic_ns()
-    windows = await host.off_loop(_windows, host.plugin, query, max_seq_len, doc_stride)
-    meter.tokenization_ns += time.monotonic_ns() - started
+    windows = await work.timed(work.off_loop(_windows, work.plugin, query, max_seq_len, doc_stride))
 
     accumulator = MergedAnswers if query.merge_same_text else DistinctSpans
     answers = [
@@ -63,18 +55,20 @@ async def _answer(host: ModelHost, query: AnswerQuery, deadline: float | None) -
         )
         for _, context in query.questions
     ]
-    cls_token_id = info.cls_token_id
+    cls_token_id = work.info.cls_token_id
 
-    def fold(part: list[_Window], logits: list[QAWindowLogits]) -> None:
+    def fold(part: list[_Window], logits: list[np.ndarray]) -> None:
         for (pair, window), window_logits in zip(part, logits, strict=True):
             answers[pair].add(window, window_logits, cls_token_id)
 
-    part_size = _part_size(host, max_seq_len)
-    tokens = await _run_parts(host, windows, fold, part_size=part_size, deadline=deadline, meter=meter)
-    results = await host.off_loop(lambda: [a.answers(query.handle_impossible_answer) for a in answers])
+    tokens = await _run_parts(work, windows, fold, part_size=_part_size(work.host, max_seq_len))
+    results = await work.off_loop(lambda: [a.answers(query.handle_impossible_answer) for a in answers])
     if query.offset_unit is not OffsetUnit.CODE_POINT:
-        results = await host.off_loop(_in_unit, results, [context for _, context in query.questions], query.offset_unit)
-    return AnswerResult(model=host.name, answers=results, usage=meter.usage(tokens=tokens))
+        results = await work.off_loop(_in_unit, results, [context for _, context in query.questions], query.offset_unit)
+    return AnswerResult(model=work.name, answers=results, usage=work.usage(tokens))
+
+
+ANSWER = Flow(Capability.ANSWER, _answer)
 
 
 def _in_unit(results: list[list[AnswerSpan]], contexts: list[str], unit: OffsetUnit) -> list[list[AnswerSpan]]:
@@ -117,49 +111,43 @@ def _part_size(host: ModelHost, max_seq_len: int) -> int:
 
 
 async def _run_parts(
-    host: ModelHost,
+    work: Work,
     windows: Iterator[_Window],
-    fold: Callable[[list[_Window], list[QAWindowLogits]], None],
+    fold: Callable[[list[_Window], list[np.ndarray]], None],
     *,
     part_size: int,
-    deadline: float | None,
-    meter: UsageMeter,
 ) -> int:
     """Send the windows through the batcher part by part and fold each part's logits in; return the tokens."""
-    in_flight: deque[tuple[list[_Window], asyncio.Future[list[Completed]]]] = deque()
+    in_flight: deque[tuple[list[_Window], asyncio.Future[list[Completed[np.ndarray]]]]] = deque()
     tokens = 0
     admitted = exhausted = False
     try:
         while True:
             while not exhausted and len(in_flight) < _PARTS_IN_FLIGHT:
-                started = time.monotonic_ns()
-                part = await host.off_loop(lambda: list(itertools.islice(windows, part_size)))
-                meter.tokenization_ns += time.monotonic_ns() - started
+                part = await work.timed(work.off_loop(lambda: list(itertools.islice(windows, part_size))))
                 exhausted = len(part) < part_size
                 if part:
                     tokens += sum(len(w) for _, w in part)
-                    submitted = _submit(host, [w for _, w in part], deadline, admitted=admitted)
+                    submitted = _submit(work, [w for _, w in part], admitted=admitted)
                     in_flight.append((part, asyncio.ensure_future(submitted)))
                     admitted = True
             if not in_flight:
                 return tokens
             part, pending = in_flight.popleft()
             results = await pending
-            meter.add(results)
-            await host.off_loop(fold, part, [r.value for r in results])
+            await work.off_loop(fold, part, [r.value for r in results])
     finally:
         for _, pending in in_flight:
             pending.cancel()
 
 
-async def _submit(
-    host: ModelHost, windows: list[Encoding], deadline: float | None, *, admitted: bool
-) -> list[Completed]:
+async def _submit(work: Work, windows: list[Encoding], *, admitted: bool) -> list[Completed[np.ndarray]]:
     """One part through the batcher. The first part is the call's admission: a full queue refuses
     the call at once. Later parts belong to a call already under way, so they wait for room."""
+    deadline = work.call.deadline
     while True:
         try:
-            return await host.run(("answer",), windows, deadline=deadline)
+            return await work.run(HeadOp(Head.QUESTION_ANSWERING), windows)
         except Overloaded as e:
             if not admitted:
                 raise

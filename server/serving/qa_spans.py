@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bertserve.api import Encoding, QAWindowLogits
+from bertserve.api import Encoding
 from bertserve.domain import AnswerSpan
 
 __all__ = ["DistinctSpans", "MergedAnswers", "WindowScores", "all_spans", "candidate_pool", "score_window", "top_spans"]
@@ -59,13 +59,15 @@ class WindowScores:
     context: np.ndarray  # [tokens] bool: tokens of the context
 
 
-def score_window(logits: QAWindowLogits, window: Encoding, cls_token_id: int | None) -> WindowScores:
-    """Steps 1 and 2: softmax over the context and classifier tokens, in float32 like the pipeline."""
+def score_window(logits: np.ndarray, window: Encoding, cls_token_id: int | None) -> WindowScores:
+    """Steps 1 and 2: softmax over the context and classifier tokens, in float32 like the pipeline.
+
+    logits: [tokens, 2], the start and the end logit of each token (Head.QUESTION_ANSWERING)."""
     context = np.asarray(window.sequence_ids) == 1
     allowed = context | (np.asarray(window.ids) == cls_token_id) if cls_token_id is not None else context
     # Shaped [1, tokens] as the pipeline's are, so that every reduction runs in the same order.
-    start = _softmax(np.where(~allowed, _MASKED_LOGIT, logits.start.astype(np.float32))[None])
-    end = _softmax(np.where(~allowed, _MASKED_LOGIT, logits.end.astype(np.float32))[None])
+    start = _softmax(np.where(~allowed, _MASKED_LOGIT, logits[:, 0].astype(np.float32))[None])
+    end = _softmax(np.where(~allowed, _MASKED_LOGIT, logits[:, 1].astype(np.float32))[None])
     null_score = (start[0, 0] * end[0, 0]).item()
     start[0, 0] = end[0, 0] = 0.0
     return WindowScores(start=start[0], end=end[0], null_score=null_score, context=context)
@@ -157,7 +159,7 @@ class MergedAnswers:
         self._by_text: dict[str, _Merged] = {}  # lowered answer text -> answer, first seen first
         self.null_score = 1_000_000.0  # the pipeline's start: large and positive
 
-    def add(self, window: Encoding, logits: QAWindowLogits, cls_token_id: int | None) -> None:
+    def add(self, window: Encoding, logits: np.ndarray, cls_token_id: int | None) -> None:
         scores = score_window(logits, window, cls_token_id)
         self.null_score = min(self.null_score, scores.null_score)
         words = _Words(window, self._align)
@@ -195,7 +197,7 @@ class DistinctSpans:
         self._best: dict[tuple[int, int], float] = {}  # trimmed span -> best score, first seen first
         self.null_score = 1_000_000.0
 
-    def add(self, window: Encoding, logits: QAWindowLogits, cls_token_id: int | None) -> None:
+    def add(self, window: Encoding, logits: np.ndarray, cls_token_id: int | None) -> None:
         scores = score_window(logits, window, cls_token_id)
         self.null_score = min(self.null_score, scores.null_score)
         words = _Words(window, self._align)

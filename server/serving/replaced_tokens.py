@@ -8,67 +8,36 @@ tokens, and its text is the input's, from its first token's start to its last to
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
-from bertserve.api import Capability, Encoding
-from bertserve.domain import (
-    OffsetUnit,
-    ReplacedTokens,
-    ReplacedTokensQuery,
-    ReplacedTokensResult,
-    TokenProbability,
-    usage_of,
-)
-from bertserve.errors import InvalidRequest
+from bertserve.api import Capability, Encoding, Head
+from bertserve.domain import OffsetUnit, ReplacedTokens, ReplacedTokensQuery, ReplacedTokensResult, TokenProbability
+from bertserve.ops import HeadOp
 from bertserve.serving.activations import sigmoid
-from bertserve.serving.model_host import ModelHost
+from bertserve.serving.flow import Flow, Work, check_texts
 from bertserve.serving.offsets import OffsetMap
-from bertserve.serving.replies import check_reply_size
-from bertserve.serving.router import Router
 
-__all__ = ["detect_replaced_tokens"]
+__all__ = ["DETECT_REPLACED_TOKENS"]
 
 # A token's (or word's) share of the reply besides its text: offsets, probability, flag, framing.
 _ENTRY_BYTES = 24
 
 
-async def detect_replaced_tokens(
-    router: Router, query: ReplacedTokensQuery, *, deadline: float | None, max_reply_bytes: int = 1 << 62
-) -> ReplacedTokensResult:
-    with router.use(query.model) as host:
-        return await _detect(host, query, deadline, max_reply_bytes)
-
-
-async def _detect(
-    host: ModelHost, query: ReplacedTokensQuery, deadline: float | None, max_reply_bytes: int
-) -> ReplacedTokensResult:
-    host.require(Capability.DETECT_REPLACED_TOKENS)
-    if not query.inputs:
-        raise InvalidRequest("inputs is empty: send at least one text")
-    for i, text in enumerate(query.inputs):
-        if not text or text.isspace():  # (strip() would copy a megabyte input to learn this)
-            raise InvalidRequest(f"input {i} is empty")
-
-    started = time.monotonic_ns()
-    encodings = await host.tokenize_inputs(query.inputs, truncate=query.truncate)
-    tokenization_ns = time.monotonic_ns() - started
-    size = await host.off_loop(_reply_bytes, encodings, query.aggregate_words)
-    check_reply_size(size, max_reply_bytes, len(encodings))
-
-    results = await host.run(("replaced",), encodings, deadline=deadline)
-    found = await host.off_loop(
+async def _detect(work: Work, query: ReplacedTokensQuery) -> ReplacedTokensResult:
+    check_texts(query.inputs)
+    encodings = await work.tokenize(query.inputs, truncate=query.truncate)
+    work.check_reply(await work.off_loop(_reply_bytes, encodings, query.aggregate_words), len(encodings))
+    results = await work.run(HeadOp(Head.REPLACED_TOKENS), encodings)
+    found = await work.off_loop(
         lambda: [
             _replaced(text, encoding, r.value, aggregate_words=query.aggregate_words, unit=query.offset_unit)
             for text, encoding, r in zip(query.inputs, encodings, results, strict=True)
         ]
     )
-    return ReplacedTokensResult(
-        model=host.name,
-        results=found,
-        usage=usage_of(results, tokens=sum(len(e) for e in encodings), tokenization_ns=tokenization_ns),
-    )
+    return ReplacedTokensResult(model=work.name, results=found, usage=work.usage(sum(len(e) for e in encodings)))
+
+
+DETECT_REPLACED_TOKENS = Flow(Capability.DETECT_REPLACED_TOKENS, _detect)
 
 
 def _replaced(
