@@ -408,8 +408,14 @@ class Server:
         assert code is None, f"the server exited ({code}) after {case}:\n{''.join(self.served.log[-40:])}"
 
     def tracebacks(self) -> list[str]:
-        text = "".join(self.served.log)
-        return [m for m in ("Traceback", "Fatal Python error", "Segmentation fault") if m in text]
+        """Each place the log shows a traceback or a crash: the line before it and 40 after."""
+        lines = self.served.log
+        marks = ("Traceback", "Fatal Python error", "Segmentation fault")
+        return [
+            "".join(lines[max(0, i - 1) : i + 40])
+            for i, line in enumerate(lines)
+            if any(mark in line for mark in marks)
+        ]
 
 
 @contextlib.asynccontextmanager

@@ -121,7 +121,7 @@ async def test_no_cut_call_takes_the_server_down(name: str, tiny_models: dict[st
         assert not others, f"calls beside the cut ones that failed: {others}"
         assert len({o.rpc for o in outcomes}) == 14, "every RPC of both services"
         await _check_telemetry(server)
-    assert not server.tracebacks(), "".join(server.served.log)
+    assert not (found := server.tracebacks()), "\n---\n".join(found)
 
 
 async def _check_telemetry(server: Server) -> None:
@@ -214,4 +214,4 @@ async def test_a_soak_of_random_cancels_and_deadlines(tiny_models: dict[str, Pat
         await alive(server.stubs)
         assert set(codes) <= SOAK_CODES, counted
         assert counted["CANCELLED"] > SOAK_CALLS // 10 and counted["DEADLINE_EXCEEDED"] > 0, counted
-    assert not server.tracebacks(), "".join(server.served.log[-200:])
+    assert not (found := server.tracebacks()), "\n---\n".join(found)

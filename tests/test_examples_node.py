@@ -195,4 +195,4 @@ async def test_calls_cut_by_grpc_js_leave_the_server_serving(
     assert set(result["cases"]["load_mid_load"]) <= cut | {"ALREADY_EXISTS"}, result["cases"]
     assert result["after"] == "OK"
     assert result["health"] == {"": "SERVING", **dict.fromkeys(MODELS, "SERVING")}
-    assert not server.tracebacks(), "".join(server.served.log[-100:])
+    assert not (found := server.tracebacks()), "\n---\n".join(found)
