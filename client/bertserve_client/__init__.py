@@ -20,6 +20,7 @@ from bertserve_client._errors import BertserveError
 from bertserve_client._types import (
     Answer,
     Answers,
+    Batch,
     Classifications,
     EmbedResult,
     Entities,
@@ -42,6 +43,7 @@ __all__ = [
     "Answer",
     "Answers",
     "AsyncClient",
+    "Batch",
     "BertserveError",
     "Classifications",
     "Client",

@@ -5,9 +5,13 @@ Enum values travel as lower-case short strings ("cls", "embed", "ready").
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +56,19 @@ class Tokenization:
     """Whether truncate cut this input."""
 
 
+class Batch(list[T]):
+    """A call's results, one entry per input in input order, plus what the call cost.
+
+    A plain list, so the common case needs nothing else; `model` (the model that answered) and
+    `usage` ride along as attributes. The named kinds below are this with their entries' type.
+    """
+
+    def __init__(self, results: Iterable[T], *, model: str, usage: Usage) -> None:
+        super().__init__(results)
+        self.model = model
+        self.usage = usage
+
+
 @dataclass(frozen=True, slots=True)
 class Answer:
     """One answer span: text == context[start:end]; empty text means "no answer"."""
@@ -62,17 +79,12 @@ class Answer:
     score: float
 
 
-class Answers(list[list[Answer]]):
+class Answers(Batch[list[Answer]]):
     """The answers of each (question, context) pair, best first, plus what they cost.
 
     A plain list of lists, so the common case needs nothing else; `model` and `usage`
     ride along as attributes.
     """
-
-    def __init__(self, results: list[list[Answer]], *, model: str, usage: Usage) -> None:
-        super().__init__(results)
-        self.model = model
-        self.usage = usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,14 +97,9 @@ class LabelScore:
     score: float
 
 
-class Classifications(list[list[LabelScore]]):
+class Classifications(Batch[list[LabelScore]]):
     """The labels of each input, best first, plus what they cost: a plain list of lists, with
     `model` and `usage` as attributes."""
-
-    def __init__(self, results: list[list[LabelScore]], *, model: str, usage: Usage) -> None:
-        super().__init__(results)
-        self.model = model
-        self.usage = usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,14 +141,9 @@ class MaskCandidate:
     """The input with this token in the mask, decoded as transformers' fill-mask pipeline does."""
 
 
-class FillMaskResults(list[list[list[MaskCandidate]]]):
+class FillMaskResults(Batch[list[list[MaskCandidate]]]):
     """Per input, per mask (in text order), the candidates best first; a plain list of lists of
     lists, with `model` and `usage` as attributes."""
-
-    def __init__(self, results: list[list[list[MaskCandidate]]], *, model: str, usage: Usage) -> None:
-        super().__init__(results)
-        self.model = model
-        self.usage = usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,13 +171,8 @@ class ReplacedTokens:
     """Each word's probability is the highest of its tokens'; empty without aggregate_words."""
 
 
-class ReplacedTokensResults(list[ReplacedTokens]):
+class ReplacedTokensResults(Batch[ReplacedTokens]):
     """One entry per input, with `model` and `usage` as attributes."""
-
-    def __init__(self, results: list[ReplacedTokens], *, model: str, usage: Usage) -> None:
-        super().__init__(results)
-        self.model = model
-        self.usage = usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,14 +190,9 @@ class Entity:
     """With aggregation "none": the token's index in the tokenized input; 0 otherwise."""
 
 
-class Entities(list[list[Entity]]):
+class Entities(Batch[list[Entity]]):
     """The entities of each input, in text order, plus what they cost: a plain list of lists, with
     `model` and `usage` as attributes."""
-
-    def __init__(self, results: list[list[Entity]], *, model: str, usage: Usage) -> None:
-        super().__init__(results)
-        self.model = model
-        self.usage = usage
 
 
 @dataclass(frozen=True, slots=True)
