@@ -30,7 +30,7 @@ from typing import Any, Generic, TypeVar
 from bertserve import metrics, request_ids, telemetry
 from bertserve.errors import BertserveError, InternalFailure, InvalidRequest, ModelUnavailable, Overloaded
 from bertserve.ops import Completed, Op
-from bertserve.serving.packing import plan_groups
+from bertserve.serving.scheduling import choose_batch, computed_tokens, pass_ms
 
 __all__ = ["FAILURES_BEFORE_UNHEALTHY", "MAX_RETRY_AFTER_S", "BatchLimits", "BatchStats", "Batcher", "Completed"]
 
@@ -45,9 +45,6 @@ MAX_RETRY_AFTER_S = 10.0
 #: How long passes stay within max_pass_ms after calls last contended, though one request waits
 #: alone: traffic that came lately comes again, and should not wait behind a pass of a whole batch.
 CONTENTION_MEMORY_NS = 1_000_000_000
-
-# A pass overhead so large that the planner never splits a batch that fits the limits.
-_FILL_PASSES = 1e9
 
 #: Forward passes in a row that must fail before the model reports itself unhealthy (NOT_SERVING).
 FAILURES_BEFORE_UNHEALTHY = 3
@@ -409,31 +406,20 @@ class Batcher:
         if not live:
             self._gauge_queue()
             return []
-        turn = min((p.request for p in live if p.request > self._last_turn), default=live[0].request)
-        anchor = next(p for p in live if p.request == turn)
-        # Plan over the anchor's operation only, the requests interleaved from its own on, and over a
-        # bounded look-ahead.
-        candidates = _in_turns([p for p in live if p.op == anchor.op], turn)[: 4 * self.limits.max_batch_size]
-        share = -(-len(candidates) // max(1, idle_workers))
-        size = min(self.limits.max_batch_size, share)
-        packed = self._packed(anchor.op)
-        if len({p.request for p in candidates}) > 1:
+        choice = choose_batch(
+            live,
+            last_turn=self._last_turn,
+            idle_workers=idle_workers,
+            max_batch_size=self.limits.max_batch_size,
+            max_batch_tokens=self.limits.max_batch_tokens,
+            pass_overhead_tokens=self.limits.pass_overhead_tokens,
+            packed=self._packed,
+            lately_contended=time.monotonic_ns() - self._contended_ns < CONTENTION_MEMORY_NS,
+            budget=self._budget(),
+        )
+        if choice.contended:
             self._contended_ns = time.monotonic_ns()
-            batch = self._shared_pass(candidates, size, packed=packed)
-        elif time.monotonic_ns() - self._contended_ns < CONTENTION_MEMORY_NS:
-            # One request waits, but others came lately: the next one should not wait long for this
-            # pass either. Shortest first, so that a padded pass pads little.
-            batch = self._shared_pass(sorted(candidates, key=lambda p: p.cost), size, packed=packed)
-        else:
-            groups = plan_groups(
-                [p.cost for p in candidates],
-                max_batch_size=size,
-                max_batch_tokens=self.limits.max_batch_tokens,
-                # Packed passes compute no padding: one pass takes all that fits.
-                overhead_tokens=_FILL_PASSES if packed else self.limits.pass_overhead_tokens,
-            )
-            # The anchor's group runs first: the plan cuts padding, the turns keep it fair.
-            batch = [candidates[i] for i in next(g for g in groups if 0 in g)]
+        batch, turn = [live[i] for i in choice.taken], choice.turn
         self._last_turn = turn
         taken = set(map(id, batch))
         self._pending = [p for p in live if id(p) not in taken]
@@ -444,67 +430,18 @@ class Batcher:
         self.stats.largest_pass = max(self.stats.largest_pass, len(batch))
         return batch
 
-    def _shared_pass(self, candidates: list[_Pending[Any]], size: int, *, packed: bool) -> list[_Pending[Any]]:
-        """A pass while calls contend: the first sequence of each waiting request (the round), then
-        more in turns while they fit within max_pass_ms of compute at the measured rate, so that one
-        that comes next waits little for this pass to end. The round goes in whole, within the
-        batch limits: a call left out of it would wait for a later pass anyway, and a fuller pass
-        computes more per second (64 one-sentence calls at once no longer go five to a pass).
-        A packed pass costs its tokens; a padded one, count x longest."""
-        limit = budget = self.limits.max_batch_tokens
-        if self.limits.max_pass_ms > 0 and self._tokens_per_s > 0:
-            budget = min(budget, int(self._tokens_per_s * self._pass_ms() / 1000))
-        in_round = len({p.request for p in candidates})  # candidates come in turns: the round first
-        batch: list[_Pending[Any]] = []
-        longest = total = 0
-        for k, p in enumerate(candidates):
-            if len(batch) == size:
-                break
-            width = max(longest, p.cost)
-            cost = total + p.cost if packed else width * (len(batch) + 1)
-            if batch and cost > (limit if k < in_round else budget):
-                continue
-            batch.append(p)
-            longest, total = width, total + p.cost
-        return batch
+    def _budget(self) -> int:
+        """The tokens a pass may compute while calls contend: max_pass_ms at the measured rate."""
+        limit = self.limits.max_batch_tokens
+        if self.limits.max_pass_ms <= 0 or self._tokens_per_s <= 0:
+            return limit
+        ends_ms = [end / 1e6 for end in self._ends_ns.values()]  # of the passes in flight
+        ms = pass_ms(self.limits.max_pass_ms, self.limits.concurrent_passes, ends_ms, time.monotonic_ns() / 1e6)
+        return min(limit, int(self._tokens_per_s * ms / 1000))
 
     def _computed(self, batch: list[_Pending[Any]]) -> int:
-        """The tokens a pass computes: a padded pass computes its padding too."""
-        costs = [p.cost for p in batch]
-        return sum(costs) if self._packed(batch[0].op) else len(costs) * max(costs)
-
-    def _pass_ms(self) -> float:
-        """How long the next pass may compute while calls contend: max_pass_ms, or less, so that the
-        passes of several workers end one after another, max_pass_ms / workers apart, rather than
-        together. A call that comes in then waits that long for a worker to free up, not a whole
-        pass. Passes fall into step at the start and by chance; one shorter pass puts them out again."""
-        limit = self.limits.max_pass_ms
-        if self.limits.concurrent_passes < 2 or not self._ends_ns:
-            return limit
-        step = limit / self.limits.concurrent_passes
-        now = time.monotonic_ns() / 1e6
-        ends = [end / 1e6 for end in self._ends_ns.values()]  # of the passes in flight, in ms
-        earliest, latest = now + step / 2, now + limit
-
-        def apart(t: float) -> float:
-            return min(step, *(abs(t - end) for end in ends))
-
-        # The longest pass whose end is a step from every other end, or else the one that comes closest.
-        candidates = [latest, *(end + k * step for end in ends for k in (-1, 1))]
-        best = max((t for t in candidates if earliest <= t <= latest), key=lambda t: (apart(t), t), default=latest)
-        return best - now
+        return computed_tokens([p.cost for p in batch], packed=self._packed(batch[0].op))
 
     def _observe(self, tokens: int, elapsed_ns: int) -> None:
         rate = tokens / max(elapsed_ns, 1) * 1e9
         self._tokens_per_s = rate if not self._tokens_per_s else 0.8 * self._tokens_per_s + 0.2 * rate
-
-
-def _in_turns(pending: list[_Pending[Any]], first: int) -> list[_Pending[Any]]:
-    """The sequences interleaved by request: the first of each request (from request `first` on,
-    then the earlier ones), then the second of each, and so on."""
-    by_request: dict[int, list[_Pending[Any]]] = {}
-    for p in pending:
-        by_request.setdefault(p.request, []).append(p)
-    order = sorted(by_request, key=lambda r: (r < first, r))
-    queues = [by_request[r] for r in order]
-    return [q[k] for k in range(max(len(q) for q in queues)) for q in queues if k < len(q)]
