@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bertserve.api import EmbedOutput, Encoding, Pooling, QAWindowLogits
+from bertserve.api import EmbedOutput, Encoding, Head, Pooling
 from bertserve.config import load_config
 from bertserve.discovery import PluginRegistry, discover_plugins
 from bertserve.edge.app import BertServer
@@ -41,8 +42,8 @@ class FaultyPlugin(SpanBertPlugin):
             raise RuntimeError("a marked input reached the model")
         return super().embed(batch, pooling=pooling, with_token_states=with_token_states)
 
-    def answer_windows(self, batch: Sequence[Encoding]) -> list[QAWindowLogits]:
-        logits = super().answer_windows(batch)
+    def head_logits(self, head: Head, batch: Sequence[Encoding]) -> list[np.ndarray]:
+        logits = super().head_logits(head, batch)
         return logits[:-1] if _marked(batch) else logits
 
 

@@ -25,42 +25,42 @@ from transformers import (
 
 from bertserve.api import Capability
 
-__all__ = ["Head", "head_of", "head_weights_present", "mlm_head"]
+__all__ = ["CheckpointHead", "head_of", "head_weights_present", "mlm_head"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Head:
+class CheckpointHead:
     name: str  # for messages: "question-answering", "masked-language-model", ...
     auto_class: Any
     capabilities: frozenset[Capability]
 
 
-NO_HEAD = Head("none", AutoModel, frozenset())
+NO_HEAD = CheckpointHead("none", AutoModel, frozenset())
 
 
-def head_of(config: Any) -> Head:
+def head_of(config: Any) -> CheckpointHead:
     """The head config.architectures names (the first one bertserve serves), else none."""
     for architecture in config.architectures or ():
         if architecture.endswith("ForQuestionAnswering"):
-            return Head("question-answering", AutoModelForQuestionAnswering, frozenset({Capability.ANSWER}))
+            return CheckpointHead("question-answering", AutoModelForQuestionAnswering, frozenset({Capability.ANSWER}))
         if architecture.endswith("ForMaskedLM"):
-            return Head("masked-language-model", AutoModelForMaskedLM, frozenset({Capability.FILL_MASK}))
+            return CheckpointHead("masked-language-model", AutoModelForMaskedLM, frozenset({Capability.FILL_MASK}))
         if architecture.endswith("ForPreTraining"):
             if config.model_type == "electra":  # the discriminator: replaced-token detection
                 caps = frozenset({Capability.DETECT_REPLACED_TOKENS})
-                return Head("replaced-token-detection", AutoModelForPreTraining, caps)
+                return CheckpointHead("replaced-token-detection", AutoModelForPreTraining, caps)
             # BERT's and ALBERT's pre-training heads hold a masked-language model (besides NSP/SOP).
-            return Head("masked-language-model", AutoModelForMaskedLM, frozenset({Capability.FILL_MASK}))
+            return CheckpointHead("masked-language-model", AutoModelForMaskedLM, frozenset({Capability.FILL_MASK}))
         if architecture.endswith("ForSequenceClassification"):
             classify = {Capability.CLASSIFY}
             if int(getattr(config, "num_labels", 0)) == 1:  # one score per (query, document): a cross-encoder
                 classify.add(Capability.RERANK)
-            return Head("sequence-classification", AutoModelForSequenceClassification, frozenset(classify))
+            return CheckpointHead("sequence-classification", AutoModelForSequenceClassification, frozenset(classify))
         if architecture.endswith("ForTokenClassification"):
             caps = frozenset({Capability.CLASSIFY_TOKENS})
-            return Head("token-classification", AutoModelForTokenClassification, caps)
+            return CheckpointHead("token-classification", AutoModelForTokenClassification, caps)
     return NO_HEAD
 
 

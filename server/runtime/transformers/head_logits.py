@@ -1,4 +1,5 @@
-"""The heads' raw outputs, one method per head, for the server to postprocess (see bertserve.runtime.heads)."""
+"""The heads' raw outputs through one entry point, head_logits, for the server to postprocess
+(see bertserve.runtime.heads for which head a checkpoint carries)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from bertserve.api import Encoding, QAWindowLogits
+from bertserve.api import Encoding, Head
 
 from .passes import Passes
 
@@ -19,19 +20,33 @@ class HeadLogits(Passes):
 
     Heads run on padded batches: each is called as its model's forward calls it, on [batch, tokens]
     inputs. Packed rows would need each architecture's head internals called by name on gathered
-    states (as FillMask does for its head, to keep its logits small).
+    states (as the masked-language-model head is, to keep its logits small).
     """
 
-    def answer_windows(self, batch: Sequence[Encoding]) -> list[QAWindowLogits]:
+    def head_logits(self, head: Head, batch: Sequence[Encoding]) -> list[np.ndarray]:
+        if not batch:
+            return []
+        if head is Head.QUESTION_ANSWERING:
+            return self._answer_logits(batch)
+        if head is Head.MASKED_LM:
+            return self._mask_logits(batch)
+        inputs = self._inputs(batch)
+        with torch.inference_mode():
+            # [batch, labels] for a sequence classifier; [batch, tokens(, labels)] for the others.
+            logits = self._model(**inputs).logits.float().cpu().numpy()
+        if head is Head.SEQUENCE_CLASSIFICATION:
+            return list(logits)
+        return [logits[row, : len(e)] for row, e in enumerate(batch)]  # REPLACED_TOKENS, TOKEN_CLASSIFICATION
+
+    def _answer_logits(self, batch: Sequence[Encoding]) -> list[np.ndarray]:
         self._require_qa_head()
         inputs = self._inputs(batch)
         with torch.inference_mode():
             out = self._model(**inputs)
-            start = out.start_logits.float().cpu().numpy()
-            end = out.end_logits.float().cpu().numpy()
-        return [QAWindowLogits(start=start[row, : len(e)], end=end[row, : len(e)]) for row, e in enumerate(batch)]
+            both = torch.stack([out.start_logits, out.end_logits], dim=-1).float().cpu().numpy()  # [batch, tokens, 2]
+        return [both[row, : len(e)] for row, e in enumerate(batch)]
 
-    def mask_logits(self, batch: Sequence[Encoding]) -> list[np.ndarray]:
+    def _mask_logits(self, batch: Sequence[Encoding]) -> list[np.ndarray]:
         mask_id = self._tokenizer.mask_token_id
         inputs = self._inputs(batch)
         with torch.inference_mode():
@@ -42,21 +57,4 @@ class HeadLogits(Passes):
             else:
                 logits = self._model(**inputs).logits[where].float().cpu().numpy()
         counts = where.sum(dim=1).tolist()
-        return list(np.split(logits, np.cumsum(counts)[:-1])) if batch else []
-
-    def replaced_logits(self, batch: Sequence[Encoding]) -> list[np.ndarray]:
-        inputs = self._inputs(batch)
-        with torch.inference_mode():
-            logits = self._model(**inputs).logits.float().cpu().numpy()  # [batch, tokens]
-        return [logits[row, : len(e)] for row, e in enumerate(batch)]
-
-    def sequence_logits(self, batch: Sequence[Encoding]) -> np.ndarray:
-        inputs = self._inputs(batch)
-        with torch.inference_mode():
-            return self._model(**inputs).logits.float().cpu().numpy()  # type: ignore[no-any-return]
-
-    def token_logits(self, batch: Sequence[Encoding]) -> list[np.ndarray]:
-        inputs = self._inputs(batch)
-        with torch.inference_mode():
-            logits = self._model(**inputs).logits.float().cpu().numpy()  # [batch, tokens, labels]
-        return [logits[row, : len(e)] for row, e in enumerate(batch)]
+        return list(np.split(logits, np.cumsum(counts)[:-1]))

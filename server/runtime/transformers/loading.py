@@ -12,7 +12,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from bertserve.api import ModelSpec
 from bertserve.errors import ConfigError
-from bertserve.runtime.heads import Head
+from bertserve.runtime.heads import CheckpointHead
 from bertserve.runtime.sources import resolve_source
 
 __all__ = ["checkpoint_config", "fast_tokenizer", "local_source", "pretrained_model"]
@@ -52,7 +52,7 @@ def fast_tokenizer(source: str, common: dict[str, Any]) -> Any:
 
 
 def pretrained_model(
-    head: Head, source: str, config: Any, dtype: torch.dtype, *, allow_pickle: bool, common: dict[str, Any]
+    head: CheckpointHead, source: str, config: Any, dtype: torch.dtype, *, allow_pickle: bool, common: dict[str, Any]
 ) -> tuple[Any, dict[str, Any]]:
     """The model with its head, in dtype, and from_pretrained's loading info (its missing keys).
 
