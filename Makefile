@@ -22,6 +22,7 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy server plugins client/bertserve_client tests tools bench
+	$(BIN)/python tools/check_layers.py >/dev/null || $(BIN)/python tools/check_layers.py
 	@if command -v npx >/dev/null; then npx --yes $(BUF) lint protos; else echo "npx not found: skipping buf lint"; fi
 
 test: lint

@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300.0)
     args = parser.parse_args(argv)
     port = free_port()
-    command = [sys.executable, "-m", "bertserve.cli", "serve", "--port", str(port), "--log-level", "warning"]
+    command = [sys.executable, "-m", "bertserve.app.cli", "serve", "--port", str(port), "--log-level", "warning"]
     if args.config:
         command += ["--config", args.config]
     started = time.monotonic()

@@ -184,7 +184,7 @@ class Server:
     def __init__(self, config: Path, expect_ready: int) -> None:
         self.log: list[str] = []
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bertserve.cli", "serve", "--config", str(config), "--log-level", "info"],
+            [sys.executable, "-m", "bertserve.app.cli", "serve", "--config", str(config), "--log-level", "info"],
             stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},

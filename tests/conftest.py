@@ -12,8 +12,8 @@ import grpc
 import pytest
 import torch
 
-from bertserve.config import load_config
-from bertserve.edge.app import BertServer
+from bertserve.app.config import load_config
+from bertserve.app.server import BertServer
 from bertserve_client import AsyncClient
 
 from tiny_models import build_tiny_models

@@ -16,7 +16,7 @@ class Served:
 
     def __init__(self, config: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bertserve.cli", "serve", "--config", str(config), *args],
+            [sys.executable, "-m", "bertserve.app.cli", "serve", "--config", str(config), *args],
             stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},

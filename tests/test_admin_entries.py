@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 import pytest
 
-from bertserve.edge.app import BertServer
+from bertserve.app.server import BertServer
 from bertserve.runtime.sources import source_allowed
 from bertserve_client.v1 import encoder_service_pb2, encoder_service_pb2_grpc, model_service_pb2, model_service_pb2_grpc
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from bertserve.edge.app import BertServer
+from bertserve.app.server import BertServer
 from bertserve_client.v1 import model_service_pb2, model_service_pb2_grpc
 
 from conftest import NO_RETRIES, start_server

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bertserve.edge.app import BertServer
+from bertserve.app.server import BertServer
 from bertserve_client import AsyncClient
 
 from conftest import TINY

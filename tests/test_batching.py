@@ -11,8 +11,8 @@ import grpc
 import numpy as np
 import pytest
 
-from bertserve.config import load_config
-from bertserve.edge.app import BertServer
+from bertserve.app.config import load_config
+from bertserve.app.server import BertServer
 from bertserve_client import AsyncClient, BertserveError, EmbedResult
 
 from conftest import EMBED_MODELS, NO_RETRIES

@@ -163,11 +163,24 @@ def _scrape(port: int) -> str:
 SOAK_CALLS = 3000
 SOAK_CONCURRENCY = 24
 SOAK_BUDGET_S = 240.0  # a bound on the whole soak, so that a wedged server fails rather than hangs
+#: A stream write that grpc's asyncio client issued as the call ended (its deadline passed): the
+#: client overwrites the call's status with a local INTERNAL "Internal error from Core"
+#: (https://github.com/grpc/grpc/issues/36066). The server sent no such status: the soak checks
+#: its access log for INTERNAL too.
+WRITE_AFTER_END = "WRITE_AFTER_END"
 #: How a soak call may end: answered, cut by its caller or its deadline, or refused while the queues are full.
-SOAK_CODES = {OK, CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+SOAK_CODES = {OK, CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED, WRITE_AFTER_END}
 
 
-async def soak_call(stubs: Stubs, rng: random.Random) -> grpc.StatusCode:
+def _wrote_after_the_end(e: grpc.aio.AioRpcError) -> bool:
+    return (
+        e.code() is grpc.StatusCode.INTERNAL
+        and e.details() == "Internal error from Core"
+        and 'Failed "execute_batch"' in (e.debug_error_string() or "")
+    )
+
+
+async def soak_call(stubs: Stubs, rng: random.Random) -> grpc.StatusCode | str:
     """One random call: an RPC, light or (rarely) heavy, cancelled after a random wait, given a
     deadline of a few milliseconds, a stream cut after a few answers, or left alone."""
     rpc = rng.choice(ENCODER_RPCS)
@@ -184,7 +197,12 @@ async def soak_call(stubs: Stubs, rng: random.Random) -> grpc.StatusCode:
         call = stubs.stream(timeout=rng.choice((0.05, 0.5, 30.0)))
         try:
             for item in stream_items(rng.randint(1, 40)):
-                await call.write(item)
+                try:
+                    await call.write(item)
+                except grpc.aio.AioRpcError as e:
+                    if _wrote_after_the_end(e):
+                        return WRITE_AFTER_END
+                    raise
             for _ in range(rng.randint(0, 10)):
                 await call.read()
         except grpc.aio.AioRpcError as e:
@@ -199,7 +217,7 @@ async def test_a_soak_of_random_cancels_and_deadlines(tiny_models: dict[str, Pat
     async with serving(SETUPS["all-on"], tiny_models, tmp_path) as server:
         gate = asyncio.Semaphore(SOAK_CONCURRENCY)
 
-        async def one(seed: int) -> grpc.StatusCode:
+        async def one(seed: int) -> grpc.StatusCode | str:
             async with gate:
                 return await soak_call(server.stubs, random.Random(seed))
 
@@ -208,10 +226,11 @@ async def test_a_soak_of_random_cancels_and_deadlines(tiny_models: dict[str, Pat
             asyncio.gather(*(one(rng.getrandbits(32)) for _ in range(SOAK_CALLS))), SOAK_BUDGET_S
         )
         seconds = time.perf_counter() - started
-        counted = collections.Counter(code.name for code in codes)
+        counted = collections.Counter(code if isinstance(code, str) else code.name for code in codes)
         print(f"\nsoak: {SOAK_CALLS} calls in {seconds:.1f}s: {dict(counted)}")
         server.check_alive("the soak")
         await alive(server.stubs)
         assert set(codes) <= SOAK_CODES, counted
         assert counted["CANCELLED"] > SOAK_CALLS // 10 and counted["DEADLINE_EXCEEDED"] > 0, counted
+    assert not [line for line in server.served.log if " code=INTERNAL " in line]
     assert not (found := server.tracebacks()), "\n---\n".join(found)

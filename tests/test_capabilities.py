@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from bertserve.api import Capability, EmbedOutput, EncoderPlugin, Encoding, Head, ModelInfo, Pooling
+from bertserve.app.config import load_config
+from bertserve.app.discovery import PluginRegistry, discover_plugins
+from bertserve.app.server import BertServer
 from bertserve.capabilities import CAPABILITIES
-from bertserve.config import load_config
-from bertserve.discovery import PluginRegistry, discover_plugins
-from bertserve.edge.app import BertServer
 from bertserve.edge.servicers import UNARY
 from bertserve.plugins.bert import BertPlugin
 from bertserve_client.v1 import encoder_service_pb2, encoder_service_pb2_grpc, heads_pb2, model_service_pb2

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+from bertserve.app.server import BertServer
 from bertserve.domain import ClassifyFunction
-from bertserve.edge.app import BertServer
 from bertserve.serving.classify import scores_of, top_labels
 from bertserve_client import AsyncClient, BertserveError, Classifications, Client
 from bertserve_client._client import ClassifyFunctionName

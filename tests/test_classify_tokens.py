@@ -259,7 +259,7 @@ async def test_the_wire_default_leaves_out_o(channel: grpc.aio.Channel, client: 
 
 async def test_cli(client: AsyncClient, target: str) -> None:
     text = "Tim Peters wrote the Zen of Python in Amsterdam."
-    command = [sys.executable, "-m", "bertserve.cli", "classify-tokens", "--model", "roberta-ner", text, "Paris"]
+    command = [sys.executable, "-m", "bertserve.app.cli", "classify-tokens", "--model", "roberta-ner", text, "Paris"]
     command += ["--aggregation", "average", "--all-labels", "--target", target]
     run = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
@@ -269,7 +269,17 @@ async def test_cli(client: AsyncClient, target: str) -> None:
     )
     assert printed == [[_as_json(e) for e in entities] for entities in expected]
 
-    command = [sys.executable, "-m", "bertserve.cli", "classify-tokens", "--model", "bert", "Paris", "--target", target]
+    command = [
+        sys.executable,
+        "-m",
+        "bertserve.app.cli",
+        "classify-tokens",
+        "--model",
+        "bert",
+        "Paris",
+        "--target",
+        target,
+    ]
     run = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, timeout=120)
     assert run.returncode == 1
     assert run.stderr.startswith("bertserve: UNIMPLEMENTED: model 'bert' cannot serve ClassifyTokens")

@@ -23,7 +23,7 @@ SEED_CONTEXT = (
 
 async def bertserve(target: str, *args: str) -> subprocess.CompletedProcess[str]:
     """Run the command in a thread: the test server shares this event loop and must keep serving."""
-    command = [sys.executable, "-m", "bertserve.cli", *args, "--target", target]
+    command = [sys.executable, "-m", "bertserve.app.cli", *args, "--target", target]
     return await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, timeout=120)
 
 
@@ -74,7 +74,7 @@ async def test_errors_exit_non_zero_with_the_status(target: str) -> None:
 async def test_a_closed_pipe_ends_the_command_quietly(target: str) -> None:
     """`bertserve embed ... | head`: the reader leaves early, and the command stops without a traceback."""
     texts = [f"sentence number {i}" for i in range(64)]  # 64 x 384 numbers: far more JSON than a pipe holds
-    command = shlex.join([sys.executable, "-m", "bertserve.cli", "embed", "--model", "minilm", *texts, "--target"])
+    command = shlex.join([sys.executable, "-m", "bertserve.app.cli", "embed", "--model", "minilm", *texts, "--target"])
     command += " " + shlex.quote(target)
     run = await asyncio.to_thread(
         subprocess.run,

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from bertserve.api import Pooling
-from bertserve.config import (
+from bertserve.app.config import (
     AdminSettings,
     AuthSettings,
     ModelSettings,
@@ -20,7 +20,7 @@ from bertserve.config import (
     check_options,
     load_config,
 )
-from bertserve.discovery import discover_plugins
+from bertserve.app.discovery import discover_plugins
 from bertserve.errors import ConfigError
 from bertserve.transformers_plugin import TransformersOptions
 
@@ -217,7 +217,7 @@ def test_the_configuration_reference_documents_every_setting() -> None:
 )
 def test_serve_exits_2_on_a_bad_config(tmp_path: Path, text: str, message: str) -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "bertserve.cli", "serve", "--config", str(_write(tmp_path, text))],
+        [sys.executable, "-m", "bertserve.app.cli", "serve", "--config", str(_write(tmp_path, text))],
         capture_output=True,
         text=True,
         timeout=120,

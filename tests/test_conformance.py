@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from bertserve.discovery import discover_plugins
+from bertserve.app.discovery import discover_plugins
 from bertserve_client import AsyncClient
 
 from conftest import EMBED_MODELS, TINY

@@ -29,7 +29,7 @@ import yaml
 from containers import IMAGE, ROOT, Dockerfile, Podman, store_dir
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bertserve.config import ServerConfig, load_config
+from bertserve.app.config import ServerConfig, load_config
 from bertserve_client import Client
 
 pytestmark = [

@@ -22,9 +22,9 @@ import pytest
 import yaml
 from containers import ROOT, Dockerfile
 
-from bertserve.cli import _parser
-from bertserve.config import ServerConfig, load_config
-from bertserve.metrics import QUEUE_SEQUENCES
+from bertserve.app.cli import _parser
+from bertserve.app.config import ServerConfig, load_config
+from bertserve.observability.metrics import QUEUE_SEQUENCES
 from bertserve.runtime.threads import share_cores
 
 DEPLOY = ROOT / "deploy"

@@ -20,7 +20,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from bertserve.edge.app import BertServer
+from bertserve.app.server import BertServer
 from bertserve_client import AsyncClient
 from bertserve_client._fleet import fleet_options
 from bertserve_client.v1 import encoder_service_pb2, encoder_service_pb2_grpc

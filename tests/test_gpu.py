@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from bertserve.config import load_config
-from bertserve.edge.app import BertServer
+from bertserve.app.config import load_config
+from bertserve.app.server import BertServer
 from bertserve_client import AsyncClient
 
 from qa_reference import pipeline_answers

@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from bertserve.edge.app import BertServer
+from bertserve.app.server import BertServer
 from bertserve_client import AsyncClient, BertserveError
 
 from conftest import TINY, start_server

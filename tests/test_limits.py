@@ -14,8 +14,8 @@ import grpc
 import numpy as np
 import pytest
 
-from bertserve.config import load_config
-from bertserve.edge.app import BertServer
+from bertserve.app.config import load_config
+from bertserve.app.server import BertServer
 from bertserve.serving.batcher import MAX_RETRY_AFTER_S
 from bertserve_client import AsyncClient, BertserveError
 

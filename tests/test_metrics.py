@@ -13,7 +13,7 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bertserve.edge.app import BertServer
+from bertserve.app.server import BertServer
 from bertserve_client import AsyncClient, BertserveError, Client
 
 from conftest import NO_RETRIES, start_server

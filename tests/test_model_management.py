@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bertserve.edge.app import BertServer
+from bertserve.app.server import BertServer
 from bertserve.transformers_plugin import TransformersOptions
 from bertserve_client import AsyncClient, BertserveError
 
@@ -260,7 +260,7 @@ async def test_the_cli_loads_reloads_and_unloads(managed: BertServer, tiny_model
     target = _address(managed)
 
     async def bertserve(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "bertserve.cli", *args, "--target", target]
+        command = [sys.executable, "-m", "bertserve.app.cli", *args, "--target", target]
         return await asyncio.to_thread(
             subprocess.run, command, input=stdin, capture_output=True, text=True, timeout=120
         )

@@ -12,8 +12,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from bertserve.config import load_config
-from bertserve.edge.app import BertServer
+from bertserve.app.config import load_config
+from bertserve.app.server import BertServer
 from bertserve_client import AsyncClient, BertserveError
 
 from conftest import NO_RETRIES, TINY
@@ -158,9 +158,9 @@ async def test_a_model_whose_plugin_is_missing_is_logged_at_start(
         f"  - {{name: fine, plugin: bert, source: '{tiny_models['bert']}'}}\n"
         "  - {name: typo, plugin: nope, source: x}\n"
     )
-    with caplog.at_level(logging.ERROR, logger="bertserve.edge.app"):
+    with caplog.at_level(logging.ERROR, logger="bertserve.app.server"):
         server = BertServer(load_config(config))
-    [record] = [r for r in caplog.records if r.name == "bertserve.edge.app"]
+    [record] = [r for r in caplog.records if r.name == "bertserve.app.server"]
     assert record.getMessage().startswith("model 'typo' cannot load: no plugin 'nope' is installed; installed: [")
     assert server.router.get("typo").failure_reason.startswith("no plugin 'nope' is installed")
     await server.stop(grace=0)

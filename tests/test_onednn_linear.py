@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bertserve.edge.app import BertServer
+from bertserve.app.server import BertServer
 from bertserve.runtime import onednn_linear
 from bertserve.transformers_plugin import TransformersPlugin
 from bertserve_client import AsyncClient

@@ -15,8 +15,8 @@ import grpc
 import numpy as np
 import pytest
 
-from bertserve.config import load_config
-from bertserve.edge.app import BertServer
+from bertserve.app.config import load_config
+from bertserve.app.server import BertServer
 from bertserve_client import AsyncClient, BertserveError, Client
 
 from served import Served
@@ -120,7 +120,7 @@ async def test_one_process_refuses_a_port_in_use(server: BertServer, config_path
 
 async def test_serve_reports_a_port_in_use(server: BertServer, config_path: Path) -> None:
     for processes in ("1", "2"):
-        command = [sys.executable, "-m", "bertserve.cli", "serve", "--config", str(config_path)]
+        command = [sys.executable, "-m", "bertserve.app.cli", "serve", "--config", str(config_path)]
         run = await asyncio.to_thread(
             subprocess.run,
             [*command, "--port", str(server.port), "--processes", processes],

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from bertserve.edge.app import BertServer
+from bertserve.app.server import BertServer
 from bertserve_client import AsyncClient, BertserveError, Client
 
 from test_cli import bertserve

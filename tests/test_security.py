@@ -18,7 +18,7 @@ from certs import Pki, make_pki, subject_of
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
-from bertserve.edge.app import BertServer
+from bertserve.app.server import BertServer
 from bertserve_client import AsyncClient, BertserveError, Client, tls_credentials
 from bertserve_client.v1 import encoder_service_pb2, encoder_service_pb2_grpc, model_service_pb2, model_service_pb2_grpc
 
@@ -325,7 +325,7 @@ async def test_the_client_and_the_cli_send_the_token(secured: BertServer, pki: P
         err = await _error(anonymous.embed("no token", model="bert"))
     assert err.code is grpc.StatusCode.UNAUTHENTICATED
     assert err.message == "this server requires a token: send 'authorization: Bearer <token>'"
-    base = [sys.executable, "-m", "bertserve.cli", "tokenize", "--model", "bert", "a text"]
+    base = [sys.executable, "-m", "bertserve.app.cli", "tokenize", "--model", "bert", "a text"]
     base += ["--target", _address(secured), "--tls-ca", str(pki.ca)]
     ok = await asyncio.to_thread(
         subprocess.run, base, capture_output=True, text=True, env={**os.environ, "BERTSERVE_TOKEN": INFERENCE_TOKEN}
@@ -389,6 +389,6 @@ async def test_the_server_tells_its_version(channel: grpc.aio.Channel) -> None:
 
     reply = await model_service_pb2_grpc.ModelServiceStub(channel).ListModels(model_service_pb2.ListModelsRequest())
     assert reply.server_version == __version__
-    command = [sys.executable, "-m", "bertserve.cli", "--version"]
+    command = [sys.executable, "-m", "bertserve.app.cli", "--version"]
     shown = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True)
     assert shown.returncode == 0 and shown.stdout.strip() == f"bertserve {__version__}"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from bertserve.edge.app import BertServer
+from bertserve.app.server import BertServer
 from bertserve_client import AsyncClient
 
 from conftest import TINY

@@ -18,9 +18,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bertserve.api import EmbedOutput, Encoding, Head, Pooling
-from bertserve.config import load_config
-from bertserve.discovery import PluginRegistry, discover_plugins
-from bertserve.edge.app import BertServer
+from bertserve.app.config import load_config
+from bertserve.app.discovery import PluginRegistry, discover_plugins
+from bertserve.app.server import BertServer
 from bertserve.plugins.spanbert import SpanBertPlugin
 from bertserve.serving.batcher import FAILURES_BEFORE_UNHEALTHY
 from bertserve_client import AsyncClient, BertserveError

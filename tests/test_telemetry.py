@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from bertserve.errors import ConfigError
-from bertserve.telemetry import configure_tracing, tracing_requested
+from bertserve.observability.telemetry import configure_tracing, tracing_requested
 from bertserve_client.v1 import encoder_service_pb2, encoder_service_pb2_grpc
 
 from otlp import Collector, collecting, tracing_env

@@ -125,7 +125,7 @@ def served(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
         "HF_HUB_OFFLINE": "1",
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "bertserve.cli", "serve", "--config", str(config), "--log-level", "info"],
+        [sys.executable, "-m", "bertserve.app.cli", "serve", "--config", str(config), "--log-level", "info"],
         stderr=subprocess.PIPE,
         text=True,
         env=env,

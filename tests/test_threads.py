@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bertserve.config import load_config
+from bertserve.app.config import load_config
 from bertserve.runtime.threads import cpu_cores, share_cores
 
 

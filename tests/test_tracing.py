@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from bertserve.config import load_config
-from bertserve.discovery import PluginRegistry, discover_plugins
-from bertserve.edge.app import BertServer
+from bertserve.app.config import load_config
+from bertserve.app.discovery import PluginRegistry, discover_plugins
+from bertserve.app.server import BertServer
 from bertserve.plugins.bert import BertPlugin
 from bertserve.transformers_plugin import TransformersPlugin
 from bertserve_client import AsyncClient, BertserveError

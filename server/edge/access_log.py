@@ -15,10 +15,10 @@ from typing import Any
 
 import grpc
 
-from bertserve import metrics, request_ids
 from bertserve.edge import call_facts
 from bertserve.edge.call_facts import CallFacts
 from bertserve.edge.handlers import replace_behaviour
+from bertserve.observability import metrics, request_ids
 
 __all__ = ["AccessLog"]
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from bertserve import request_ids
+from bertserve.observability import request_ids
 
 __all__ = ["CallFacts", "current", "is_local_peer", "read"]
 

@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 
-from bertserve import __version__, metrics
+from bertserve import __version__
 from bertserve.api import ModelSpec
 from bertserve.domain import CallLimits
 from bertserve.edge import call_facts, convert
@@ -24,6 +24,7 @@ from bertserve.edge.auth import require_model
 from bertserve.edge.parsing import Unparsable
 from bertserve.edge.status import grpc_errors, internal_error, status_of
 from bertserve.errors import BertserveError, Overloaded, PreconditionFailed
+from bertserve.observability import metrics
 from bertserve.serving import classify, classify_tokens, embedding, fill_mask, qa, replaced_tokens, rerank
 from bertserve.serving.flow import Call, Flow, run_flow
 from bertserve.serving.model_host import ModelHost

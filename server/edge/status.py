@@ -14,7 +14,6 @@ from typing import Any, TypeVar
 
 import grpc
 
-from bertserve import request_ids
 from bertserve.edge import call_facts
 from bertserve.edge.parsing import Unparsable
 from bertserve.errors import (
@@ -29,6 +28,7 @@ from bertserve.errors import (
     PermissionDenied,
     PreconditionFailed,
 )
+from bertserve.observability import request_ids
 
 __all__ = [
     "RETRY_AFTER",

@@ -6,9 +6,9 @@ import gc
 import logging
 import os
 from dataclasses import replace
+from typing import Protocol, TypeVar
 
 from bertserve.api import ModelSpec
-from bertserve.config import ServerConfig
 from bertserve.errors import ConfigError
 
 __all__ = ["configure_runtime", "cpu_cores", "freeze_loaded_heap", "model_workers", "share_cores"]
@@ -24,7 +24,19 @@ def cpu_cores() -> int:
     return max(1, int(joblib.cpu_count()))
 
 
-def share_cores(config: ServerConfig, cores: int) -> ServerConfig:
+class ThreadSettings(Protocol):
+    """What share_cores reads of a configuration (a dataclass: it returns a copy with them set)."""
+
+    @property
+    def torch_threads(self) -> int: ...
+    @property
+    def models(self) -> tuple[ModelSpec, ...]: ...
+
+
+C = TypeVar("C", bound=ThreadSettings)
+
+
+def share_cores(config: C, cores: int) -> C:
     """config with its automatic thread settings (0) made concrete for one process's `cores`.
 
     On a CPU, the default is one single-threaded worker per core: passes run side by side with
@@ -36,7 +48,7 @@ def share_cores(config: ServerConfig, cores: int) -> ServerConfig:
     cpu_workers = [spec.workers for spec in config.models if spec.workers and _on_cpu(spec)]
     threads = config.torch_threads or max(1, cores // max(cpu_workers, default=cores))
     models = tuple(replace(spec, workers=model_workers(spec, threads, cores)) for spec in config.models)
-    return replace(config, torch_threads=threads, models=models)
+    return replace(config, torch_threads=threads, models=models)  # type: ignore[type-var]
 
 
 def model_workers(spec: ModelSpec, torch_threads: int, cores: int) -> int:
@@ -56,7 +68,7 @@ def _on_cpu(spec: ModelSpec) -> bool:
         return False
 
 
-def configure_runtime(config: ServerConfig) -> None:
+def configure_runtime(config: ThreadSettings) -> None:
     """Apply the thread settings before any model loads.
 
     Tokenizers' own Rust thread pool would compete with torch's intra-op threads on small

@@ -27,8 +27,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from bertserve import metrics, request_ids, telemetry
 from bertserve.errors import BertserveError, InternalFailure, InvalidRequest, ModelUnavailable, Overloaded
+from bertserve.observability import metrics, request_ids, telemetry
 from bertserve.ops import Completed, Op
 from bertserve.serving.scheduling import choose_batch, computed_tokens, pass_ms
 

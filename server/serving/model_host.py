@@ -12,7 +12,6 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from bertserve import metrics
 from bertserve.api import Capability, EncoderPlugin, Encoding, ModelInfo, ModelSpec
 from bertserve.capabilities import check_plugin, missing_message
 from bertserve.errors import (
@@ -25,6 +24,7 @@ from bertserve.errors import (
     PluginContractError,
     SourceUnavailable,
 )
+from bertserve.observability import metrics
 from bertserve.ops import Embedded, EmbedOp, HeadOp, Op
 from bertserve.serving.batcher import Batcher, BatchLimits, Completed
 

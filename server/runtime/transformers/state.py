@@ -11,10 +11,10 @@ from typing import Any, ClassVar
 import torch
 
 from bertserve.api import EncoderPlugin, ModelSpec
-from bertserve.config import parse_options
 from bertserve.errors import CapabilityNotSupported
 from bertserve.runtime import tracing
 from bertserve.runtime.thread_tokenizers import ThreadTokenizers
+from bertserve.validation import parse_options
 
 from .options import TransformersOptions
 

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 
-import pydantic
-from pydantic import BaseModel
+from bertserve.validation import OptionsT, parse_options
 
-from bertserve.errors import ConfigError
-
-from .messages import describe
 from .values import ServerConfig
 
 __all__ = ["OptionsT", "check_options", "parse_options"]
-
-OptionsT = TypeVar("OptionsT", bound=BaseModel)
 
 
 def check_options(config: ServerConfig, plugins: dict[str, Any]) -> None:
@@ -24,11 +18,3 @@ def check_options(config: ServerConfig, plugins: dict[str, Any]) -> None:
         schema = getattr(plugins.get(spec.plugin), "options_schema", None)
         if schema is not None:
             parse_options(schema, spec.options, where=f"models[{i}].options")
-
-
-def parse_options(schema: type[OptionsT], options: dict[str, Any], *, where: str) -> OptionsT:
-    """A plugin's options as its schema types them; ConfigError naming each wrong one."""
-    try:
-        return schema.model_validate(options)
-    except pydantic.ValidationError as e:
-        raise ConfigError("\n".join(describe(error, prefix=where, known=schema) for error in e.errors())) from None

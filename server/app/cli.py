@@ -174,13 +174,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from bertserve.config import check_options, load_config
-    from bertserve.discovery import discover_plugins
-    from bertserve.edge.app import BertServer
+    from bertserve.app.config import check_options, load_config
+    from bertserve.app.discovery import discover_plugins
+    from bertserve.app.server import BertServer
     from bertserve.errors import ConfigError
-    from bertserve.logs import configure_logging
+    from bertserve.observability.logs import configure_logging
+    from bertserve.observability.telemetry import configure_tracing
     from bertserve.runtime.threads import configure_runtime, cpu_cores, share_cores
-    from bertserve.telemetry import configure_tracing
 
     try:
         config = load_config(
@@ -206,7 +206,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     try:
         if config.processes > 1:
-            from bertserve.supervisor import serve_processes
+            from bertserve.app.supervisor import serve_processes
 
             return serve_processes(config)
         config = share_cores(config, cpu_cores())

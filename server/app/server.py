@@ -20,10 +20,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from opentelemetry.instrumentation.grpc.filters import negate, service_name
 
-from bertserve import telemetry
 from bertserve.api import ModelSpec
-from bertserve.config import ServerConfig, TlsConfig, parse_model_entry
-from bertserve.discovery import PluginRegistry, discover_plugins
+from bertserve.app.config import ServerConfig, TlsConfig, parse_model_entry
+from bertserve.app.discovery import PluginRegistry, discover_plugins
 from bertserve.domain import CallLimits
 from bertserve.edge.access_log import AccessLog
 from bertserve.edge.auth import ADMIN, ANY_SCOPE, INFERENCE, AuthInterceptor, LocalAdminOnly, Principal, TokenTable
@@ -34,7 +33,8 @@ from bertserve.edge.reflection import enable_reflection
 from bertserve.edge.servicers import EncoderServicer, ModelServicer
 from bertserve.edge.tls import CertificateFiles, RotatingCredentials
 from bertserve.errors import ConfigError, InvalidRequest, ModelUnavailable, PermissionDenied, quoted
-from bertserve.metrics import serve_metrics
+from bertserve.observability import telemetry
+from bertserve.observability.metrics import serve_metrics
 from bertserve.runtime.device_workers import DeviceWorkers
 from bertserve.runtime.sources import source_allowed
 from bertserve.runtime.threads import cpu_cores, freeze_loaded_heap, model_workers, share_cores
@@ -65,7 +65,7 @@ class BertServer:
     def __init__(
         self, config: ServerConfig, registry: PluginRegistry | None = None, *, share_port: bool = False
     ) -> None:
-        """share_port: bind alongside the other processes of one server (see bertserve.supervisor).
+        """share_port: bind alongside the other processes of one server (see bertserve.app.supervisor).
 
         Otherwise the port is this process's alone, and a port already taken fails to bind
         rather than silently splitting traffic with whatever holds it.

@@ -30,7 +30,7 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
 from types import FrameType
 
-from bertserve.config import ServerConfig
+from bertserve.app.config import ServerConfig
 
 __all__ = ["serve_processes"]
 
@@ -116,7 +116,7 @@ def _serve_metrics_of_all(config: ServerConfig) -> str | None:
         return None
     directory = tempfile.mkdtemp(prefix="bertserve-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
-    from bertserve.metrics import serve_metrics
+    from bertserve.observability.metrics import serve_metrics
 
     serve_metrics(config.address, config.metrics_port)
     return directory
@@ -171,10 +171,10 @@ def _reserve_port(config: ServerConfig) -> socket.socket:
 def _serve_one(config: ServerConfig, cores: int, index: int, total: int, listening: Event, supervisor: int) -> None:
     """One server process (spawned): its own logging, thread settings and event loop."""
     _end_with(supervisor)
-    from bertserve.edge.app import BertServer
-    from bertserve.logs import configure_logging
+    from bertserve.app.server import BertServer
+    from bertserve.observability.logs import configure_logging
+    from bertserve.observability.telemetry import configure_tracing
     from bertserve.runtime.threads import configure_runtime, share_cores
-    from bertserve.telemetry import configure_tracing
 
     configure_logging(config.log_level, config.log_format, process=f"[{index}/{total}] ")
     config = share_cores(config, cores)

@@ -1,15 +1,21 @@
-"""Validation errors as the configuration reports them: one line each, its path and the problem,
-such as ``models[0].max_wait_ms: expected a number, got '5'``."""
+"""Validation errors as bertserve reports them, one line each with its path and the problem (such as
+``models[0].max_wait_ms: expected a number, got '5'``), and a plugin's options checked so. Shared
+by the configuration and the plugins, which check their ``options:`` as they load.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import pydantic
 from pydantic import BaseModel
 
-from .schema import AdminSettings, AuthSettings, FileSettings, ModelSettings, ServerSettings, TlsSettings
+from bertserve.errors import ConfigError
 
-__all__ = ["describe"]
+__all__ = ["OptionsT", "describe", "parse_options"]
+
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
 
 _PHRASES = {
     "int_type": "expected a whole number",
@@ -26,15 +32,23 @@ _PHRASES = {
 }
 
 
-def describe(error: Any, *, prefix: str = "", known: type[BaseModel] | None = None, secret: bool = False) -> str:
-    """One validation error as 'path: problem, got value' (without the value where it may be a secret)."""
+def describe(
+    error: Any,
+    *,
+    prefix: str = "",
+    known: type[BaseModel] | None = None,
+    secret: bool = False,
+    schema_at: Callable[[list[Any]], type[BaseModel] | None] = lambda loc: None,
+) -> str:
+    """One validation error as 'path: problem, got value' (without the value where it may be a
+    secret). An unknown key lists the known ones: known's, or those of schema_at(the error's path)."""
     loc = list(error["loc"])
     path = prefix
     for part in loc:
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
     kind, ctx, got = error["type"], error.get("ctx") or {}, error.get("input")
     if kind == "extra_forbidden":
-        schema = known or _schema_at(loc)
+        schema = known or schema_at(loc)
         what = "option" if prefix.endswith("options") else "setting"
         return f"{path}: unknown {what}; known: {', '.join(schema.model_fields) if schema else ''}"
     if kind == "missing":
@@ -58,15 +72,9 @@ def describe(error: Any, *, prefix: str = "", known: type[BaseModel] | None = No
     return f"{path}: {problem}, got {got!r}"
 
 
-def _schema_at(loc: list[Any]) -> type[BaseModel] | None:
-    if not loc[:-1]:
-        return FileSettings
-    nested: dict[tuple[Any, ...], type[BaseModel]] = {
-        ("server", "tls"): TlsSettings,
-        ("server", "auth"): AuthSettings,
-        ("server", "admin"): AdminSettings,
-    }
-    if tuple(loc[:2]) in nested and len(loc) == 3:
-        return nested[tuple(loc[:2])]
-    schemas: dict[str, type[BaseModel]] = {"server": ServerSettings, "models": ModelSettings}
-    return schemas.get(loc[0])
+def parse_options(schema: type[OptionsT], options: dict[str, Any], *, where: str) -> OptionsT:
+    """A plugin's options as its schema types them; ConfigError naming each wrong one."""
+    try:
+        return schema.model_validate(options)
+    except pydantic.ValidationError as e:
+        raise ConfigError("\n".join(describe(error, prefix=where, known=schema) for error in e.errors())) from None
