@@ -69,6 +69,7 @@ class Capability(enum.Enum):
 
     TOKENIZE = "tokenize"
     EMBED = "embed"
+    SIMILARITY = "similarity"
     ANSWER = "answer"
     FILL_MASK = "fill_mask"
     DETECT_REPLACED_TOKENS = "detect_replaced_tokens"

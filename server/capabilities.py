@@ -78,6 +78,7 @@ CAPABILITIES: dict[Capability, CapabilityRow] = {
             ("tokens_to_string",),
             8,
         ),
+        CapabilityRow(Capability.SIMILARITY, "Similarity", "an encoder", None, ("embed",), 9),
     )
 }
 

@@ -35,6 +35,8 @@ __all__ = [
     "ReplacedTokensResult",
     "RerankQuery",
     "RerankResult",
+    "SimilarityQuery",
+    "SimilarityResult",
     "TokenProbability",
     "TokenizeQuery",
     "Usage",
@@ -313,4 +315,19 @@ class Entity:
 class ClassifyTokensResult:
     model: str
     entities: list[list[Entity]]  # per input, in text order
+    usage: Usage
+
+
+@dataclass(frozen=True)
+class SimilarityQuery:
+    model: str
+    source_sentence: str
+    sentences: list[str]
+    truncate: bool = False
+
+
+@dataclass(frozen=True)
+class SimilarityResult:
+    model: str
+    scores: list[float]  # per sentence, in request order
     usage: Usage

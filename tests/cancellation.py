@@ -141,6 +141,13 @@ ENCODER_RPCS = (
         lambda: heads_pb2.ClassifyTokensRequest(model="ner", inputs=["the fox jumps"]),
         lambda: heads_pb2.ClassifyTokensRequest(model="ner", inputs=[LONG] * 48, truncate=True),
     ),
+    Rpc(
+        "Similarity",
+        lambda: heads_pb2.SimilarityRequest(model="minilm", source_sentence="a fox", sentences=["the fox jumps"]),
+        lambda: heads_pb2.SimilarityRequest(
+            model="minilm", source_sentence="a fox", sentences=[LONG] * 48, truncate=True
+        ),
+    ),
 )
 
 

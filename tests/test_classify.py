@@ -160,7 +160,8 @@ async def test_a_model_without_the_head_is_unimplemented(client: AsyncClient) ->
     err = await _error(client.classify("hello", model="bert"))
     assert err.code is grpc.StatusCode.UNIMPLEMENTED
     assert err.message == (
-        "model 'bert' cannot serve Classify: that needs a sequence-classification head; it serves Tokenize, Embed"
+        "model 'bert' cannot serve Classify: that needs a sequence-classification head; "
+        "it serves Tokenize, Embed, Similarity"
     )
 
 

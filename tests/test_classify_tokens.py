@@ -219,7 +219,8 @@ async def test_a_model_without_the_head_is_unimplemented(client: AsyncClient) ->
         await client.classify_tokens("Paris is a city", model="bert")
     assert missing.value.code == grpc.StatusCode.UNIMPLEMENTED
     assert missing.value.message == (
-        "model 'bert' cannot serve ClassifyTokens: that needs a token-classification head; it serves Tokenize, Embed"
+        "model 'bert' cannot serve ClassifyTokens: that needs a token-classification head; "
+        "it serves Tokenize, Embed, Similarity"
     )
 
 

@@ -67,7 +67,7 @@ async def test_answer_without_qa_head_is_unimplemented(client: AsyncClient) -> N
     assert err.code is grpc.StatusCode.UNIMPLEMENTED
     assert err.message == (
         "model 'bert' cannot serve Answer: that needs a question-answering head (a checkpoint fine-tuned for QA); "
-        "it serves Tokenize, Embed"
+        "it serves Tokenize, Embed, Similarity"
     )
 
 

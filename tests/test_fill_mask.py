@@ -187,12 +187,13 @@ async def test_errors(client: AsyncClient) -> None:
         await client.fill_mask("the [MASK].", model="bert-mlm", targets=[])
     assert await error("the [MASK].", model="bert") == (
         grpc.StatusCode.UNIMPLEMENTED,
-        "model 'bert' cannot serve FillMask: that needs a masked-language-model head; it serves Tokenize, Embed",
+        "model 'bert' cannot serve FillMask: that needs a masked-language-model head; "
+        "it serves Tokenize, Embed, Similarity",
     )
     assert await error("the [MASK].", model="electra-discriminator") == (
         grpc.StatusCode.UNIMPLEMENTED,
         "model 'electra-discriminator' cannot serve FillMask: that needs a masked-language-model head; "
-        "it serves Tokenize, Embed, DetectReplacedTokens",
+        "it serves Tokenize, Embed, Similarity, DetectReplacedTokens",
     )
 
 

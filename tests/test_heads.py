@@ -38,7 +38,7 @@ HEADS = {
 async def test_each_model_offers_the_head_its_checkpoint_carries(client: AsyncClient) -> None:
     models = {m.name: m for m in await client.models()}
     for name, heads in HEADS.items():
-        assert sorted(models[name].capabilities) == sorted(["tokenize", "embed", *heads]), name
+        assert sorted(models[name].capabilities) == sorted(["tokenize", "embed", "similarity", *heads]), name
     assert models["bert-nli"].labels == ["entailment", "neutral", "contradiction"]
     assert models["bert-ner"].labels[:3] == ["O", "B-PER", "I-PER"]
     assert models["bert-mlm"].labels == []
@@ -76,12 +76,13 @@ async def test_a_head_missing_from_the_weights_is_not_offered(tiny_models: dict[
     server: BertServer = await start_server(path)
     try:
         async with AsyncClient(f"127.0.0.1:{server.port}") as client:
-            assert sorted((await client.model("claims")).capabilities) == ["embed", "tokenize"]
+            assert sorted((await client.model("claims")).capabilities) == ["embed", "similarity", "tokenize"]
             with pytest.raises(BertserveError) as info:
                 await client.fill_mask("Paris is the [MASK] of France.", model="claims")
         assert info.value.code is grpc.StatusCode.UNIMPLEMENTED
         assert info.value.message == (
-            "model 'claims' cannot serve FillMask: that needs a masked-language-model head; it serves Tokenize, Embed"
+            "model 'claims' cannot serve FillMask: that needs a masked-language-model head; "
+            "it serves Tokenize, Embed, Similarity"
         )
     finally:
         await server.stop(grace=1)

@@ -28,7 +28,7 @@ async def test_list_models_reports_state_placement_and_capabilities(client: Asyn
     assert minilm.hidden_size == 384
     assert minilm.max_input_tokens == 256  # sentence-transformers' max_seq_length for this checkpoint
     assert minilm.default_pooling == "mean"
-    assert set(minilm.capabilities) == {"tokenize", "embed"}
+    assert set(minilm.capabilities) == {"tokenize", "embed", "similarity"}
     for name in TINY:
         assert models[name].state == "ready", models[name].failure_reason
     assert "answer" in models["spanbert-qa"].capabilities

@@ -43,7 +43,7 @@ def two_processes(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPat
 
 
 async def test_two_processes_share_one_port_and_both_serve(two_processes: Served) -> None:
-    assert len(two_processes.wait_for(r"\[[12]/2\] bertserve\.edge\.app: bertserve listening", count=2)) == 2
+    assert len(two_processes.wait_for(r"\[[12]/2\] bertserve\.app\.server: bertserve listening", count=2)) == 2
     assert "1 cores each" in two_processes.wait_for(r"2 server processes")[0]  # 2 cores here, one per process
     threads = two_processes.wait_for(r"threads: torch intra-op", count=2)
     assert all("torch intra-op 1 per worker; workers bert 1;" in line for line in threads), threads

@@ -170,13 +170,13 @@ async def test_errors(client: AsyncClient) -> None:
     assert await error("a text", model="bert") == (
         grpc.StatusCode.UNIMPLEMENTED,
         "model 'bert' cannot serve DetectReplacedTokens: that needs ELECTRA's discriminator head; "
-        "it serves Tokenize, Embed",
+        "it serves Tokenize, Embed, Similarity",
     )
     # A generator is ELECTRA too, but a masked-language model: it has no discriminator head.
     assert await error("a text", model="electra-generator") == (
         grpc.StatusCode.UNIMPLEMENTED,
         "model 'electra-generator' cannot serve DetectReplacedTokens: that needs ELECTRA's discriminator head; "
-        "it serves Tokenize, Embed, FillMask",
+        "it serves Tokenize, Embed, Similarity, FillMask",
     )
 
 

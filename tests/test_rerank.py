@@ -138,13 +138,13 @@ async def test_models_without_a_cross_encoder_are_unimplemented(client: AsyncCli
     assert err.code is grpc.StatusCode.UNIMPLEMENTED
     assert err.message == (
         "model 'bert-nli' cannot serve Rerank: that needs a cross-encoder head (sequence classification with one "
-        "label); it serves Tokenize, Embed, Classify"
+        "label); it serves Tokenize, Embed, Similarity, Classify"
     )
     err = await _error(client.rerank(QUERY, DOCUMENTS, model="bert"))
     assert err.code is grpc.StatusCode.UNIMPLEMENTED
     assert err.message == (
         "model 'bert' cannot serve Rerank: that needs a cross-encoder head (sequence classification with one "
-        "label); it serves Tokenize, Embed"
+        "label); it serves Tokenize, Embed, Similarity"
     )
 
 

@@ -32,6 +32,7 @@ from bertserve_client._convert import (
     parse_model_reply,
     parse_models,
     parse_rerank,
+    parse_similarity,
     parse_tokenize,
     parse_unloaded,
     pooling_pb,
@@ -45,6 +46,7 @@ from bertserve_client._types import (
     ModelInfo,
     ReplacedTokensResults,
     RerankResult,
+    Similarities,
     Tokenization,
     Unloaded,
 )
@@ -246,6 +248,24 @@ def rerank(
         raw_scores=raw_scores,
     )
     return Call("Rerank", request, parse_rerank, timeout)
+
+
+def similarity(
+    source_sentence: str,
+    sentences: str | Sequence[str],
+    *,
+    model: str = "",
+    truncate: bool = False,
+    timeout: Timeout = DEFAULT,
+) -> Call[Similarities]:
+    """Score each sentence against the source sentence: the cosine similarity of their embeddings
+    (any embedding model, pooled as the model pools by default), one float per sentence in
+    request order. `truncate` cuts a sentence over the model's limit instead of refusing the call.
+    """
+    request = heads_pb2.SimilarityRequest(
+        model=model, source_sentence=source_sentence, sentences=as_list(sentences), truncate=truncate
+    )
+    return Call("Similarity", request, parse_similarity, timeout)
 
 
 def classify_tokens(

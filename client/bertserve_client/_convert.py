@@ -29,6 +29,7 @@ from bertserve_client._types import (
     ReplacedTokens,
     ReplacedTokensResults,
     RerankResult,
+    Similarities,
     Tokenization,
     TokenProbability,
     Unloaded,
@@ -202,6 +203,10 @@ def parse_classify_tokens(pb: heads_pb2.ClassifyTokensResponse) -> Entities:
 
 def _candidate(pb: heads_pb2.MaskCandidate) -> MaskCandidate:
     return MaskCandidate(token=pb.token, token_id=pb.token_id, score=pb.score, sequence=pb.sequence)
+
+
+def parse_similarity(pb: heads_pb2.SimilarityResponse) -> Similarities:
+    return _batch(Similarities, pb.scores, pb)
 
 
 def parse_fill_mask(pb: heads_pb2.FillMaskResponse) -> FillMaskResults:

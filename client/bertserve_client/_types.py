@@ -141,6 +141,11 @@ class MaskCandidate:
     """The input with this token in the mask, decoded as transformers' fill-mask pipeline does."""
 
 
+class Similarities(Batch[float]):
+    """Per sentence, in request order, its cosine similarity with the source sentence (-1 to 1);
+    a plain list of floats, with `model` and `usage` as attributes."""
+
+
 class FillMaskResults(Batch[list[list[MaskCandidate]]]):
     """Per input, per mask (in text order), the candidates best first; a plain list of lists of
     lists, with `model` and `usage` as attributes."""

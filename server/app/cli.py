@@ -1,22 +1,18 @@
 """The ``bertserve`` command: ``serve`` runs the server; ``embed``, ``tokenize``, ``answer``,
-``fill-mask``, ``detect-replaced``, ``classify``, ``rerank``, ``classify-tokens``, ``models`` and
-``health`` call a running one, for quick use from a shell, and ``load``, ``unload`` and ``reload``
+``fill-mask``, ``detect-replaced``, ``classify``, ``rerank``, ``similarity``, ``classify-tokens``,
+``models`` and ``health`` call a running one, for quick use from a shell, and ``load``, ``unload`` and ``reload``
 change its models while it runs."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
-import signal
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from bertserve import __version__
+from bertserve.app import commands as client_commands
 
 __all__ = ["main"]
 
@@ -63,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     embed.add_argument("--pooling", choices=("cls", "mean", "pooler"))
     embed.add_argument("--normalize", action="store_true")
     embed.add_argument("--truncate", action="store_true")
-    embed.set_defaults(run=_embed)
+    embed.set_defaults(run=client_commands.embed)
 
     tokenize = client_command("tokenize", help="tokenize texts and print tokens, ids and offsets as JSON")
     tokenize.add_argument("texts", nargs="+")
@@ -71,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     tokenize.add_argument("--no-special-tokens", action="store_true")
     tokenize.add_argument("--truncate", action="store_true", help="cut to --max-length (default: the model's limit)")
     tokenize.add_argument("--max-length", type=int, help="with --truncate: the most tokens, special tokens included")
-    tokenize.set_defaults(run=_tokenize)
+    tokenize.set_defaults(run=client_commands.tokenize)
 
     answer = client_command("answer", help="answer a question from a context and print the answers as JSON")
     answer.add_argument("--question", required=True)
@@ -89,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="list each distinct span once instead of adding up answers with the same text",
     )
-    answer.set_defaults(run=_answer)
+    answer.set_defaults(run=client_commands.answer)
 
     classify = client_command("classify", help="classify texts (or text pairs) and print their labels as JSON")
     classify.add_argument("texts", nargs="+")
@@ -99,14 +95,22 @@ def _parser() -> argparse.ArgumentParser:
         "--function", choices=("softmax", "sigmoid", "none"), help="logits to scores (default: as the model says)"
     )
     classify.add_argument("--truncate", action="store_true")
-    classify.set_defaults(run=_classify)
+    classify.set_defaults(run=client_commands.classify)
 
     rerank = client_command("rerank", help="score documents against a query and print them, ranked, as JSON")
     rerank.add_argument("--query", required=True)
     rerank.add_argument("documents", nargs="+")
     rerank.add_argument("--truncate", action="store_true", help="cut (query, document) pairs over the model's limit")
     rerank.add_argument("--raw-scores", action="store_true", help="the logits instead of their sigmoid")
-    rerank.set_defaults(run=_rerank)
+    rerank.set_defaults(run=client_commands.rerank)
+
+    similarity = client_command(
+        "similarity", help="score sentences against a source sentence and print the scores as JSON"
+    )
+    similarity.add_argument("--source", required=True, help="the sentence the others are compared with")
+    similarity.add_argument("sentences", nargs="+")
+    similarity.add_argument("--truncate", action="store_true", help="cut sentences over the model's limit")
+    similarity.set_defaults(run=client_commands.similarity)
 
     ner = client_command("classify-tokens", help="find the entities of texts (NER) and print them as JSON")
     ner.add_argument("texts", nargs="+")
@@ -122,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     labels.add_argument("--all-labels", action="store_true", help="leave no label out, O included")
     ner.add_argument("--truncate", action="store_true")
-    ner.set_defaults(run=_classify_tokens)
+    ner.set_defaults(run=client_commands.classify_tokens)
 
     fill = client_command("fill-mask", help="predict the tokens at each [MASK] of texts and print them as JSON")
     fill.add_argument("texts", nargs="+", help="texts with [MASK] (or the model's own mask token) in them")
@@ -136,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
         help="consider only this token (the pipeline's targets), once per token",
     )
     fill.add_argument("--truncate", action="store_true")
-    fill.set_defaults(run=_fill_mask)
+    fill.set_defaults(run=client_commands.fill_mask)
 
     replaced = client_command(
         "detect-replaced", help="the probability that each token was replaced (ELECTRA's discriminator), as JSON"
@@ -144,43 +148,43 @@ def _parser() -> argparse.ArgumentParser:
     replaced.add_argument("texts", nargs="+")
     replaced.add_argument("--words", action="store_true", help="also each word's probability: its tokens' highest")
     replaced.add_argument("--truncate", action="store_true")
-    replaced.set_defaults(run=_detect_replaced)
+    replaced.set_defaults(run=client_commands.detect_replaced)
 
     models = client_command("models", help="list the server's models as JSON")
-    models.set_defaults(run=_models)
+    models.set_defaults(run=client_commands.models)
 
     entry_help = "the model entry as YAML or JSON, as in the config's models list ('-': read it from stdin)"
     load = client_command("load", help="add a model to the running server, once ready", model=False, timeout=900)
     load.add_argument("entry", help=f"{entry_help}, e.g. '{{name: m, plugin: bert, source: ./m}}'")
-    load.set_defaults(run=_load)
+    load.set_defaults(run=client_commands.load)
 
     unload = client_command("unload", help="remove a model once its calls in flight finish", model=False)
     unload.add_argument("name")
-    unload.set_defaults(run=_unload)
+    unload.set_defaults(run=client_commands.unload)
 
     reload = client_command(
         "reload", help="load a model again; the old one serves until the new one is ready", model=False, timeout=900
     )
     reload.add_argument("name")
     reload.add_argument("--entry", help=f"a new entry with the same name: {entry_help}")
-    reload.set_defaults(run=_reload)
+    reload.set_defaults(run=client_commands.reload)
 
     health = client_command(
         "health", help="check grpc.health.v1: exit 0 when SERVING (a container's health check)", model=False, timeout=5
     )
     health.add_argument("--service", default="", help="a model's name, or empty for the whole server (the default)")
-    health.set_defaults(run=_health)
+    health.set_defaults(run=client_commands.health)
     return parser
 
 
 def _serve(args: argparse.Namespace) -> int:
     from bertserve.app.config import check_options, load_config
     from bertserve.app.discovery import discover_plugins
-    from bertserve.app.server import BertServer
+    from bertserve.app.server import serve_one_process
     from bertserve.errors import ConfigError
     from bertserve.observability.logs import configure_logging
     from bertserve.observability.telemetry import configure_tracing
-    from bertserve.runtime.threads import configure_runtime, cpu_cores, share_cores
+    from bertserve.runtime.threads import cpu_cores
 
     try:
         config = load_config(
@@ -209,218 +213,11 @@ def _serve(args: argparse.Namespace) -> int:
             from bertserve.app.supervisor import serve_processes
 
             return serve_processes(config)
-        config = share_cores(config, cpu_cores())
-        configure_runtime(config)
-        asyncio.run(BertServer(config, registry).serve_forever())
+        serve_one_process(config, cpu_cores(), registry)
     except OSError as e:
         print(f"bertserve: {e}", file=sys.stderr)
         return 1
     return 0
-
-
-def _client(args: argparse.Namespace) -> Any:
-    from bertserve_client import Client, tls_credentials
-
-    credentials = None
-    if args.tls or args.tls_ca or args.tls_cert or args.tls_key:
-        try:
-            credentials = tls_credentials(args.tls_ca, args.tls_cert, args.tls_key)
-        except (ValueError, OSError) as e:
-            print(f"bertserve: {e}", file=sys.stderr)
-            raise SystemExit(2) from None
-    return Client(args.target, timeout=args.timeout, credentials=credentials, token=args.token)
-
-
-def _print(value: Any) -> int:
-    try:
-        print(json.dumps(value, indent=2, ensure_ascii=False), flush=True)
-    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as a pipe's writer does
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
-        return 128 + signal.SIGPIPE
-    return 0
-
-
-def _call(fn: Any) -> int:
-    from bertserve_client import BertserveError
-
-    try:
-        return _print(fn())
-    except BertserveError as e:
-        print(f"bertserve: {e}", file=sys.stderr)
-        return 1
-
-
-def _embed(args: argparse.Namespace) -> int:
-    def run() -> Any:
-        with _client(args) as client:
-            result = client.embed(
-                args.texts, model=args.model, pooling=args.pooling, normalize=args.normalize, truncate=args.truncate
-            )
-        return {
-            "model": result.model,
-            "embeddings": result.embeddings.tolist(),
-            "token_counts": result.token_counts,
-            "truncated_indices": result.truncated_indices,
-        }
-
-    return _call(run)
-
-
-def _tokenize(args: argparse.Namespace) -> int:
-    def run() -> Any:
-        with _client(args) as client:
-            tokenizations = client.tokenize(
-                args.texts,
-                pairs=args.pair,
-                model=args.model,
-                add_special_tokens=not args.no_special_tokens,
-                truncate=args.truncate,
-                max_length=args.max_length,
-            )
-        return [asdict(t) for t in tokenizations]
-
-    return _call(run)
-
-
-def _answer(args: argparse.Namespace) -> int:
-    if args.context_file is not None:
-        context = sys.stdin.read() if str(args.context_file) == "-" else args.context_file.read_text(encoding="utf-8")
-    else:
-        context = args.context
-
-    def run() -> Any:
-        with _client(args) as client:
-            answers = client.answer(
-                (args.question, context),
-                model=args.model,
-                top_k=args.top_k,
-                handle_impossible_answer=args.handle_impossible_answer,
-                max_seq_len=args.max_seq_len,
-                doc_stride=args.doc_stride,
-                merge_same_text=args.merge_same_text,
-            )
-        return [asdict(a) for a in answers[0]]
-
-    return _call(run)
-
-
-def _classify(args: argparse.Namespace) -> int:
-    def run() -> Any:
-        with _client(args) as client:
-            results = client.classify(
-                args.texts,
-                pairs=args.pair,
-                model=args.model,
-                top_k=args.top_k,
-                function=args.function,
-                truncate=args.truncate,
-            )
-        return [[asdict(label) for label in labels] for labels in results]
-
-    return _call(run)
-
-
-def _rerank(args: argparse.Namespace) -> int:
-    def run() -> Any:
-        with _client(args) as client:
-            result = client.rerank(
-                args.query, args.documents, model=args.model, truncate=args.truncate, raw_scores=args.raw_scores
-            )
-        # Best first, each with its text: what a shell user wants to read.
-        return [{**asdict(result.documents[i]), "text": args.documents[i]} for i in result.ranking]
-
-    return _call(run)
-
-
-def _classify_tokens(args: argparse.Namespace) -> int:
-    def run() -> Any:
-        with _client(args) as client:
-            results = client.classify_tokens(
-                args.texts,
-                model=args.model,
-                aggregation=args.aggregation,
-                ignore_labels=[] if args.all_labels else args.ignore_label,
-                truncate=args.truncate,
-            )
-        return [[asdict(entity) for entity in entities] for entities in results]
-
-    return _call(run)
-
-
-def _fill_mask(args: argparse.Namespace) -> int:
-    def run() -> Any:
-        with _client(args) as client:
-            results = client.fill_mask(
-                args.texts, model=args.model, top_k=args.top_k, targets=args.targets, truncate=args.truncate
-            )
-        return [[[asdict(c) for c in mask] for mask in masks] for masks in results]
-
-    return _call(run)
-
-
-def _detect_replaced(args: argparse.Namespace) -> int:
-    def run() -> Any:
-        with _client(args) as client:
-            results = client.detect_replaced_tokens(
-                args.texts, model=args.model, aggregate_words=args.words, truncate=args.truncate
-            )
-        return [asdict(r) for r in results]
-
-    return _call(run)
-
-
-def _models(args: argparse.Namespace) -> int:
-    def run() -> Any:
-        with _client(args) as client:
-            return [asdict(m) for m in client.models()]
-
-    return _call(run)
-
-
-def _health(args: argparse.Namespace) -> int:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    with _client(args) as client:
-        stub = health_pb2_grpc.HealthStub(client.channel)
-        try:
-            reply = stub.Check(
-                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout, metadata=client.metadata
-            )
-        except grpc.RpcError as e:
-            print(f"bertserve: {e.code().name}: {e.details()}", file=sys.stderr)  # type: ignore[attr-defined]
-            return 1
-    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-    print(status)
-    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
-
-
-def _entry(text: str) -> str:
-    return sys.stdin.read() if text == "-" else text
-
-
-def _load(args: argparse.Namespace) -> int:
-    def run() -> Any:
-        with _client(args) as client:
-            return asdict(client.load_model(_entry(args.entry)))
-
-    return _call(run)
-
-
-def _unload(args: argparse.Namespace) -> int:
-    def run() -> Any:
-        with _client(args) as client:
-            return asdict(client.unload_model(args.name))
-
-    return _call(run)
-
-
-def _reload(args: argparse.Namespace) -> int:
-    def run() -> Any:
-        with _client(args) as client:
-            return asdict(client.reload_model(args.name, _entry(args.entry) if args.entry else None))
-
-    return _call(run)
 
 
 if __name__ == "__main__":

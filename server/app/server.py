@@ -37,7 +37,7 @@ from bertserve.observability import telemetry
 from bertserve.observability.metrics import serve_metrics
 from bertserve.runtime.device_workers import DeviceWorkers
 from bertserve.runtime.sources import source_allowed
-from bertserve.runtime.threads import cpu_cores, freeze_loaded_heap, model_workers, share_cores
+from bertserve.runtime.threads import configure_runtime, cpu_cores, freeze_loaded_heap, model_workers, share_cores
 from bertserve.serving.model_host import ModelHost
 from bertserve.serving.model_manager import ModelManager
 from bertserve.serving.router import Router
@@ -366,3 +366,18 @@ def _is_loopback(address: str) -> bool:
 
 def _health_status(serving: bool) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
     return health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def serve_one_process(
+    config: ServerConfig,
+    cores: int,
+    registry: PluginRegistry | None = None,
+    *,
+    share_port: bool = False,
+    on_listening: Callable[[], None] = lambda: None,
+) -> None:
+    """Run one server process until it is stopped: its threads shared out over cores, the runtime
+    set up, then the server (the command's one process, or one of the supervisor's)."""
+    config = share_cores(config, cores)
+    configure_runtime(config)
+    asyncio.run(BertServer(config, registry, share_port=share_port).serve_forever(on_listening=on_listening))

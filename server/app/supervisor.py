@@ -12,7 +12,6 @@ restarts a server that dies after it started, and passes SIGTERM and SIGINT on.
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import logging
 import multiprocessing
@@ -171,16 +170,13 @@ def _reserve_port(config: ServerConfig) -> socket.socket:
 def _serve_one(config: ServerConfig, cores: int, index: int, total: int, listening: Event, supervisor: int) -> None:
     """One server process (spawned): its own logging, thread settings and event loop."""
     _end_with(supervisor)
-    from bertserve.app.server import BertServer
+    from bertserve.app.server import serve_one_process
     from bertserve.observability.logs import configure_logging
     from bertserve.observability.telemetry import configure_tracing
-    from bertserve.runtime.threads import configure_runtime, share_cores
 
     configure_logging(config.log_level, config.log_format, process=f"[{index}/{total}] ")
-    config = share_cores(config, cores)
-    configure_runtime(config)
     configure_tracing()
-    asyncio.run(BertServer(config, share_port=True).serve_forever(on_listening=listening.set))
+    serve_one_process(config, cores, share_port=True, on_listening=listening.set)
 
 
 def _end_with(supervisor: int) -> None:

@@ -1,7 +1,7 @@
 """The gRPC servicers: thin translations between protobuf and the domain flows.
 
-The encoder service's unary RPCs are a table (UNARY): each row decodes the request, runs its flow
-within the server's limit on calls in flight, and encodes the result. EmbedStream and the model
+The encoder service's unary RPCs are a table (UNARY): each row's codec decodes the request, its
+flow runs within the server's limit on calls in flight, and the codec encodes the result. EmbedStream and the model
 service are written out.
 """
 
@@ -19,13 +19,13 @@ import grpc
 from bertserve import __version__
 from bertserve.api import ModelSpec
 from bertserve.domain import CallLimits
-from bertserve.edge import call_facts, convert
+from bertserve.edge import call_facts, codecs
 from bertserve.edge.auth import require_model
 from bertserve.edge.parsing import Unparsable
 from bertserve.edge.status import grpc_errors, internal_error, status_of
 from bertserve.errors import BertserveError, Overloaded, PreconditionFailed
 from bertserve.observability import metrics
-from bertserve.serving import classify, classify_tokens, embedding, fill_mask, qa, replaced_tokens, rerank
+from bertserve.serving import classify, classify_tokens, embedding, fill_mask, qa, replaced_tokens, rerank, similarity
 from bertserve.serving.flow import Call, Flow, run_flow
 from bertserve.serving.model_host import ModelHost
 from bertserve.serving.model_manager import ModelManager
@@ -124,7 +124,7 @@ class EncoderServicer(encoder_service_pb2_grpc.EncoderServiceServicer):
             return encoder_service_pb2.EmbedStreamResponse(error=error)
         try:
             call = Call(deadline, self._limits.max_reply_bytes)
-            result = await run_flow(self._router, embedding.EMBED, convert.embed_query(item.request), call)
+            result = await run_flow(self._router, embedding.EMBED, codecs.EMBED.decode(item.request), call)
         except BertserveError as e:
             error = encoder_service_pb2.ItemError(code=status_of(e).value[0], message=str(e))
             return encoder_service_pb2.EmbedStreamResponse(error=error)
@@ -133,35 +133,28 @@ class EncoderServicer(encoder_service_pb2_grpc.EncoderServiceServicer):
                 code=grpc.StatusCode.INTERNAL.value[0], message=internal_error("EmbedStream")
             )
             return encoder_service_pb2.EmbedStreamResponse(error=error)
-        return encoder_service_pb2.EmbedStreamResponse(response=convert.embed_response(result))
+        return encoder_service_pb2.EmbedStreamResponse(response=codecs.EMBED.encode(result))
 
 
 @dataclass(frozen=True)
 class Unary(Generic[Req, Q, T, Resp]):
-    """A unary RPC of the encoder service: its request decoded into a query, the flow that serves
-    it, and the flow's result encoded as the reply (the codec pairs live in bertserve.edge.convert)."""
+    """A unary RPC of the encoder service: its codec and the flow that serves it."""
 
-    decode: Callable[[Req], Q]
+    codec: codecs.Codec[Req, Q, T, Resp]
     flow: Flow[Q, T]
-    encode: Callable[[T], Resp]
 
 
 #: The encoder service's unary RPCs. A new head's RPC is one row here.
 UNARY: dict[str, Unary[Any, Any, Any, Any]] = {
-    "Embed": Unary(convert.embed_query, embedding.EMBED, convert.embed_response),
-    "Tokenize": Unary(convert.tokenize_query, embedding.TOKENIZE, convert.tokenize_response),
-    "Answer": Unary(convert.answer_query, qa.ANSWER, convert.answer_response),
-    "Classify": Unary(convert.classify_query, classify.CLASSIFY, convert.classify_response),
-    "Rerank": Unary(convert.rerank_query, rerank.RERANK, convert.rerank_response),
-    "FillMask": Unary(convert.fill_mask_query, fill_mask.FILL_MASK, convert.fill_mask_response),
-    "DetectReplacedTokens": Unary(
-        convert.detect_replaced_tokens_query,
-        replaced_tokens.DETECT_REPLACED_TOKENS,
-        convert.detect_replaced_tokens_response,
-    ),
-    "ClassifyTokens": Unary(
-        convert.classify_tokens_query, classify_tokens.CLASSIFY_TOKENS, convert.classify_tokens_response
-    ),
+    "Embed": Unary(codecs.EMBED, embedding.EMBED),
+    "Tokenize": Unary(codecs.TOKENIZE, embedding.TOKENIZE),
+    "Answer": Unary(codecs.ANSWER, qa.ANSWER),
+    "Classify": Unary(codecs.CLASSIFY, classify.CLASSIFY),
+    "Rerank": Unary(codecs.RERANK, rerank.RERANK),
+    "FillMask": Unary(codecs.FILL_MASK, fill_mask.FILL_MASK),
+    "DetectReplacedTokens": Unary(codecs.DETECT_REPLACED_TOKENS, replaced_tokens.DETECT_REPLACED_TOKENS),
+    "ClassifyTokens": Unary(codecs.CLASSIFY_TOKENS, classify_tokens.CLASSIFY_TOKENS),
+    "Similarity": Unary(codecs.SIMILARITY, similarity.SIMILARITY),
 }
 
 
@@ -169,7 +162,7 @@ def _unary_method(name: str, rpc: Unary[Any, Any, Any, Any]) -> Callable[..., Aw
     async def method(self: EncoderServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
         with self._slot(request.model):
             call = Call(deadline_of(context), self._limits.max_reply_bytes)
-            return rpc.encode(await run_flow(self._router, rpc.flow, rpc.decode(request), call))
+            return rpc.codec.encode(await run_flow(self._router, rpc.flow, rpc.codec.decode(request), call))
 
     method.__name__ = method.__qualname__ = name
     return grpc_errors(method)
@@ -191,7 +184,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     ) -> model_service_pb2.ListModelsResponse:
         default = self._router.default_model
         return model_service_pb2.ListModelsResponse(
-            models=[convert.model_proto(h, is_default=h.name == default) for h in self._router],
+            models=[codecs.model_proto(h, is_default=h.name == default) for h in self._router],
             server_version=__version__,
         )
 
@@ -228,7 +221,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         return model_service_pb2.ReloadModelResponse(model=self._model(host))
 
     def _model(self, host: ModelHost) -> model_service_pb2.Model:
-        return convert.model_proto(host, is_default=host.name == self._router.default_model)
+        return codecs.model_proto(host, is_default=host.name == self._router.default_model)
 
     def _management(self, rpc: str) -> ModelManager:
         if self._manager is None:

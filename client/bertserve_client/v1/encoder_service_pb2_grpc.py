@@ -29,7 +29,7 @@ if _version_not_supported:
 class EncoderServiceStub:
     """EncoderService runs BERT-family encoders: embeddings, tokenization, and the heads their
     checkpoints carry (extractive question answering, masked-language modelling, replaced-token
-    detection, sequence and token classification, reranking). A head the model lacks answers
+    detection, sequence and token classification, reranking), and sentence similarity. A head the model lacks answers
     UNIMPLEMENTED, naming the heads it has.
     """
 
@@ -84,12 +84,17 @@ class EncoderServiceStub:
                 request_serializer=bertserve_dot_v1_dot_heads__pb2.ClassifyTokensRequest.SerializeToString,
                 response_deserializer=bertserve_dot_v1_dot_heads__pb2.ClassifyTokensResponse.FromString,
                 _registered_method=True)
+        self.Similarity = channel.unary_unary(
+                '/bertserve.v1.EncoderService/Similarity',
+                request_serializer=bertserve_dot_v1_dot_heads__pb2.SimilarityRequest.SerializeToString,
+                response_deserializer=bertserve_dot_v1_dot_heads__pb2.SimilarityResponse.FromString,
+                _registered_method=True)
 
 
 class EncoderServiceServicer:
     """EncoderService runs BERT-family encoders: embeddings, tokenization, and the heads their
     checkpoints carry (extractive question answering, masked-language modelling, replaced-token
-    detection, sequence and token classification, reranking). A head the model lacks answers
+    detection, sequence and token classification, reranking), and sentence similarity. A head the model lacks answers
     UNIMPLEMENTED, naming the heads it has.
     """
 
@@ -157,6 +162,14 @@ class EncoderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Similarity(self, request, context):
+        """Similarity scores sentences against a source sentence: the cosine similarity of their
+        embeddings (any embedding model).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EncoderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -205,6 +218,11 @@ def add_EncoderServiceServicer_to_server(servicer, server):
                     request_deserializer=bertserve_dot_v1_dot_heads__pb2.ClassifyTokensRequest.FromString,
                     response_serializer=bertserve_dot_v1_dot_heads__pb2.ClassifyTokensResponse.SerializeToString,
             ),
+            'Similarity': grpc.unary_unary_rpc_method_handler(
+                    servicer.Similarity,
+                    request_deserializer=bertserve_dot_v1_dot_heads__pb2.SimilarityRequest.FromString,
+                    response_serializer=bertserve_dot_v1_dot_heads__pb2.SimilarityResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'bertserve.v1.EncoderService', rpc_method_handlers)
@@ -216,7 +234,7 @@ def add_EncoderServiceServicer_to_server(servicer, server):
 class EncoderService:
     """EncoderService runs BERT-family encoders: embeddings, tokenization, and the heads their
     checkpoints carry (extractive question answering, masked-language modelling, replaced-token
-    detection, sequence and token classification, reranking). A head the model lacks answers
+    detection, sequence and token classification, reranking), and sentence similarity. A head the model lacks answers
     UNIMPLEMENTED, naming the heads it has.
     """
 
@@ -453,6 +471,33 @@ class EncoderService:
             '/bertserve.v1.EncoderService/ClassifyTokens',
             bertserve_dot_v1_dot_heads__pb2.ClassifyTokensRequest.SerializeToString,
             bertserve_dot_v1_dot_heads__pb2.ClassifyTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Similarity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bertserve.v1.EncoderService/Similarity',
+            bertserve_dot_v1_dot_heads__pb2.SimilarityRequest.SerializeToString,
+            bertserve_dot_v1_dot_heads__pb2.SimilarityResponse.FromString,
             options,
             channel_credentials,
             insecure,

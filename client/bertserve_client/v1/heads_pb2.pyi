@@ -259,3 +259,25 @@ class Entity(_message.Message):
     end: int
     index: int
     def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ..., word: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., index: _Optional[int] = ...) -> None: ...
+
+class SimilarityRequest(_message.Message):
+    __slots__ = ("model", "source_sentence", "sentences", "truncate")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_SENTENCE_FIELD_NUMBER: _ClassVar[int]
+    SENTENCES_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    source_sentence: str
+    sentences: _containers.RepeatedScalarFieldContainer[str]
+    truncate: bool
+    def __init__(self, model: _Optional[str] = ..., source_sentence: _Optional[str] = ..., sentences: _Optional[_Iterable[str]] = ..., truncate: _Optional[bool] = ...) -> None: ...
+
+class SimilarityResponse(_message.Message):
+    __slots__ = ("model", "scores", "usage")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    scores: _containers.RepeatedScalarFieldContainer[float]
+    usage: _common_pb2.Usage
+    def __init__(self, model: _Optional[str] = ..., scores: _Optional[_Iterable[float]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ...) -> None: ...

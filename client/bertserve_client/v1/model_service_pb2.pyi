@@ -29,6 +29,7 @@ class Capability(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CAPABILITY_CLASSIFY: _ClassVar[Capability]
     CAPABILITY_RERANK: _ClassVar[Capability]
     CAPABILITY_CLASSIFY_TOKENS: _ClassVar[Capability]
+    CAPABILITY_SIMILARITY: _ClassVar[Capability]
 MODEL_STATE_UNSPECIFIED: ModelState
 MODEL_STATE_LOADING: ModelState
 MODEL_STATE_READY: ModelState
@@ -42,6 +43,7 @@ CAPABILITY_DETECT_REPLACED_TOKENS: Capability
 CAPABILITY_CLASSIFY: Capability
 CAPABILITY_RERANK: Capability
 CAPABILITY_CLASSIFY_TOKENS: Capability
+CAPABILITY_SIMILARITY: Capability
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

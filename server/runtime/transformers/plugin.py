@@ -91,7 +91,7 @@ class TransformersPlugin(Acceleration, HeadLogits):
                 self._onednn_layers = self._swap_in_onednn_linear()
         if self._packs and not self._compiled and self._trace_wanted():
             self._trace_encoder()
-        capabilities = {Capability.TOKENIZE, Capability.EMBED}
+        capabilities = {Capability.TOKENIZE, Capability.EMBED, Capability.SIMILARITY}
         if heads.head_weights_present(self._model, missing):
             capabilities |= head.capabilities
         self._mlm_head = heads.mlm_head(self._model) if Capability.FILL_MASK in capabilities else None
