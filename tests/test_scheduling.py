@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bertserve.serving.scheduling import choose_batch, computed_tokens, in_turns, pass_ms, shared_pass
+from bertserve.serving.scheduling import Choice, choose_batch, computed_tokens, in_turns, pass_ms, shared_pass
 
 
 @dataclass(frozen=True)
@@ -16,7 +16,7 @@ class Seq:
     op: str = "embed"
 
 
-def _choose(live: list[Seq], **overrides: Any) -> list[tuple[int, int]]:
+def _decide(live: list[Seq], **overrides: Any) -> Choice:
     settings: dict[str, Any] = dict(
         last_turn=0,
         idle_workers=1,
@@ -27,8 +27,12 @@ def _choose(live: list[Seq], **overrides: Any) -> list[tuple[int, int]]:
         lately_contended=False,
         budget=16384,
     )
-    choice = choose_batch(live, **{**settings, **overrides})
-    return [(live[i].request, live[i].cost) for i in choice.taken]
+    return choose_batch(live, **{**settings, **overrides})
+
+
+def _choose(live: list[Seq], **overrides: Any) -> list[tuple[int, int]]:
+    """The (request, cost) of the sequences the next pass takes."""
+    return [(live[i].request, live[i].cost) for i in _decide(live, **overrides).taken]
 
 
 def test_requests_interleave_from_the_one_whose_turn_it_is() -> None:
@@ -40,17 +44,7 @@ def test_requests_interleave_from_the_one_whose_turn_it_is() -> None:
 
 def test_the_turn_goes_to_the_next_request_and_a_contended_pass_takes_each_ones_first() -> None:
     live = [Seq(1, 10), Seq(1, 10), Seq(1, 10), Seq(2, 10), Seq(3, 10)]
-    choice = choose_batch(
-        live,
-        last_turn=1,
-        idle_workers=1,
-        max_batch_size=3,
-        max_batch_tokens=16384,
-        pass_overhead_tokens=32.0,
-        packed=lambda op: False,
-        lately_contended=False,
-        budget=16384,
-    )
+    choice = _decide(live, last_turn=1, max_batch_size=3)
     assert choice.turn == 2 and choice.contended
     assert [live[i].request for i in choice.taken] == [2, 3, 1]
 

@@ -8,8 +8,9 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = [
     "answer",
@@ -27,6 +28,9 @@ __all__ = [
     "tokenize",
     "unload",
 ]
+
+
+T = TypeVar("T")
 
 
 def _client(args: argparse.Namespace) -> Any:
@@ -51,46 +55,48 @@ def _print(value: Any) -> int:
     return 0
 
 
-def _call(fn: Any) -> int:
+def _call(args: argparse.Namespace, ask: Callable[[Any], T], show: Callable[[T], Any] = lambda value: value) -> int:
+    """Ask the server through a client of the command's arguments; print what show makes of the
+    answer as JSON (exit 0), or the error (exit 1)."""
     from bertserve_client import BertserveError
 
     try:
-        return _print(fn())
+        with _client(args) as client:
+            answer = ask(client)
+        return _print(show(answer))
     except BertserveError as e:
         print(f"bertserve: {e}", file=sys.stderr)
         return 1
 
 
 def embed(args: argparse.Namespace) -> int:
-    def run() -> Any:
-        with _client(args) as client:
-            result = client.embed(
-                args.texts, model=args.model, pooling=args.pooling, normalize=args.normalize, truncate=args.truncate
-            )
-        return {
+    return _call(
+        args,
+        lambda c: c.embed(
+            args.texts, model=args.model, pooling=args.pooling, normalize=args.normalize, truncate=args.truncate
+        ),
+        lambda result: {
             "model": result.model,
             "embeddings": result.embeddings.tolist(),
             "token_counts": result.token_counts,
             "truncated_indices": result.truncated_indices,
-        }
-
-    return _call(run)
+        },
+    )
 
 
 def tokenize(args: argparse.Namespace) -> int:
-    def run() -> Any:
-        with _client(args) as client:
-            tokenizations = client.tokenize(
-                args.texts,
-                pairs=args.pair,
-                model=args.model,
-                add_special_tokens=not args.no_special_tokens,
-                truncate=args.truncate,
-                max_length=args.max_length,
-            )
-        return [asdict(t) for t in tokenizations]
-
-    return _call(run)
+    return _call(
+        args,
+        lambda c: c.tokenize(
+            args.texts,
+            pairs=args.pair,
+            model=args.model,
+            add_special_tokens=not args.no_special_tokens,
+            truncate=args.truncate,
+            max_length=args.max_length,
+        ),
+        lambda tokenizations: [asdict(t) for t in tokenizations],
+    )
 
 
 def answer(args: argparse.Namespace) -> int:
@@ -98,103 +104,91 @@ def answer(args: argparse.Namespace) -> int:
         context = sys.stdin.read() if str(args.context_file) == "-" else args.context_file.read_text(encoding="utf-8")
     else:
         context = args.context
-
-    def run() -> Any:
-        with _client(args) as client:
-            answers = client.answer(
-                (args.question, context),
-                model=args.model,
-                top_k=args.top_k,
-                handle_impossible_answer=args.handle_impossible_answer,
-                max_seq_len=args.max_seq_len,
-                doc_stride=args.doc_stride,
-                merge_same_text=args.merge_same_text,
-            )
-        return [asdict(a) for a in answers[0]]
-
-    return _call(run)
+    return _call(
+        args,
+        lambda c: c.answer(
+            (args.question, context),
+            model=args.model,
+            top_k=args.top_k,
+            handle_impossible_answer=args.handle_impossible_answer,
+            max_seq_len=args.max_seq_len,
+            doc_stride=args.doc_stride,
+            merge_same_text=args.merge_same_text,
+        ),
+        lambda answers: [asdict(a) for a in answers[0]],
+    )
 
 
 def classify(args: argparse.Namespace) -> int:
-    def run() -> Any:
-        with _client(args) as client:
-            results = client.classify(
-                args.texts,
-                pairs=args.pair,
-                model=args.model,
-                top_k=args.top_k,
-                function=args.function,
-                truncate=args.truncate,
-            )
-        return [[asdict(label) for label in labels] for labels in results]
-
-    return _call(run)
+    return _call(
+        args,
+        lambda c: c.classify(
+            args.texts,
+            pairs=args.pair,
+            model=args.model,
+            top_k=args.top_k,
+            function=args.function,
+            truncate=args.truncate,
+        ),
+        lambda results: [[asdict(label) for label in labels] for labels in results],
+    )
 
 
 def rerank(args: argparse.Namespace) -> int:
-    def run() -> Any:
-        with _client(args) as client:
-            result = client.rerank(
-                args.query, args.documents, model=args.model, truncate=args.truncate, raw_scores=args.raw_scores
-            )
+    return _call(
+        args,
+        lambda c: c.rerank(
+            args.query, args.documents, model=args.model, truncate=args.truncate, raw_scores=args.raw_scores
+        ),
         # Best first, each with its text: what a shell user wants to read.
-        return [{**asdict(result.documents[i]), "text": args.documents[i]} for i in result.ranking]
-
-    return _call(run)
+        lambda result: [{**asdict(result.documents[i]), "text": args.documents[i]} for i in result.ranking],
+    )
 
 
 def similarity(args: argparse.Namespace) -> int:
-    def run() -> Any:
-        with _client(args) as client:
-            scores = client.similarity(args.source, args.sentences, model=args.model, truncate=args.truncate)
-        return [{"sentence": sentence, "score": score} for sentence, score in zip(args.sentences, scores, strict=True)]
-
-    return _call(run)
+    return _call(
+        args,
+        lambda c: c.similarity(args.source, args.sentences, model=args.model, truncate=args.truncate),
+        lambda scores: [{"sentence": s, "score": score} for s, score in zip(args.sentences, scores, strict=True)],
+    )
 
 
 def classify_tokens(args: argparse.Namespace) -> int:
-    def run() -> Any:
-        with _client(args) as client:
-            results = client.classify_tokens(
-                args.texts,
-                model=args.model,
-                aggregation=args.aggregation,
-                ignore_labels=[] if args.all_labels else args.ignore_label,
-                truncate=args.truncate,
-            )
-        return [[asdict(entity) for entity in entities] for entities in results]
-
-    return _call(run)
+    return _call(
+        args,
+        lambda c: c.classify_tokens(
+            args.texts,
+            model=args.model,
+            aggregation=args.aggregation,
+            ignore_labels=[] if args.all_labels else args.ignore_label,
+            truncate=args.truncate,
+        ),
+        lambda results: [[asdict(entity) for entity in entities] for entities in results],
+    )
 
 
 def fill_mask(args: argparse.Namespace) -> int:
-    def run() -> Any:
-        with _client(args) as client:
-            results = client.fill_mask(
-                args.texts, model=args.model, top_k=args.top_k, targets=args.targets, truncate=args.truncate
-            )
-        return [[[asdict(c) for c in mask] for mask in masks] for masks in results]
-
-    return _call(run)
+    return _call(
+        args,
+        lambda c: c.fill_mask(
+            args.texts, model=args.model, top_k=args.top_k, targets=args.targets, truncate=args.truncate
+        ),
+        lambda results: [[[asdict(candidate) for candidate in mask] for mask in masks] for masks in results],
+    )
 
 
 def detect_replaced(args: argparse.Namespace) -> int:
-    def run() -> Any:
-        with _client(args) as client:
-            results = client.detect_replaced_tokens(
-                args.texts, model=args.model, aggregate_words=args.words, truncate=args.truncate
-            )
-        return [asdict(r) for r in results]
-
-    return _call(run)
+    return _call(
+        args,
+        lambda c: c.detect_replaced_tokens(
+            args.texts, model=args.model, aggregate_words=args.words, truncate=args.truncate
+        ),
+        lambda results: [asdict(r) for r in results],
+    )
 
 
 def models(args: argparse.Namespace) -> int:
-    def run() -> Any:
-        with _client(args) as client:
-            return [asdict(m) for m in client.models()]
-
-    return _call(run)
+    return _call(args, lambda c: c.models(), lambda found: [asdict(m) for m in found])
 
 
 def health(args: argparse.Namespace) -> int:
@@ -220,24 +214,12 @@ def _entry(text: str) -> str:
 
 
 def load(args: argparse.Namespace) -> int:
-    def run() -> Any:
-        with _client(args) as client:
-            return asdict(client.load_model(_entry(args.entry)))
-
-    return _call(run)
+    return _call(args, lambda c: c.load_model(_entry(args.entry)), asdict)
 
 
 def unload(args: argparse.Namespace) -> int:
-    def run() -> Any:
-        with _client(args) as client:
-            return asdict(client.unload_model(args.name))
-
-    return _call(run)
+    return _call(args, lambda c: c.unload_model(args.name), asdict)
 
 
 def reload(args: argparse.Namespace) -> int:
-    def run() -> Any:
-        with _client(args) as client:
-            return asdict(client.reload_model(args.name, _entry(args.entry) if args.entry else None))
-
-    return _call(run)
+    return _call(args, lambda c: c.reload_model(args.name, _entry(args.entry) if args.entry else None), asdict)

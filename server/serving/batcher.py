@@ -30,6 +30,7 @@ from typing import Any, Generic, TypeVar
 from bertserve.errors import BertserveError, InternalFailure, InvalidRequest, ModelUnavailable, Overloaded
 from bertserve.observability import metrics, request_ids, telemetry
 from bertserve.ops import Completed, Op
+from bertserve.serving.pass_reports import FAILURES_BEFORE_UNHEALTHY, PassHealth, observe_pass, trace_pass
 from bertserve.serving.scheduling import choose_batch, computed_tokens, pass_ms
 
 __all__ = ["FAILURES_BEFORE_UNHEALTHY", "MAX_RETRY_AFTER_S", "BatchLimits", "BatchStats", "Batcher", "Completed"]
@@ -46,8 +47,6 @@ MAX_RETRY_AFTER_S = 10.0
 #: alone: traffic that came lately comes again, and should not wait behind a pass of a whole batch.
 CONTENTION_MEMORY_NS = 1_000_000_000
 
-#: Forward passes in a row that must fail before the model reports itself unhealthy (NOT_SERVING).
-FAILURES_BEFORE_UNHEALTHY = 3
 
 #: Runs one batch on the worker thread: (operation, sequences) -> one result per sequence, each of
 #: the operation's result type.
@@ -119,10 +118,9 @@ class Batcher:
         self._running: dict[int, list[_Pending[Any]]] = {}  # the batches of the passes in flight, by id
         self._ends_ns: dict[int, int] = {}  # when each pass in flight should end, at the measured rate
         self._tokens_per_s = 0.0  # smoothed throughput, for retry hints
-        self._failures_in_a_row = 0  # forward passes that failed since the last that succeeded
+        self.health = PassHealth(name)
         self._requests = 0  # submit() calls so far: each one's number
         self._last_turn = 0  # the request whose turn it last was
-        self.on_health_change: Callable[[bool], None] = lambda healthy: None
         self._last_pass_end_ns = 0  # when the latest forward pass finished
         # When calls last contended: one came while others were queued or running, or a pass was
         # planned over several.
@@ -274,21 +272,21 @@ class Batcher:
                 raise RuntimeError(f"the model returned {len(results)} results for a batch of {len(batch)}")
         except BertserveError as e:  # the callers' to hear as it is (a device out of memory, say)
             self._fail(batch, e)
-            self._passed(ok=False)
-            self._trace(batch, pass_id, started, error=str(e))
+            self.health.passed(ok=False)
+            trace_pass(self.name, pass_id, batch, started, error=str(e))
             return
         except Exception as e:  # a fault: logged once here, with its traceback; each caller gets its id
             self._fault(f"a forward pass over {len(batch)} sequences", e, batch)
-            self._passed(ok=False)
-            self._trace(batch, pass_id, started, error=type(e).__name__)
+            self.health.passed(ok=False)
+            trace_pass(self.name, pass_id, batch, started, error=type(e).__name__)
             return
         finally:
             self._last_pass_end_ns = time.monotonic_ns()
             del self._running[id(batch)]
             self._ends_ns.pop(id(batch), None)
-        self._passed(ok=True)
+        self.health.passed(ok=True)
         self.stats.recent_passes.append((started, self._last_pass_end_ns))
-        self._trace(batch, pass_id, started)
+        trace_pass(self.name, pass_id, batch, started)
         elapsed = self._last_pass_end_ns - started
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
@@ -301,37 +299,11 @@ class Batcher:
                 elapsed / 1e6,
                 len(self._pending),
             )
-        costs = [p.cost for p in batch]
         self._observe(self._computed(batch), elapsed)
-        metrics.INFERENCE_SECONDS.labels(self.name).observe(elapsed / 1e9)
-        metrics.PASS_SEQUENCES.labels(self.name).observe(len(batch))
-        metrics.PASS_TOKENS.labels(self.name).observe(sum(costs))
-        metrics.TOKENS.labels(self.name).inc(sum(costs))
-        queue_seconds = metrics.QUEUE_SECONDS.labels(self.name)
-        for p in batch:
-            queue_seconds.observe((started - p.enqueued_ns) / 1e9)
+        observe_pass(self.name, batch, started, elapsed)
         for p, result in zip(batch, results, strict=True):
             if not p.future.done():
                 p.future.set_result(Completed(result, started - p.enqueued_ns, pass_id, elapsed))
-
-    def _trace(self, batch: list[_Pending[Any]], pass_id: int, started: int, *, error: str | None = None) -> None:
-        """The pass's spans under each traced call with sequences in it (nothing when tracing is off)."""
-        calls: dict[int, list[_Pending[Any]]] = {}
-        for p in batch:
-            if p.trace_context is not None:
-                calls.setdefault(p.request, []).append(p)
-        if not calls:
-            return
-        telemetry.record_pass(
-            self.name,
-            pass_id,
-            started,
-            time.monotonic_ns(),
-            sequences=len(batch),
-            tokens=sum(p.cost for p in batch),
-            calls=[(own[0].trace_context, min(p.enqueued_ns for p in own), len(own)) for own in calls.values()],
-            error=error,
-        )
 
     def _fault(self, what: str, error: Exception, batch: list[_Pending[Any]]) -> None:
         """Log a fault once, with its traceback and the request ids of its calls; fail each call
@@ -350,21 +322,10 @@ class Batcher:
             if not p.future.done():
                 p.future.set_exception(error)
 
-    def _passed(self, *, ok: bool) -> None:
-        """Count failing passes in a row: past a few the model is unhealthy until a pass succeeds."""
-        was_healthy = self.healthy
-        self._failures_in_a_row = 0 if ok else self._failures_in_a_row + 1
-        if self.healthy != was_healthy:
-            if not self.healthy:
-                log.error("model %r is unhealthy: its last %d passes failed", self.name, self._failures_in_a_row)
-            else:
-                log.info("model %r is healthy again: a pass succeeded", self.name)
-            self.on_health_change(self.healthy)
-
     @property
     def healthy(self) -> bool:
         """False while the last FAILURES_BEFORE_UNHEALTHY passes (or more) all failed."""
-        return self._failures_in_a_row < FAILURES_BEFORE_UNHEALTHY
+        return self.health.healthy
 
     def _under_load(self, in_flight: set[asyncio.Task[None]]) -> bool:
         """Whether the device is busy, or the oldest pending work had to wait for it to finish a pass."""

@@ -102,7 +102,7 @@ class ModelHost:
             packed=self._packed,
         )
         self.on_state_change: Callable[[ModelHost], None] = lambda host: None
-        self.batcher.on_health_change = lambda healthy: self.on_state_change(self)
+        self.batcher.health.on_change = lambda healthy: self.on_state_change(self)
 
     @property
     def state(self) -> ModelState:
