@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
@@ -21,6 +22,17 @@ def test_the_layers_hold() -> None:
     done = check()
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Contracts: 6 kept, 0 broken." in done.stdout
+
+
+def test_every_package_of_the_tree_is_in_the_distribution() -> None:
+    """pyproject lists bertserve's packages one by one (the folder is not the package's name): a
+    package left out would be missing from the wheel, and so from the container image."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {"bertserve.plugins"} | {
+        ".".join(("bertserve", *init.parent.relative_to(ROOT / "server").parts))
+        for init in (ROOT / "server").rglob("__init__.py")
+    }
+    assert listed == found
 
 
 #: (the file planted, its text, the contract it must break, a line of the chain reported)
