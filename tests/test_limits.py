@@ -4,8 +4,6 @@ are sized before compute, calls take turns, and overload is answered by bertserv
 from __future__ import annotations
 
 import asyncio
-import itertools
-import statistics
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -164,11 +162,12 @@ async def test_passes_are_short_while_calls_contend_and_full_for_a_call_alone(li
         assert stats.forward_passes - before == len(texts), "right after contention, passes keep within max_pass_ms"
 
 
-async def test_the_passes_of_two_workers_end_apart_not_together(tmp_path: Path) -> None:
-    """While calls contend, two workers' passes end about max_pass_ms / 2 apart: a call that comes
-    in waits that long for a worker, not a whole pass. Passes in step would end within a few
-    milliseconds of each other about every other time (measured here: a tenth of the gaps under
-    3 ms, without the staggering)."""
+async def test_the_passes_of_two_workers_are_planned_to_end_apart_not_together(tmp_path: Path) -> None:
+    """While calls contend, each pass that starts beside another is planned to end about
+    max_pass_ms / 2 after or before it (nine in ten at least an eighth of a pass apart): a call
+    that comes in then waits that long for a worker, not a whole pass. The plans are the server's
+    own (its measured rate, the passes in flight), so this holds however fast or busy the machine
+    is; how the planner picks an end is tested on plain values in tests/test_scheduling.py."""
     config = tmp_path / "c.yaml"
     config.write_text(
         "server: {address: 127.0.0.1, port: 0}\n"
@@ -176,28 +175,25 @@ async def test_the_passes_of_two_workers_end_apart_not_together(tmp_path: Path) 
     )
     server = await start_server(config)
     stats = server.router.get("two-workers").batcher.stats
-    per_call = 100  # grown below until the calls take at least 24 passes on this machine, however fast
+    per_call = 400
     try:
-        async with AsyncClient(f"127.0.0.1:{server.port}", timeout=120) as client:
+        async with AsyncClient(f"127.0.0.1:{server.port}", timeout=300) as client:
             await client.embed(["a call that measures the rate"] * 8, model="two-workers")
-            for _ in range(4):
-                texts = [
-                    f"sentence {k} of the long call number {i}, with a few more words"
-                    for i in range(4)
-                    for k in range(per_call)
-                ]
-                stats.recent_passes.clear()
-                calls = (client.embed(texts[i * per_call : (i + 1) * per_call], model="two-workers") for i in range(4))
-                await asyncio.gather(*calls)
-                if len(stats.recent_passes) >= 24:
-                    break
-                per_call = min(1000, per_call * 30 // max(1, len(stats.recent_passes)))
+            stats.recent_plans.clear()
+            texts = [
+                f"sentence {k} of the long call number {i}, with a few more words"
+                for i in range(4)
+                for k in range(per_call)
+            ]
+            calls = (client.embed(texts[i * per_call : (i + 1) * per_call], model="two-workers") for i in range(4))
+            await asyncio.gather(*calls)
     finally:
         await server.stop(grace=1)
-    passes = list(stats.recent_passes)
-    assert len(passes) >= 20, passes
-    ends = sorted(end for _, end in passes)[:-4]  # the last passes drain what is left: short, and any time
-    gaps_ms = sorted((b - a) / 1e6 for a, b in itertools.pairwise(ends))
-    pass_ms = statistics.median((end - start) / 1e6 for start, end in passes)
-    tenth = gaps_ms[len(gaps_ms) // 10]
-    assert tenth >= pass_ms / 8, (tenth, pass_ms, gaps_ms)
+    # Passes planned beside another, but for the last few, which drain what is left of the calls.
+    beside = [(end, others) for end, others in list(stats.recent_plans)[:-4] if others]
+    assert len(beside) >= 10, list(stats.recent_plans)
+    gaps_ms = sorted(min(abs(end - other) for other in others) / 1e6 for end, others in beside)
+    # Planned in step, a tenth of them would end within a few ms of another (measured: the shortest
+    # tenth under 3 ms without the staggering). A plan falls short of its target where a call's
+    # first sequence goes in whole or the last did not fit, so the bound is an eighth of a pass.
+    assert gaps_ms[len(gaps_ms) // 10] >= 100 / 8, gaps_ms

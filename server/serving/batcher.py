@@ -76,6 +76,9 @@ class BatchStats:
     largest_pass: int = 0  # the most sequences one pass carried
     #: (start, end) in time.monotonic_ns() of the latest passes, for tests and diagnostics.
     recent_passes: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=256))
+    #: For the latest passes planned at a measured rate: when each should end, and when the passes
+    #: then in flight should, in time.monotonic_ns() (what the staggering of workers decides).
+    recent_plans: deque[tuple[int, tuple[int, ...]]] = field(default_factory=lambda: deque(maxlen=256))
 
 
 @dataclass(eq=False)
@@ -251,7 +254,9 @@ class Batcher:
                 slots.release()
                 continue
             if self._tokens_per_s > 0:
-                self._ends_ns[id(batch)] = time.monotonic_ns() + int(self._computed(batch) / self._tokens_per_s * 1e9)
+                end = time.monotonic_ns() + int(self._computed(batch) / self._tokens_per_s * 1e9)
+                self.stats.recent_plans.append((end, tuple(self._ends_ns.values())))
+                self._ends_ns[id(batch)] = end
             task = asyncio.create_task(self._run(batch))
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
