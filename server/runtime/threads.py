@@ -41,7 +41,7 @@ def share_cores(config: C, cores: int) -> C:
 
     On a CPU, the default is one single-threaded worker per core: passes run side by side with
     no OpenMP team to synchronise, so the event loop or a tokenizer taking a core slows one pass
-    instead of stalling every op of a two-threaded one at its barriers (the README has the
+    instead of stalling every op of a two-threaded one at its barriers (docs/performance.md has the
     figures). An explicit setting on either side takes its share first: `workers: 1` leaves torch
     every core, `torch_threads: 2` gives each worker two.
     """

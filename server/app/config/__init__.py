@@ -3,7 +3,7 @@
 Precedence, highest first: command-line flags, ``BERTSERVE_*`` environment variables, the
 YAML file, built-in defaults. Every value is checked against the schema at start (types
 are strict: ``"5"`` is no number), and an error names its path and the problem, such as
-``models[0].max_wait_ms: expected a number, got '5'``. The README's configuration reference
+``models[0].max_wait_ms: expected a number, got '5'``. The configuration reference (docs/configuration.md)
 lists the same fields (a test holds them together). A plugin's ``options`` are checked against
 that plugin's own schema (``EncoderPlugin.options_schema``) by :func:`check_options`.
 
