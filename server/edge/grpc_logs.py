@@ -4,15 +4,21 @@ grpcio decodes each metadata value as UTF-8 whenever the metadata is read, and l
 is not (``x-junk: \\xff\\xfe``) as an ERROR with a traceback, every time, before falling back to
 Latin-1. The call itself is served. A hostile caller could fill the log that way, so those
 records become one warning per interval, with a count of the values seen since the last one.
+
+grpcio also logs an ERROR with a traceback when the reply of a unary call cannot be sent because
+the call ended as the handler returned (its caller cancelled it, or its deadline passed, before
+grpc core marked it closed): a race in grpc's own code, after bertserve's handler is done, and
+nothing for an operator to fix. Such a record becomes one line, without the traceback.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 
-__all__ = ["GRPC_LOGGERS", "NotUtf8Metadata", "quiet_grpc_logs"]
+__all__ = ["GRPC_LOGGERS", "NotUtf8Metadata", "UnsentReplies", "quiet_grpc_logs"]
 
 log = logging.getLogger("bertserve.edge")
 
@@ -49,10 +55,29 @@ class NotUtf8Metadata(logging.Filter):
         return False
 
 
-_FILTER = NotUtf8Metadata()  # one for both loggers: one warning per interval in all
+_UNSENT = re.compile(r"ExecuteBatchError raised in core by servicer method \[(.*)\]")
+
+
+class UnsentReplies(logging.Filter):
+    """Turns grpc's "ExecuteBatchError raised in core" records, with their tracebacks, into one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        match = _UNSENT.fullmatch(str(record.msg))
+        if match is None:
+            return True
+        log.warning(
+            "the reply of %s could not be sent: the call had ended (its caller cancelled it or its deadline passed)",
+            match.group(1),
+        )
+        return False
+
+
+# One of each for all of grpc's loggers: one warning per interval in all.
+_FILTERS = (NotUtf8Metadata(), UnsentReplies())
 
 
 def quiet_grpc_logs() -> None:
-    """Install the filter on grpc's loggers (again is a no-op)."""
+    """Install the filters on grpc's loggers (again is a no-op)."""
     for name in GRPC_LOGGERS:
-        logging.getLogger(name).addFilter(_FILTER)  # a filter already there is not added twice
+        for each in _FILTERS:
+            logging.getLogger(name).addFilter(each)  # a filter already there is not added twice
