@@ -205,6 +205,8 @@ async def soak_call(stubs: Stubs, rng: random.Random) -> grpc.StatusCode | str:
             for item in stream_items(rng.randint(1, 40)):
                 try:
                     await call.write(item)
+                except asyncio.InvalidStateError:  # the client saw the call end first: its status tells how
+                    return await code_of(call)
                 except grpc.aio.AioRpcError as e:
                     if _wrote_after_the_end(e):
                         return WRITE_AFTER_END
