@@ -29,6 +29,19 @@ async def test_same_result_alone_or_batched_with_other_lengths(client: AsyncClie
         np.testing.assert_allclose(t.embeddings[0], a, atol=1e-4)
 
 
+@pytest.mark.parametrize("model", ["minilm", "roberta", "albert"])
+async def test_concurrent_small_calls_are_tokenized_together_exactly_as_alone(
+    client: AsyncClient, server: BertServer, model: str
+) -> None:
+    texts = [f"{'word ' * (i % 7)}text number {i}, café" for i in range(40)]
+    alone = [(await client.tokenize(t, model=model, truncate=True, max_length=12))[0] for t in texts]
+    shared = server.router.get(model).shared_tokenization
+    jobs = shared.jobs
+    together = await asyncio.gather(*(client.tokenize(t, model=model, truncate=True, max_length=12) for t in texts))
+    assert [r[0] for r in together] == alone
+    assert 0 < shared.jobs - jobs < len(texts)  # through shared jobs of the tokenizer pool, fewer than calls
+
+
 async def test_first_party_variants_run_packed_passes(server: BertServer) -> None:
     """CLS and MEAN batches run packed (checked against padded passes at load, else it falls back),
     so the conformance suite's batched calls exercise the packed path for every variant."""

@@ -27,6 +27,7 @@ from bertserve.errors import (
 from bertserve.observability import metrics
 from bertserve.ops import Embedded, EmbedOp, HeadOp, Op
 from bertserve.serving.batcher import Batcher, BatchLimits, Completed
+from bertserve.serving.shared_tokenization import SharedTokenization
 
 __all__ = ["Drained", "ModelHost", "ModelState"]
 
@@ -85,6 +86,12 @@ class ModelHost:
         self._tokenizer_pool = tokenizer_pool
         self._worker = device_worker
         self._loader = loader  # downloads: slow, and never on the device worker
+        #: Small calls' texts, tokenized together (see bertserve.serving.shared_tokenization).
+        self.shared_tokenization = SharedTokenization(
+            lambda texts, add_special_tokens, max_length: self.off_loop(
+                self.plugin.tokenize, texts, add_special_tokens=add_special_tokens, max_length=max_length
+            )
+        )
         self.batcher = Batcher(
             spec.name,
             self._run_batch,
@@ -260,10 +267,16 @@ class ModelHost:
         add_special_tokens: bool = True,
         max_length: int | None = None,
     ) -> list[Encoding]:
-        """The plugin's tokenize, in slices of a few texts, each its own job on the shared pool: a
-        call with many inputs holds one of the pool's threads at a time, and between its slices
-        other calls' jobs, queued behind, get their turn."""
+        """The plugin's tokenize off the loop. A small call (a few texts, no pairs) shares one job
+        of the tokenizer pool with the small calls waiting beside it (see
+        bertserve.serving.shared_tokenization). A larger one goes in slices of a few texts, each
+        its own job: it holds one of the pool's threads at a time, and between its slices other
+        calls' jobs, queued behind, get their turn."""
         plugin = self.plugin
+        if pairs is None and len(texts) <= _TOKENIZE_SLICE:  # a small call: one job with the others waiting
+            return await self.shared_tokenization.tokenize(
+                texts, add_special_tokens=add_special_tokens, max_length=max_length
+            )
         encodings: list[Encoding] = []
         for start in range(0, len(texts), _TOKENIZE_SLICE):
             part = slice(start, start + _TOKENIZE_SLICE)
