@@ -77,6 +77,13 @@ async def test_embeddings_are_the_python_clients(printed: dict[str, Any], client
     assert int(embed["usage"]["tokens"]) == sum(expected.token_counts)  # uint64 as a string (longs: String)
 
 
+async def test_similarity_scores_are_the_python_clients(printed: dict[str, Any], client: AsyncClient) -> None:
+    similarity = printed["similarity"]
+    expected = await client.similarity(similarity["source_sentence"], similarity["sentences"], model=MODEL)
+    assert similarity["model"] == MODEL and len(similarity["scores"]) == len(similarity["sentences"]) == 2
+    np.testing.assert_allclose(similarity["scores"], list(expected), atol=1e-6)
+
+
 async def test_utf16_offsets_slice_the_tokens_in_javascript(printed: dict[str, Any], client: AsyncClient) -> None:
     tokenize = printed["tokenize"]
     text = tokenize["text"]

@@ -33,10 +33,9 @@ def check(tree: Path = ROOT, config: Path = ROOT / ".importlinter") -> subproces
     with tempfile.TemporaryDirectory(prefix="layers-") as scratch:
         assemble(tree, Path(scratch))
         env = {**os.environ, "PYTHONPATH": scratch}
-        command = [sys.executable, "-m", "importlinter.cli", "--config", str(config), "--no-cache"]
-        lint = Path(sys.executable).with_name("lint-imports")
-        if lint.exists():
-            command = [str(lint), str(config), "--no-cache"]
+        # lint-imports itself, from this interpreter, whatever is on the PATH.
+        lint = "from importlinter.cli import lint_imports_command; lint_imports_command()"
+        command = [sys.executable, "-c", lint, str(config), "--no-cache"]
         return subprocess.run(command, cwd=scratch, env=env, capture_output=True, text=True, timeout=300)
 
 

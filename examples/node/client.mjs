@@ -3,13 +3,13 @@
 // files loaded at run time from the repository's protos/ directory (no generated code).
 //
 // It runs every call of the contract that a client needs, and prints what it got as one JSON object
-// on stdout: Embed (tensor decoding), Tokenize and Answer (UTF-16 offsets sliced with JavaScript's own
-// String.prototype.slice), EmbedStream (with a per-item error), the standard health service, and the
+// on stdout: Embed (tensor decoding), Similarity, Tokenize and Answer (UTF-16 offsets sliced with
+// JavaScript's own String.prototype.slice), EmbedStream (with a per-item error), the standard health service, and the
 // errors a client must handle (NOT_FOUND; RESOURCE_EXHAUSTED with its retry hint).
 //
 // Environment:
 //   BERTSERVE_TARGET         host:port of the server (localhost:50051)
-//   BERTSERVE_MODEL          model for Embed, Tokenize and EmbedStream ("": the server's default model)
+//   BERTSERVE_MODEL          model for Embed, Similarity, Tokenize and EmbedStream ("": the server's default model)
 //   BERTSERVE_QA_MODEL       model for Answer (spanbert, as in the server's default configuration)
 //   BERTSERVE_TIGHT_MODEL    model to overload for the RESOURCE_EXHAUSTED demo (BERTSERVE_MODEL)
 //   BERTSERVE_BURST_CALLS    concurrent Embed calls of that burst (16)
@@ -248,6 +248,13 @@ async function embed(encoder) {
   };
 }
 
+async function similarity(encoder) {
+  const [source, ...sentences] = EMBED_TEXTS;
+  const request = checked('bertserve.v1.SimilarityRequest', { model: MODEL, source_sentence: source, sentences });
+  const response = await unary(encoder, 'Similarity', request);
+  return { model: response.model, source_sentence: source, sentences, scores: response.scores };
+}
+
 async function tokenize(encoder) {
   const request = checked('bertserve.v1.TokenizeRequest', {
     model: MODEL,
@@ -411,6 +418,7 @@ async function main() {
     const result = {
       target: TARGET,
       embed: embedded,
+      similarity: await similarity(encoder),
       tokenize: await tokenize(encoder),
       answer: await answer(encoder),
       stream: await stream(encoder),

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from bertserve.api import Capability, EncoderPlugin, Encoding, ModelInfo, ModelSpec
-from bertserve.domain import Usage, UsageMeter
+from bertserve.domain import CallLimits, Usage, UsageMeter
 from bertserve.errors import InvalidRequest
 from bertserve.ops import Completed, Op
 from bertserve.serving.model_host import ModelHost
@@ -38,7 +38,7 @@ class Call:
     """What a call brings besides its query: its deadline and the limit on its reply."""
 
     deadline: float | None = None  # a time.monotonic() value, or None
-    max_reply_bytes: int = 64 * 1024 * 1024
+    max_reply_bytes: int = CallLimits.max_reply_bytes
 
 
 class Work:

@@ -27,7 +27,7 @@ from bertserve.errors import (
 from bertserve.observability import metrics
 from bertserve.ops import Embedded, EmbedOp, HeadOp, Op
 from bertserve.serving.batcher import Batcher, BatchLimits, Completed
-from bertserve.serving.shared_tokenization import SharedTokenization
+from bertserve.serving.shared_tokenization import SLICE_TEXTS, SharedTokenization
 
 __all__ = ["Drained", "ModelHost", "ModelState"]
 
@@ -35,9 +35,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-# Texts tokenized in one job of the shared tokenizer pool (see ModelHost.tokenize).
-_TOKENIZE_SLICE = 16
 
 
 class ModelState(enum.Enum):
@@ -86,10 +83,10 @@ class ModelHost:
         self._tokenizer_pool = tokenizer_pool
         self._worker = device_worker
         self._loader = loader  # downloads: slow, and never on the device worker
-        #: Small calls' texts, tokenized together (see bertserve.serving.shared_tokenization).
+        #: Calls' texts, tokenized together (see bertserve.serving.shared_tokenization).
         self.shared_tokenization = SharedTokenization(
-            lambda texts, add_special_tokens, max_length: self.off_loop(
-                self.plugin.tokenize, texts, add_special_tokens=add_special_tokens, max_length=max_length
+            lambda texts, pairs, add_special_tokens, max_length: self.off_loop(
+                self.plugin.tokenize, texts, pairs=pairs, add_special_tokens=add_special_tokens, max_length=max_length
             )
         )
         self.batcher = Batcher(
@@ -267,23 +264,16 @@ class ModelHost:
         add_special_tokens: bool = True,
         max_length: int | None = None,
     ) -> list[Encoding]:
-        """The plugin's tokenize off the loop. A small call (a few texts, no pairs) shares one job
-        of the tokenizer pool with the small calls waiting beside it (see
-        bertserve.serving.shared_tokenization). A larger one goes in slices of a few texts, each
-        its own job: it holds one of the pool's threads at a time, and between its slices other
-        calls' jobs, queued behind, get their turn."""
-        plugin = self.plugin
-        if pairs is None and len(texts) <= _TOKENIZE_SLICE:  # a small call: one job with the others waiting
-            return await self.shared_tokenization.tokenize(
-                texts, add_special_tokens=add_special_tokens, max_length=max_length
-            )
+        """The plugin's tokenize off the loop, in slices of a few texts: each slice goes in the next
+        job of the tokenizer pool with the slices of the other calls waiting (see
+        bertserve.serving.shared_tokenization), so that a call with many inputs takes turns with
+        the others and a small call crosses to the pool in company."""
         encodings: list[Encoding] = []
-        for start in range(0, len(texts), _TOKENIZE_SLICE):
-            part = slice(start, start + _TOKENIZE_SLICE)
-            encodings += await self.off_loop(
-                plugin.tokenize,
+        for start in range(0, len(texts), SLICE_TEXTS):
+            part = slice(start, start + SLICE_TEXTS)
+            encodings += await self.shared_tokenization.tokenize(
                 texts[part],
-                pairs=pairs[part] if pairs is not None else None,
+                pairs[part] if pairs is not None else None,
                 add_special_tokens=add_special_tokens,
                 max_length=max_length,
             )

@@ -13,7 +13,7 @@ from bertserve.observability import metrics, telemetry
 
 __all__ = ["FAILURES_BEFORE_UNHEALTHY", "PassHealth", "Reported", "observe_pass", "trace_pass"]
 
-log = logging.getLogger("bertserve.serving.batcher")
+log = logging.getLogger(__name__)
 
 #: Forward passes in a row that must fail before the model reports itself unhealthy (NOT_SERVING).
 FAILURES_BEFORE_UNHEALTHY = 3

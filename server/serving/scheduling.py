@@ -71,10 +71,10 @@ def choose_batch(
     size = min(max_batch_size, share)
     is_packed = packed(anchor.op)
     costs = [live[i].cost for i in candidates]
-    contended = len({live[i].request for i in candidates}) > 1
+    requests = len({live[i].request for i in candidates})  # candidates come in turns: one round of each first
+    contended = requests > 1
     if contended:
-        rounds = len({live[i].request for i in candidates})
-        picked = shared_pass(costs, rounds, size, packed=is_packed, limit=max_batch_tokens, budget=budget)
+        picked = shared_pass(costs, requests, size, packed=is_packed, limit=max_batch_tokens, budget=budget)
     elif lately_contended:
         # One request waits, but others came lately: the next one should not wait long for this
         # pass either. Shortest first, so that a padded pass pads little.

@@ -19,7 +19,7 @@ from .tokenization import Tokenization
 __all__ = ["Acceleration"]
 
 # The name these lines have always been logged under.
-log = logging.getLogger("bertserve.transformers_plugin")
+log = logging.getLogger(__name__)
 
 
 class Acceleration(Tokenization, Passes):
