@@ -76,8 +76,8 @@ class AccessLog(grpc.aio.ServerInterceptor):
             named = _served_model(response) or _model_of(request) or facts.model
             model = named or (self._default_model if _names_default(request) else "-")
             label = model if model in self._models or model == served_at_start else "-"
-            metrics.CALLS.labels(facts.rpc, label, code).inc()
-            metrics.CALL_SECONDS.labels(facts.rpc, label).observe(seconds)
+            metrics.child(metrics.CALLS, facts.rpc, label, code).inc()
+            metrics.child(metrics.CALL_SECONDS, facts.rpc, label).observe(seconds)
             if self._lines and log.isEnabledFor(logging.INFO):
                 _line(facts, model, request, response, code, seconds, items=items)
         except Exception:

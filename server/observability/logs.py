@@ -26,3 +26,9 @@ def configure_logging(level: str, log_format: str, *, process: str = "") -> None
     else:
         handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {process}%(name)s: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    # What no format here shows is not gathered for every record (the logging docs' optimization
+    # knobs): the access log writes a record for every call.
+    logging._srcfile = None  # type: ignore[attr-defined]  # caller's file, function and line
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = bool(process) and log_format == "json"  # the JSON lines' process name

@@ -8,8 +8,10 @@ the supervisor serves one scrape of all of them. Names follow Prometheus convent
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server
@@ -26,6 +28,7 @@ __all__ = [
     "QUEUE_TOKENS",
     "REFUSED",
     "TOKENS",
+    "child",
     "serve_metrics",
 ]
 
@@ -78,3 +81,10 @@ def serve_metrics(address: str, port: int) -> WSGIServer:
     httpd, _ = start_http_server(port, addr=address, registry=registry)
     log.info("Prometheus metrics on http://%s:%d/metrics", address, httpd.server_port)
     return httpd
+
+
+@functools.lru_cache(maxsize=4096)
+def child(metric: Any, *labels: str) -> Any:
+    """metric.labels(*labels), looked up once: the calls' hot path counts with it. The label values
+    are bounded (RPCs, served models, codes), and the cache is bounded besides."""
+    return metric.labels(*labels)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 import torch
@@ -38,39 +39,51 @@ def pack(
     dtype: torch.dtype,
     device: torch.device,
 ) -> PackedBatch:
-    """First-fit-decreasing packing into rows of max(row_tokens, longest) tokens."""
-    capacity = max(row_tokens, max(len(e) for e in batch))
+    """First-fit-decreasing packing into rows of max(row_tokens, longest) tokens.
+
+    Only the placement (a few dozen sequences) is decided in Python; the arrays are filled with
+    one scatter each over the batch's tokens, laid end to end.
+    """
+    count = len(batch)
+    lengths = np.fromiter((len(e) for e in batch), dtype=np.int64, count=count)
+    capacity = max(row_tokens, int(lengths.max()))
     fill: list[int] = []
-    place = [(0, 0)] * len(batch)
-    for i in sorted(range(len(batch)), key=lambda i: -len(batch[i])):
-        n = len(batch[i])
+    rows, starts = np.zeros(count, dtype=np.int64), np.zeros(count, dtype=np.int64)
+    for i in np.argsort(-lengths, kind="stable").tolist():
+        n = int(lengths[i])
         row = next((r for r, used in enumerate(fill) if used + n <= capacity), len(fill))
         if row == len(fill):
             fill.append(0)
-        place[i] = (row, fill[row])
+        rows[i], starts[i] = row, fill[row]
         fill[row] += n
-    width = max(fill)
-    ids = np.full((len(fill), width), pad_id, dtype=np.int64)
-    positions = np.zeros((len(fill), width), dtype=np.int64)
-    types = np.zeros((len(fill), width), dtype=np.int64)
-    allowed = np.zeros((len(fill), width, width), dtype=bool)
-    for encoding, (row, start) in zip(batch, place, strict=True):
-        end = start + len(encoding)
-        ids[row, start:end] = encoding.ids
-        positions[row, start:end] = np.arange(position_offset, position_offset + len(encoding))
-        types[row, start:end] = encoding.type_ids
-        allowed[row, start:end, start:end] = True
-    for row, used in enumerate(fill):
-        pad = np.arange(used, width)
-        allowed[row, pad, pad] = True
+    width, total = max(fill), int(lengths.sum())
+    # Each token's place in the [rows, width] arrays, in batch order, and its position in its sequence.
+    firsts = np.cumsum(lengths) - lengths
+    within = np.arange(total, dtype=np.int64) - np.repeat(firsts, lengths)
+    where = np.repeat(rows * width + starts, lengths) + within
+    ids = np.full(len(fill) * width, pad_id, dtype=np.int64)
+    ids[where] = np.fromiter(chain.from_iterable(e.ids for e in batch), dtype=np.int64, count=total)
+    positions = np.zeros(len(fill) * width, dtype=np.int64)
+    positions[where] = within + position_offset
+    # Which sequence each place holds; padding gets ids of its own, so that it attends to itself alone.
+    flat_owner = -1 - np.arange(len(fill) * width, dtype=np.int64)
+    flat_owner[where] = np.repeat(np.arange(count, dtype=np.int64), lengths)
+    owner = flat_owner.reshape(len(fill), width)
+    allowed = torch.from_numpy(owner[:, :, None] == owner[:, None, :]).unsqueeze(1)
     mask = torch.zeros((len(fill), 1, width, width), dtype=dtype)
-    mask.masked_fill_(~torch.from_numpy(allowed).unsqueeze(1), torch.finfo(dtype).min)
-    inputs = {"input_ids": torch.from_numpy(ids), "position_ids": torch.from_numpy(positions), "attention_mask": mask}
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    inputs = {
+        "input_ids": torch.from_numpy(ids.reshape(len(fill), width)),
+        "position_ids": torch.from_numpy(positions.reshape(len(fill), width)),
+        "attention_mask": mask,
+    }
     if with_token_types:
-        inputs["token_type_ids"] = torch.from_numpy(types)
+        types = np.zeros(len(fill) * width, dtype=np.int64)
+        types[where] = np.fromiter(chain.from_iterable(e.type_ids for e in batch), dtype=np.int64, count=total)
+        inputs["token_type_ids"] = torch.from_numpy(types.reshape(len(fill), width))
     return PackedBatch(
         inputs={k: v.to(device, non_blocking=True) for k, v in inputs.items()},
-        rows=torch.tensor([p[0] for p in place], device=device),
-        starts=torch.tensor([p[1] for p in place], device=device),
-        lengths=[len(e) for e in batch],
+        rows=torch.from_numpy(rows).to(device),
+        starts=torch.from_numpy(starts).to(device),
+        lengths=lengths.tolist(),
     )

@@ -151,8 +151,8 @@ class Batcher:
             await self._task
 
     def _gauge_queue(self) -> None:
-        metrics.QUEUE_SEQUENCES.labels(self.name).set(len(self._pending))
-        metrics.QUEUE_TOKENS.labels(self.name).set(self._queued_tokens)
+        metrics.child(metrics.QUEUE_SEQUENCES, self.name).set(len(self._pending))
+        metrics.child(metrics.QUEUE_TOKENS, self.name).set(self._queued_tokens)
 
     def abandon(self, error: BertserveError) -> None:
         """Stop waiting for the work queued or in flight: each of its calls fails with error now, and
@@ -209,6 +209,8 @@ class Batcher:
         self._gauge_queue()
         self._wakeup.set()
         try:
+            if len(pending) == 1:  # most calls: one sequence, and no gathering future to make
+                return [await pending[0].future]
             return list(await asyncio.gather(*(p.future for p in pending)))
         except BaseException:
             for p in pending:  # the caller went away or one part failed: drop what has not run

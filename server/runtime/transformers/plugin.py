@@ -62,6 +62,7 @@ class TransformersPlugin(Acceleration, HeadLogits):
         tokenizer = fast_tokenizer(source, common)
         self._tokenizers = ThreadTokenizers(tokenizer)
         self._pair_specials = tokenizer.num_special_tokens_to_add(pair=True)
+        self._single_specials = tokenizer.num_special_tokens_to_add(pair=False)
 
         head = heads.head_of(config)
         model, loading = pretrained_model(

@@ -42,6 +42,7 @@ class PluginState(EncoderPlugin):
         self._device = torch.device("cpu")
         self._uses_token_types = False
         self._pair_specials = 0  # special tokens the tokenizer adds to a pair
+        self._single_specials = 0  # ... and to a text alone
         self._max_tokens = 0
         self._pad_id = 0
         self._dtype = torch.float32

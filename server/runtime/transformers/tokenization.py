@@ -34,7 +34,8 @@ class Tokenization(PluginState):
         max_length: int | None = None,
     ) -> list[Encoding]:
         if max_length is not None:
-            specials = self._tokenizer.num_special_tokens_to_add(pair=pairs is not None) if add_special_tokens else 0
+            specials = self._pair_specials if pairs is not None else self._single_specials
+            specials = specials if add_special_tokens else 0
             if max_length <= specials:
                 raise InvalidRequest(
                     f"max_length {max_length} leaves no room for text: model {self.spec.name!r} adds {specials} "
@@ -83,18 +84,33 @@ class Tokenization(PluginState):
         add_special_tokens: bool,
         truncate_to: int | None,
     ) -> list[Encoding]:
-        batch = self._tokenize_with()(
-            list(texts),
-            list(pairs) if pairs is not None else None,
-            add_special_tokens=add_special_tokens,
-            truncation="longest_first" if truncate_to is not None else False,
-            max_length=truncate_to,
-            return_token_type_ids=True,
-            return_attention_mask=False,
-            return_special_tokens_mask=True,
-            return_offsets_mapping=True,
-        )
-        return [self._encoding_of(e) for e in batch.encodings]
+        """One encode_batch of the Rust tokenizer, set as transformers' own call sets it (see
+        _backend_for): the same encodings, without the Python wrapper's per-call work."""
+        backend = self._backend_for(truncate_to)
+        inputs: list[Any] = list(zip(texts, pairs, strict=True)) if pairs is not None else list(texts)
+        return [self._encoding_of(e) for e in backend.encode_batch(inputs, add_special_tokens=add_special_tokens)]
+
+    def _backend_for(self, truncate_to: int | None) -> Any:
+        """This thread's Rust tokenizer, set as transformers' fast tokenizer sets it for a call
+        without padding: "longest_first" truncation to truncate_to (stride 0, the tokenizer's
+        truncation side) or none, and special tokens in the text split or not as it says."""
+        tokenizer = self._tokenize_with()
+        backend = tokenizer.backend_tokenizer
+        if backend.padding is not None:
+            backend.no_padding()
+        if truncate_to is None:
+            if backend.truncation is not None:
+                backend.no_truncation()
+        else:
+            wanted = {"max_length": truncate_to, "stride": 0, "strategy": "longest_first"}
+            wanted["direction"] = tokenizer.truncation_side
+            current = backend.truncation
+            if current is None or any(current.get(k) != v for k, v in wanted.items()):
+                backend.enable_truncation(**wanted)
+        split = bool(getattr(tokenizer, "split_special_tokens", False))
+        if backend.encode_special_tokens != split:
+            backend.encode_special_tokens = split
+        return backend
 
     def _encoding_of(self, encoding: Any) -> Encoding:
         """A tokenizers.Encoding as the server's Encoding; segment ids as the model gets them."""
@@ -130,8 +146,7 @@ class Tokenization(PluginState):
         """The windows as the question-answering pipeline's tokenizer call makes them (the pair cut
         "only_second" with a stride), taken from the Rust encoding one at a time: a long context's
         windows never all sit in Python at once."""
-        backend = self._tokenize_with().backend_tokenizer
-        backend.no_padding()
+        backend = self._backend_for(None)
         backend.enable_truncation(
             max_seq_len, stride=doc_stride, strategy="only_second", direction=self._tokenizer.truncation_side
         )

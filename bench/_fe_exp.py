@@ -1,0 +1,202 @@
+"""What the server itself costs per call, against the floor of Python gRPC, in one run.
+
+    python bench/frontend.py [--seconds 12] [--concurrency 64] [--processes 1 2] [--rounds 1]
+
+A near-free model (one layer, hidden size 32, all-MiniLM-L6-v2's real tokenizer) makes the
+forward pass cost almost nothing, so what bertserve spends on a single-sentence Embed is its own
+cost: gRPC, the access log, metrics, tokenization, batching, packing, the hops between threads.
+The same run starts a bare grpc.aio server in Python that answers Embed with a fixed reply of the
+same size, as the floor. A driver in a separate process runs --concurrency callers of one-sentence
+Embed calls for --seconds against each, over raw stubs (the same client cost for both). Printed:
+calls/s and the server's CPU time per call (user + system of the server's processes, from
+/proc), and bertserve's ratio to the floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from throughput import Server, minilm_dir
+
+_SENTENCE = "A man is playing a guitar in the park."
+
+
+def near_free_model(into: Path) -> Path:
+    """One layer, hidden size 32, random weights, and all-MiniLM-L6-v2's tokenizer."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
+    BertModel(config).save_pretrained(into)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (minilm_dir() / name).exists():
+            shutil.copy(minilm_dir() / name, into / name)
+    return into
+
+
+def _bare_server(port_file: str, hidden: int) -> None:
+    """A grpc.aio server whose Embed answers a fixed reply of a one-sentence Embed's size."""
+    import grpc
+    import numpy as np
+
+    from bertserve_client.v1 import common_pb2, encoder_service_pb2, encoder_service_pb2_grpc
+
+    vector = np.ones((1, hidden), dtype="<f4")
+    reply = encoder_service_pb2.EmbedResponse(
+        model="near-free",
+        embeddings=common_pb2.Tensor(data=vector.tobytes(), shape=vector.shape),
+        token_counts=[11],
+        usage=common_pb2.Usage(tokens=11),
+    )
+
+    class Bare(encoder_service_pb2_grpc.EncoderServiceServicer):
+        async def Embed(self, request: Any, context: Any) -> Any:
+            return reply
+
+    async def serve() -> None:
+        server = grpc.aio.server()
+        encoder_service_pb2_grpc.add_EncoderServiceServicer_to_server(Bare(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        Path(port_file).write_text(str(port))  # noqa: ASYNC240 (once, before serving)
+        await server.wait_for_termination()
+
+    asyncio.run(serve())
+
+
+def _drive(target: str, seconds: float, concurrency: int) -> dict[str, float]:
+    """Run one-sentence Embed callers against target; calls answered and the seconds taken."""
+    import grpc
+
+    from bertserve_client.v1 import encoder_service_pb2, encoder_service_pb2_grpc
+
+    async def run() -> dict[str, float]:
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = encoder_service_pb2_grpc.EncoderServiceStub(channel)
+            request = encoder_service_pb2.EmbedRequest(model="near-free", inputs=[_SENTENCE])
+            for _ in range(20):
+                await stub.Embed(request, timeout=30)
+            done = 0
+            started = time.perf_counter()
+
+            async def caller() -> None:
+                nonlocal done
+                while time.perf_counter() - started < seconds:
+                    await stub.Embed(request, timeout=30)
+                    done += 1
+
+            await asyncio.gather(*(caller() for _ in range(concurrency)))
+            return {"calls": done, "seconds": time.perf_counter() - started}
+
+    return asyncio.run(run())
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of pid and its living descendants."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        pending += [int(c) for c in children]
+    return total
+
+
+def measure(pid: int, target: str, seconds: float, concurrency: int) -> dict[str, float]:
+    """Drive target from a child process; calls/s and the server's CPU microseconds per call."""
+    before = _cpu_seconds(pid)
+    drive = [sys.executable, __file__, "--drive", target, str(seconds), str(concurrency)]
+    out = subprocess.run(drive, capture_output=True, text=True, check=True, timeout=seconds + 120)
+    after = _cpu_seconds(pid)
+    result = json.loads(out.stdout)
+    # The warm-up calls are few; their CPU falls in the total and is spread over the measured calls.
+    return {
+        "calls_per_s": result["calls"] / result["seconds"],
+        "cpu_us_per_call": (after - before) / max(1, result["calls"]) * 1e6,
+    }
+
+
+def _bertserve(model: Path, tmp: Path, processes: int) -> Server:
+    config = tmp / f"frontend-{processes}.yaml"
+    config.write_text(
+        f"server: {{address: 127.0.0.1, port: 0, processes: {processes}, {os.environ['EXTRA']}}}\n"
+        f"models:\n  - {{name: near-free, plugin: bert, source: '{model}', {os.environ.get('MEXTRA', 'device: cpu')}}}\n"
+    )
+    return Server(config, expect_ready=processes)
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--drive":
+        print(json.dumps(_drive(sys.argv[2], float(sys.argv[3]), int(sys.argv[4]))))
+        return 0
+    if len(sys.argv) > 1 and sys.argv[1] == "--bare":
+        _bare_server(sys.argv[2], int(sys.argv[3]))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=12.0)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--rounds", type=int, default=1)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = Path(scratch)
+        model = near_free_model(tmp / "near-free")
+        port_file = tmp / "bare.port"
+        bare = subprocess.Popen([sys.executable, __file__, "--bare", str(port_file), "32"])
+        try:
+            deadline = time.monotonic() + 60
+            while not port_file.exists() or not port_file.read_text():
+                if time.monotonic() > deadline or bare.poll() is not None:
+                    raise RuntimeError("the bare grpc.aio server did not start")
+                time.sleep(0.1)
+            bare_target = f"127.0.0.1:{port_file.read_text()}"
+            rows: list[tuple[str, dict[str, float], dict[str, float]]] = []
+            for _ in range(args.rounds):
+                for processes in args.processes:
+                    floor = measure(bare.pid, bare_target, args.seconds, args.concurrency)
+                    server = _bertserve(model, tmp, processes)
+                    try:
+                        ours = measure(server.process.pid, f"127.0.0.1:{server.port}", args.seconds, args.concurrency)
+                    finally:
+                        server.stop()
+                    rows.append((f"bertserve, processes: {processes}", ours, floor))
+        finally:
+            bare.terminate()
+            bare.wait(30)
+    print(f"\n{args.concurrency} callers of one-sentence Embed, {args.seconds:.0f} s each, near-free model")
+    print(f"{'':28} {'calls/s':>9} {'CPU us/call':>12} | {'bare calls/s':>12} {'bare us/call':>12} | {'CPU ratio':>9}")
+    for name, ours, floor in rows:
+        ratio = ours["cpu_us_per_call"] / floor["cpu_us_per_call"]
+        print(
+            f"{name:28} {ours['calls_per_s']:9.0f} {ours['cpu_us_per_call']:12.0f} | "
+            f"{floor['calls_per_s']:12.0f} {floor['cpu_us_per_call']:12.0f} | {ratio:9.2f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

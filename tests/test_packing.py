@@ -1,0 +1,61 @@
+"""Packed rows, checked cell by cell: each sequence's tokens where its place says, positions that
+restart at each one, a block-diagonal attention mask, and padding that attends to itself alone."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from bertserve.api import Encoding
+from bertserve.runtime.packed_inputs import pack
+
+
+def _encoding(rng: random.Random, n: int) -> Encoding:
+    return Encoding(
+        ids=[rng.randrange(1, 1000) for _ in range(n)],
+        tokens=["t"] * n,
+        type_ids=[rng.randrange(2) for _ in range(n)],
+        special_tokens_mask=[0] * n,
+        offsets=[(0, 0)] * n,
+        sequence_ids=[0] * n,
+        word_ids=[0] * n,
+        full_length=n,
+    )
+
+
+def test_every_sequence_sits_alone_in_its_place_of_a_packed_row() -> None:
+    rng = random.Random(7)
+    low = torch.finfo(torch.float32).min
+    for _ in range(300):
+        batch = [_encoding(rng, rng.randrange(1, 50)) for _ in range(rng.randrange(1, 40))]
+        row_tokens, offset = rng.choice([8, 64, 128]), rng.choice([0, 2])
+        packed = pack(
+            batch,
+            row_tokens=row_tokens,
+            pad_id=0,
+            position_offset=offset,
+            with_token_types=True,
+            dtype=torch.float32,
+            device=torch.device("cpu"),
+        )
+        ids, positions, types = (packed.inputs[k] for k in ("input_ids", "position_ids", "token_type_ids"))
+        mask = packed.inputs["attention_mask"][:, 0]
+        rows, width = ids.shape
+        assert width <= max(row_tokens, max(len(e) for e in batch))
+        owner = torch.full((rows, width), -1)
+        for i, (e, row, start, n) in enumerate(
+            zip(batch, packed.rows.tolist(), packed.starts.tolist(), packed.lengths, strict=True)
+        ):
+            assert n == len(e)
+            assert ids[row, start : start + n].tolist() == e.ids
+            assert types[row, start : start + n].tolist() == e.type_ids
+            assert positions[row, start : start + n].tolist() == list(range(offset, offset + n))
+            assert (owner[row, start : start + n] == -1).all(), "two sequences share a place"
+            owner[row, start : start + n] = i
+        # Tokens attend to the tokens of their own sequence; a padding place to itself alone.
+        own = owner[:, :, None] == owner[:, None, :]
+        real = (owner >= 0)[:, :, None] | torch.eye(width, dtype=torch.bool)
+        assert torch.equal(mask == 0, own & real)
+        assert ((mask == 0) | (mask == low)).all()
+        assert (ids[owner == -1] == 0).all()
