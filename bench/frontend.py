@@ -1,6 +1,8 @@
 """What the server itself costs per call, against the floor of Python gRPC, in one run.
 
     python bench/frontend.py [--seconds 12] [--concurrency 64] [--processes 1 2] [--rounds 1]
+                             [--server-options "torch_threads: 1"] [--model-options "workers: 1"]
+                             [--layers]
 
 A near-free model (one layer, hidden size 32, all-MiniLM-L6-v2's real tokenizer) makes the
 forward pass cost almost nothing, so what bertserve spends on a single-sentence Embed is its own
@@ -10,6 +12,11 @@ same size, as the floor. A driver in a separate process runs --concurrency calle
 Embed calls for --seconds against each, over raw stubs (the same client cost for both). Printed:
 calls/s and the server's CPU time per call (user + system of the server's processes, from
 /proc), and bertserve's ratio to the floor.
+
+--layers also serves the same model with Embed's flow cut short, to show what each layer of a call
+costs: "edge" answers a fixed result once the call has passed the interceptors, the access log,
+the metrics, the codec and the router; "tokenize" also tokenizes the input; "full" is the server
+as it is. (One process: the cut flow is set in the served process before it starts.)
 """
 
 from __future__ import annotations
@@ -140,13 +147,44 @@ def measure(pid: int, target: str, seconds: float, concurrency: int) -> dict[str
     }
 
 
-def _bertserve(model: Path, tmp: Path, processes: int) -> Server:
-    config = tmp / f"frontend-{processes}.yaml"
+def _bertserve(model: Path, tmp: Path, processes: int, options: argparse.Namespace, layer: str = "full") -> Server:
+    config = tmp / f"frontend-{processes}-{layer}.yaml"
+    server = f"address: 127.0.0.1, port: 0, processes: {processes}, access_log: true, metrics_port: 0"
+    entry = f"name: near-free, plugin: bert, source: '{model}'"
     config.write_text(
-        f"server: {{address: 127.0.0.1, port: 0, processes: {processes}, access_log: true, metrics_port: 0}}\n"
-        f"models:\n  - {{name: near-free, plugin: bert, source: '{model}'}}\n"
+        f"server: {{{', '.join(filter(None, [server, options.server_options]))}}}\n"
+        f"models:\n  - {{{', '.join(filter(None, [entry, options.model_options]))}}}\n"
     )
-    return Server(config, expect_ready=processes)
+    if layer == "full":
+        return Server(config, expect_ready=processes)
+    return Server(config, expect_ready=processes, command=[sys.executable, __file__, "--serve-layer", layer])
+
+
+def _serve_layer(layer: str, argv: list[str]) -> int:
+    """bertserve's command, with Embed's flow cut short after the given layer (see --layers)."""
+    import numpy as np
+
+    from bertserve.app.cli import main
+    from bertserve.domain import EmbedQuery, EmbedResult
+    from bertserve.serving import embedding
+    from bertserve.serving.flow import Work
+
+    async def cut_short(work: Work, query: EmbedQuery) -> EmbedResult:
+        counts = [11] * len(query.inputs)
+        if layer == "tokenize":
+            counts = [len(e) for e in await work.tokenize(query.inputs, truncate=query.truncate)]
+        pooled = np.ones((len(query.inputs), work.info.hidden_size), dtype=np.float32)
+        return EmbedResult(
+            model=work.name,
+            pooled=pooled,
+            token_states=None,
+            token_counts=counts,
+            truncated_indices=[],
+            usage=work.usage(sum(counts)),
+        )
+
+    object.__setattr__(embedding.EMBED, "body", cut_short)  # the flow table holds this Flow
+    return main(argv)
 
 
 def main() -> int:
@@ -156,11 +194,16 @@ def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--bare":
         _bare_server(sys.argv[2], int(sys.argv[3]))
         return 0
+    if len(sys.argv) > 2 and sys.argv[1] == "--serve-layer":
+        return _serve_layer(sys.argv[2], sys.argv[3:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=12.0)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--server-options", default="", help="more server settings, as YAML flow mapping items")
+    parser.add_argument("--model-options", default="", help="more settings of the model's entry, likewise")
+    parser.add_argument("--layers", action="store_true", help="also measure a call cut short after each layer")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         tmp = Path(scratch)
@@ -178,12 +221,20 @@ def main() -> int:
             for _ in range(args.rounds):
                 for processes in args.processes:
                     floor = measure(bare.pid, bare_target, args.seconds, args.concurrency)
-                    server = _bertserve(model, tmp, processes)
+                    server = _bertserve(model, tmp, processes, args)
                     try:
                         ours = measure(server.process.pid, f"127.0.0.1:{server.port}", args.seconds, args.concurrency)
                     finally:
                         server.stop()
                     rows.append((f"bertserve, processes: {processes}", ours, floor))
+                for layer in ("edge", "tokenize") if args.layers else ():
+                    floor = measure(bare.pid, bare_target, args.seconds, args.concurrency)
+                    server = _bertserve(model, tmp, 1, args, layer)
+                    try:
+                        ours = measure(server.process.pid, f"127.0.0.1:{server.port}", args.seconds, args.concurrency)
+                    finally:
+                        server.stop()
+                    rows.append((f"  cut after: {layer}", ours, floor))
         finally:
             bare.terminate()
             bare.wait(30)

@@ -181,10 +181,12 @@ def _timed(name: str, batches: Iterable[list[str]], run: Callable[[list[str]], i
 class Server:
     """bertserve in a child process, as production runs it."""
 
-    def __init__(self, config: Path, expect_ready: int) -> None:
+    def __init__(self, config: Path, expect_ready: int, command: Sequence[str] | None = None) -> None:
+        """command: what runs bertserve's command line (default: python -m bertserve.app.cli)."""
         self.log: list[str] = []
+        command = list(command or [sys.executable, "-m", "bertserve.app.cli"])
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bertserve.app.cli", "serve", "--config", str(config), "--log-level", "info"],
+            [*command, "serve", "--config", str(config), "--log-level", "info"],
             stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
