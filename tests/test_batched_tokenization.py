@@ -6,6 +6,7 @@ sent at once so that they share the tokenizer's jobs."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -55,15 +56,10 @@ def _expected(tokenizer: Any, text: str, pair: str | None, max_length: int | Non
 
 
 def _got(t: Tokenization) -> dict[str, Any]:
-    return {
-        "ids": t.ids,
-        "tokens": t.tokens,
-        "token_type_ids": t.token_type_ids,
-        "special_tokens_mask": t.special_tokens_mask,
-        "offsets": t.offsets,
-        "sequence_ids": t.sequence_ids,
-        "truncated": t.truncated,
-    }
+    """What the call answered for one text, in _expected's terms (the attention mask is all ones)."""
+    fields = asdict(t)
+    assert fields.pop("attention_mask") == [1] * len(t.ids)
+    return fields
 
 
 async def _at_once(client: AsyncClient, model: str, calls: list[dict[str, Any]]) -> list[list[Tokenization]]:
