@@ -3,11 +3,12 @@
     python bench/hot_path.py [--texts 32] [--repeat 300]
 
 Printed, in microseconds for --texts one-sentence texts: transformers' own tokenizer call (the
-Python wrapper over the Rust tokenizer), the same with the server's Encodings made from its output
-(how bertserve tokenized before it called the Rust tokenizer itself), bertserve's tokenization (one encode_batch of the Rust
-tokenizer, set as transformers sets it, and the server's Encodings made from it; checked equal
-to the wrapper's output first), the Rust encode_batch alone, and packing the encodings into
-rows. Each is timed in alternating slices, so that drift in the machine's speed hits all alike.
+Python wrapper over the Rust tokenizer); the same with the server's Encodings made from its output
+(how bertserve tokenized before it called the Rust tokenizer itself); bertserve's tokenization
+(one encode_batch of the Rust tokenizer, set as transformers sets it, and the server's Encodings
+made from it; checked equal to the wrapper's output first); the Rust encode_batch alone; and
+packing the encodings into rows. Each is timed in alternating slices, so that drift in the
+machine's speed hits all alike.
 """
 
 from __future__ import annotations
