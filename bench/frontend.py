@@ -218,23 +218,18 @@ def main() -> int:
                 time.sleep(0.1)
             bare_target = f"127.0.0.1:{port_file.read_text()}"
             rows: list[tuple[str, dict[str, float], dict[str, float]]] = []
+            # Each row: one bertserve set-up, and the bare server measured just before it.
+            setups = [(f"bertserve, processes: {n}", n, "full") for n in args.processes]
+            setups += [(f"  cut after: {layer}", 1, layer) for layer in (("edge", "tokenize") if args.layers else ())]
             for _ in range(args.rounds):
-                for processes in args.processes:
+                for name, processes, layer in setups:
                     floor = measure(bare.pid, bare_target, args.seconds, args.concurrency)
-                    server = _bertserve(model, tmp, processes, args)
+                    server = _bertserve(model, tmp, processes, args, layer)
                     try:
                         ours = measure(server.process.pid, f"127.0.0.1:{server.port}", args.seconds, args.concurrency)
                     finally:
                         server.stop()
-                    rows.append((f"bertserve, processes: {processes}", ours, floor))
-                for layer in ("edge", "tokenize") if args.layers else ():
-                    floor = measure(bare.pid, bare_target, args.seconds, args.concurrency)
-                    server = _bertserve(model, tmp, 1, args, layer)
-                    try:
-                        ours = measure(server.process.pid, f"127.0.0.1:{server.port}", args.seconds, args.concurrency)
-                    finally:
-                        server.stop()
-                    rows.append((f"  cut after: {layer}", ours, floor))
+                    rows.append((name, ours, floor))
         finally:
             bare.terminate()
             bare.wait(30)
