@@ -132,6 +132,8 @@ class ModelInfo:
     #: Whether the tokenizer's model marks word-continuing pieces (WordPiece's "##"): ClassifyTokens
     #: then tells subwords by their length, else by the spaces around them, as the pipeline does.
     word_aware: bool = False
+    #: Whether the model takes segment ids: its encodings carry them, else zeros.
+    uses_token_types: bool = True
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,16 @@ class EncoderPlugin(abc.ABC):
 
         Runs on the worker of the model's device, after fetch().
         """
+
+    def load_tokenizer(self, info: ModelInfo) -> None:
+        """Load only what tokenize, tokenize_windows and the decoding methods need: in a front-end
+        process, whose engine loaded the model with load() and reported info.
+
+        Runs on a loader thread, after fetch(). The default loads the whole model, which is right
+        for any plugin and costs a front end a copy of the weights; a plugin whose tokenizer stands
+        alone loads just that.
+        """
+        self.load()
 
     @abc.abstractmethod
     def tokenize(

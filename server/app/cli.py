@@ -203,13 +203,13 @@ def _serve(args: argparse.Namespace) -> int:
     registry = discover_plugins()
     try:
         check_options(config, registry.plugins)
-        if config.processes == 1:  # several: each server process sets up its own
+        if config.processes == 1 and not config.engine:  # several: each server process sets up its own
             configure_tracing()
     except ConfigError as e:
         print(f"bertserve: {e}", file=sys.stderr)
         return 2
     try:
-        if config.processes > 1:
+        if config.processes > 1 or config.engine:
             from bertserve.app.supervisor import serve_processes
 
             return serve_processes(config)

@@ -8,8 +8,6 @@ import logging
 import os
 import signal
 from collections.abc import Callable, Coroutine, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -20,9 +18,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from opentelemetry.instrumentation.grpc.filters import negate, service_name
 
-from bertserve.api import ModelSpec
-from bertserve.app.config import ServerConfig, TlsConfig, parse_model_entry
+from bertserve.app.config import ServerConfig, TlsConfig
 from bertserve.app.discovery import PluginRegistry, discover_plugins
+from bertserve.app.hosting import EngineAddress, Hosting
 from bertserve.domain import CallLimits
 from bertserve.edge.access_log import AccessLog
 from bertserve.edge.auth import ADMIN, ANY_SCOPE, INFERENCE, AuthInterceptor, LocalAdminOnly, Principal, TokenTable
@@ -32,14 +30,14 @@ from bertserve.edge.reflection import METHODS as REFLECTION_METHODS
 from bertserve.edge.reflection import enable_reflection
 from bertserve.edge.servicers import EncoderServicer, ModelServicer
 from bertserve.edge.tls import CertificateFiles, RotatingCredentials
-from bertserve.errors import ConfigError, InvalidRequest, ModelUnavailable, PermissionDenied, quoted
+from bertserve.errors import ModelUnavailable
 from bertserve.observability import telemetry
 from bertserve.observability.metrics import serve_metrics
-from bertserve.runtime.device_workers import DeviceWorkers
-from bertserve.runtime.sources import source_allowed
-from bertserve.runtime.threads import configure_runtime, cpu_cores, freeze_loaded_heap, model_workers, share_cores
+from bertserve.runtime.threads import configure_runtime, cpu_cores, freeze_loaded_heap, share_cores
+from bertserve.serving.engine_link import EngineLink
+from bertserve.serving.engine_models import EngineModels
 from bertserve.serving.model_host import ModelHost
-from bertserve.serving.model_manager import ModelManager
+from bertserve.serving.model_manager import ModelChanges, ModelManager
 from bertserve.serving.router import Router
 from bertserve_client.v1 import encoder_service_pb2, encoder_service_pb2_grpc, model_service_pb2, model_service_pb2_grpc
 
@@ -63,30 +61,50 @@ class BertServer:
     """One bertserve process: start() binds and begins loading models in the background."""
 
     def __init__(
-        self, config: ServerConfig, registry: PluginRegistry | None = None, *, share_port: bool = False
+        self,
+        config: ServerConfig,
+        registry: PluginRegistry | None = None,
+        *,
+        share_port: bool = False,
+        engine: EngineAddress | None = None,
     ) -> None:
         """share_port: bind alongside the other processes of one server (see bertserve.app.supervisor).
-
         Otherwise the port is this process's alone, and a port already taken fails to bind
         rather than silently splitting traffic with whatever holds it.
+
+        engine: this process is a front end of that engine, which loads and runs the models;
+        this process tokenizes and post-processes (see bertserve.app.engine).
         """
         # Workers left automatic become concrete here when the caller did not (tests, embedders).
         config = share_cores(config, cpu_cores()) if any(not spec.workers for spec in config.models) else config
         self.config = config
         self._share_port = share_port
-        self._registry = registry or discover_plugins()
-        self._tokenizer_pool = ThreadPoolExecutor(config.tokenizer_threads, thread_name_prefix="tokenize")
-        self._device_workers = DeviceWorkers(config.models)
-        self._loaders = ThreadPoolExecutor(max(2, len(config.models)), thread_name_prefix="fetch")
-        self.router = Router([self._host(spec) for spec in config.models], config.default_model)
-        self.models = ModelManager(
-            self.router,
-            new_host=self._host,
-            parse_entry=self._parse_entry,
-            published=lambda host: host.publish(self._publish_health),
-            removed=self._forget,
-            grace_period_s=config.grace_period_s,
-        )
+        self._hosting = Hosting(config, registry or discover_plugins())
+        self.models: ModelChanges
+        self._link: EngineLink | None = None
+        if engine is None:
+            self.router = Router([self._hosting.host(spec) for spec in config.models], config.default_model)
+            self.models = ModelManager(
+                self.router,
+                new_host=self._hosting.host,
+                parse_entry=self._hosting.parse_entry,
+                published=lambda host: host.publish(self._publish_health),
+                removed=self._forget,
+                grace_period_s=config.grace_period_s,
+            )
+        else:
+            self.router = Router([], config.default_model)
+            models = EngineModels(
+                self.router,
+                new_host=lambda entry, token: self._hosting.front_end_host(entry, token, self._engine_link()),
+                parse_entry=self._hosting.parse_entry,
+                published=lambda host: host.publish(self._publish_health),
+                removed=self._forget,
+            )
+            self._link = models.link = EngineLink(
+                engine.address, engine.identity, on_table=models.apply, on_lost=models.lost
+            )
+            self.models = models
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._loading: asyncio.Task[None] | None = None
@@ -96,41 +114,9 @@ class BertServer:
         self.metrics_port = 0  # bound once started, when config.metrics_port is set
         self._metrics: WSGIServer | None = None
 
-    def _host(self, spec: ModelSpec, published: bool = True) -> ModelHost:
-        """An unstarted host of spec (failed at once when its plugin is missing)."""
-        pools = (self._tokenizer_pool, self._device_workers.for_model(spec), self._loaders)
-        try:
-            factory = self._registry.get(spec.plugin)
-        except KeyError as e:
-            log.error("model %r cannot load: %s", spec.name, e.args[0])
-            host = ModelHost(spec, None, *pools, failure=str(e.args[0]), published=published)
-        else:
-            host = ModelHost(spec, factory, *pools, published=published)
-        host.retry_max_s = self.config.load_retry_max_s
-        return host
-
-    def _parse_entry(self, text: str) -> ModelSpec:
-        """A model entry sent to LoadModel or ReloadModel; InvalidRequest naming what is wrong, and
-        PermissionDenied for what the server's admin settings do not allow a run-time entry."""
-        admin = self.config.admin
-        try:
-            spec = parse_model_entry(text, self._registry.plugins, max_bytes=admin.max_entry_bytes)
-            self._registry.get(spec.plugin)
-        except ConfigError as e:
-            raise InvalidRequest(_capped(str(e))) from None
-        except KeyError as e:
-            raise InvalidRequest(f"entry.plugin: {e.args[0]}") from None
-        if spec.allow_pickle and not admin.allow_pickle:
-            raise PermissionDenied(
-                "entry.allow_pickle: this server does not let a run-time entry load pickle weights; the operator "
-                "can allow it with server.admin.allow_pickle: true, or list the model in the configuration file"
-            )
-        if not source_allowed(spec.source, admin.allowed_sources):
-            raise PermissionDenied(
-                f"entry.source: {quoted(spec.source)} is not among the sources this server allows run-time entries "
-                "to load (server.admin.allowed_sources)"
-            )
-        return replace(spec, workers=model_workers(spec, self.config.torch_threads, cpu_cores()))
+    def _engine_link(self) -> EngineLink:
+        assert self._link is not None
+        return self._link
 
     def _forget(self, name: str) -> None:
         """A model is gone: its health entry says so (SERVICE_UNKNOWN), and the server's is recomputed."""
@@ -176,7 +162,8 @@ class BertServer:
         )
         add_servicer(
             model_service_pb2_grpc.add_ModelServiceServicer_to_server,
-            ModelServicer(self.router, None if self._share_port else self.models),
+            # Whole servers side by side cannot change each other's models; front ends ask their engine.
+            ModelServicer(self.router, None if self._share_port and self._link is None else self.models),
             server,
             max_request_bytes=config.max_input_bytes,
         )
@@ -200,7 +187,10 @@ class BertServer:
         for host in self.router:
             host.on_state_change = self._publish_health
             await self._refresh_health(host)
-        self._loading = asyncio.create_task(self._load_all(), name="load-models")
+        if self._link is not None:
+            await self._link.start()
+        else:
+            self._loading = asyncio.create_task(self._load_all(), name="load-models")
         log.info("bertserve listening on %s (port %d)", self.config.bind, self.port)
         return self.port
 
@@ -310,13 +300,13 @@ class BertServer:
         if self._loading is not None and not self._loading.done():
             self._loading.cancel()
         await asyncio.gather(*(host.stop() for host in self.router), return_exceptions=True)
+        if self._link is not None:
+            await self._link.stop()
         if self._metrics is not None:
             await asyncio.to_thread(self._metrics.shutdown)
             self._metrics.server_close()
-        self._tokenizer_pool.shutdown(wait=False, cancel_futures=True)
-        self._device_workers.shutdown()
         await asyncio.to_thread(telemetry.flush)
-        self._loaders.shutdown(wait=False, cancel_futures=True)
+        self._hosting.shutdown()
 
     async def serve_forever(self, on_listening: Callable[[], None] = lambda: None) -> None:
         """Run until SIGTERM or SIGINT, then drain in-flight calls and exit."""
@@ -350,11 +340,6 @@ def _files_of(tls: TlsConfig) -> CertificateFiles:
     return CertificateFiles(Path(tls.cert_file), Path(tls.key_file), ca)
 
 
-def _capped(message: str, limit: int = 2000) -> str:
-    """A status message stays well inside gRPC's metadata limit, whatever the entry held."""
-    return message if len(message) <= limit else message[: limit - 3] + "..."
-
-
 def _is_loopback(address: str) -> bool:
     if address == "localhost":
         return True
@@ -374,10 +359,12 @@ def serve_one_process(
     registry: PluginRegistry | None = None,
     *,
     share_port: bool = False,
+    engine: EngineAddress | None = None,
     on_listening: Callable[[], None] = lambda: None,
 ) -> None:
     """Run one server process until it is stopped: its threads shared out over cores, the runtime
     set up, then the server (the command's one process, or one of the supervisor's)."""
     config = share_cores(config, cores)
     configure_runtime(config)
-    asyncio.run(BertServer(config, registry, share_port=share_port).serve_forever(on_listening=on_listening))
+    server = BertServer(config, registry, share_port=share_port, engine=engine)
+    asyncio.run(server.serve_forever(on_listening=on_listening))

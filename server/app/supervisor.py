@@ -12,6 +12,7 @@ restarts a server that dies after it started, and passes SIGTERM and SIGINT on.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import multiprocessing
@@ -28,6 +29,7 @@ from dataclasses import replace
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
 from types import FrameType
+from typing import Any
 
 from bertserve.app.config import ServerConfig
 
@@ -37,19 +39,27 @@ log = logging.getLogger(__name__)
 
 _STARTUP_TIMEOUT_S = 120.0  # binding comes before models load, so this is imports and plugin discovery
 _RESTART_DELAY_S = 1.0
+_WATCH_INTERVAL_S = 0.5  # how often the engine is pinged
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def serve_processes(config: ServerConfig) -> int:
-    """Run config.processes servers on one port until SIGTERM or SIGINT; the exit status."""
+    """Run config.processes servers (or front ends of one engine) on one port until SIGTERM or
+    SIGINT; the exit status."""
     reserved = _reserve_port(config)  # held open, so the port stays ours while servers restart
     port = reserved.getsockname()[1]
     from bertserve.runtime.threads import cpu_cores  # no torch in the supervisor: joblib counts
 
-    cores = max(1, cpu_cores() // config.processes)  # each process's share, split again between its workers
+    uses_engine = config.engine if config.engine is not None else config.processes > 1
+    # Whole servers split the cores between their torch pools; front ends run no torch, and the
+    # engine's workers take every core.
+    cores = 1 if uses_engine else max(1, cpu_cores() // config.processes)
     child_config = replace(config, port=port, processes=1)
     context = multiprocessing.get_context("spawn")  # no forked copies of a parent's threads or locks
     samples = _serve_metrics_of_all(config)
+    runtime = tempfile.mkdtemp(prefix="bertserve-") if uses_engine else None  # mode 0700: this user's alone
+    address = f"ipc://{runtime}/engine" if runtime else None
+    engine = _EngineWatch(context, child_config, cpu_cores(), address) if address else None
     stopping = False
     children: list[tuple[BaseProcess, Event]] = []
 
@@ -57,7 +67,7 @@ def serve_processes(config: ServerConfig) -> int:
         nonlocal stopping
         if stopping:  # a second signal: no more waiting for the servers to drain
             log.warning("second %s: stopping the servers now", signal.Signals(signum).name)
-            for process, _ in children:
+            for process in [*(p for p, _ in children), *([engine.process] if engine and engine.process else [])]:
                 if process.is_alive():
                     process.kill()
             logging.shutdown()
@@ -78,21 +88,28 @@ def serve_processes(config: ServerConfig) -> int:
         listening = context.Event()
         process = context.Process(
             target=_serve_one,
-            args=(child_config, cores, index, config.processes, listening, os.getpid()),
+            args=(child_config, cores, index, config.processes, listening, os.getpid(), address),
             name=f"bertserve-{index}",
         )
         process.start()
         return process, listening
 
-    log.info("%d server processes on %s (port %d), %d cores each", config.processes, child_config.bind, port, cores)
-    children.extend(start(i + 1) for i in range(config.processes))
+    what = "front ends of one engine" if engine else "server processes"
+    log.info("%d %s on %s (port %d)", config.processes, what, child_config.bind, port)
     try:
+        if engine is not None and not engine.start(lambda: stopping) and not stopping:
+            log.error("the engine did not start (exit status %s)", engine.exitcode)
+            return 1
+        children.extend(start(i + 1) for i in range(config.processes))
         for index, (process, listening) in enumerate(children, start=1):
             if not _started(process, listening, lambda: stopping) and not stopping:
                 log.error("process %d did not start serving (exit status %s)", index, process.exitcode)
                 return 1
         while not stopping:
-            multiprocessing.connection.wait([p.sentinel for p, _ in children], timeout=0.5)
+            sentinels = [p.sentinel for p, _ in children] + ([engine.sentinel] if engine else [])
+            multiprocessing.connection.wait(sentinels, timeout=_WATCH_INTERVAL_S)
+            if engine is not None and not stopping:
+                engine.watch(lambda: stopping)
             for i, (process, _) in enumerate(children):
                 if process.is_alive() or stopping:
                     continue
@@ -102,10 +119,95 @@ def serve_processes(config: ServerConfig) -> int:
                 children[i] = start(i + 1)
         return 0
     finally:
-        _stop_all([p for p, _ in children], config.grace_period_s)
+        _stop_all([p for p, _ in children], config.grace_period_s + config.drain_delay_s)
+        if engine is not None:
+            engine.stop(config.grace_period_s)
         reserved.close()
-        if samples is not None:
-            shutil.rmtree(samples, ignore_errors=True)
+        for directory in (samples, runtime):
+            if directory is not None:
+                shutil.rmtree(directory, ignore_errors=True)
+
+
+class _EngineWatch:
+    """The engine process: started, pinged, and restarted when it dies or stops answering.
+
+    Each watch() sends a ping and reads the answers to earlier ones. An engine that has not
+    answered for engine_stall_timeout_s, or whose oldest pass in flight has run that long, is
+    wedged: it is killed, which its front ends see at once (their calls in flight fail with
+    UNAVAILABLE), and started again; its models load again and the front ends follow.
+    """
+
+    def __init__(self, context: Any, config: ServerConfig, cores: int, address: str) -> None:
+        import zmq
+
+        self._context = context
+        self._config = config
+        self._cores = cores
+        self.address = address
+        self.process: BaseProcess | None = None
+        self._zmq = zmq.Context()
+        self._socket = self._zmq.socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.IDENTITY, b"supervisor")
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.IMMEDIATE, 1)
+        self._socket.connect(address)
+        self._answered = time.monotonic()
+
+    @property
+    def sentinel(self) -> int:
+        assert self.process is not None
+        return self.process.sentinel
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.process.exitcode if self.process is not None else None
+
+    def start(self, stopping: Callable[[], bool]) -> bool:
+        ready = self._context.Event()
+        self.process = self._context.Process(
+            target=_serve_engine, args=(self._config, self._cores, self.address, ready, os.getpid()), name="engine"
+        )
+        self.process.start()
+        started = _started(self.process, ready, stopping)
+        self._answered = time.monotonic()
+        return started
+
+    def watch(self, stopping: Callable[[], bool]) -> None:
+        import zmq
+
+        from bertserve.serving import engine_wire as wire
+
+        assert self.process is not None
+        if not self.process.is_alive():
+            log.error("the engine exited (exit status %s); restarting it", self.process.exitcode)
+            _forget_samples_of(self.process)
+            time.sleep(_RESTART_DELAY_S)
+            if not self.start(stopping) and not stopping():
+                log.error("the engine did not start again (exit status %s)", self.exitcode)
+            return
+        now = time.monotonic()
+        oldest_pass_s = 0.0
+        while self._socket.poll(0):
+            frames = self._socket.recv_multipart()
+            if frames[0] == wire.PONG:
+                self._answered = now
+                (oldest_pass_s,) = wire.decode_small(frames)
+        limit = self._config.engine_stall_timeout_s
+        silent = now - self._answered
+        if silent > limit or oldest_pass_s > limit:
+            why = f"answered no ping for {silent:.1f}s" if silent > limit else f"ran one pass for {oldest_pass_s:.1f}s"
+            log.error("the engine is wedged: it %s (engine_stall_timeout_s %gs); killing it", why, limit)
+            self.process.kill()
+            self.process.join(5)
+            return
+        with contextlib.suppress(zmq.Again):  # not connected yet
+            self._socket.send_multipart([wire.PING], flags=zmq.NOBLOCK)
+
+    def stop(self, grace_period_s: float) -> None:
+        if self.process is not None:
+            _stop_all([self.process], grace_period_s)
+        self._socket.close(linger=0)
+        self._zmq.term()
 
 
 def _serve_metrics_of_all(config: ServerConfig) -> str | None:
@@ -167,16 +269,33 @@ def _reserve_port(config: ServerConfig) -> socket.socket:
     return reserved
 
 
-def _serve_one(config: ServerConfig, cores: int, index: int, total: int, listening: Event, supervisor: int) -> None:
-    """One server process (spawned): its own logging, thread settings and event loop."""
+def _serve_one(
+    config: ServerConfig, cores: int, index: int, total: int, listening: Event, supervisor: int, engine: str | None
+) -> None:
+    """One server process, or front end of the engine at engine (spawned): its own logging,
+    thread settings and event loop."""
     _end_with(supervisor)
+    from bertserve.app.hosting import EngineAddress
     from bertserve.app.server import serve_one_process
     from bertserve.observability.logs import configure_logging
     from bertserve.observability.telemetry import configure_tracing
 
     configure_logging(config.log_level, config.log_format, process=f"[{index}/{total}] ")
     configure_tracing()
-    serve_one_process(config, cores, share_port=True, on_listening=listening.set)
+    link = EngineAddress(engine, f"front-end-{index}") if engine else None
+    serve_one_process(config, cores, share_port=True, engine=link, on_listening=listening.set)
+
+
+def _serve_engine(config: ServerConfig, cores: int, address: str, ready: Event, supervisor: int) -> None:
+    """The engine process (spawned)."""
+    _end_with(supervisor)
+    from bertserve.app.engine import serve_engine
+    from bertserve.observability.logs import configure_logging
+    from bertserve.observability.telemetry import configure_tracing
+
+    configure_logging(config.log_level, config.log_format, process="[engine] ")
+    configure_tracing()
+    serve_engine(config, cores, address, on_ready=ready.set)
 
 
 def _end_with(supervisor: int) -> None:

@@ -28,7 +28,7 @@ from bertserve.observability import metrics
 from bertserve.serving import classify, classify_tokens, embedding, fill_mask, qa, replaced_tokens, rerank, similarity
 from bertserve.serving.flow import Call, Flow, run_flow
 from bertserve.serving.model_host import ModelHost
-from bertserve.serving.model_manager import ModelManager
+from bertserve.serving.model_manager import ModelChanges
 from bertserve.serving.router import Router
 from bertserve_client.v1 import encoder_service_pb2, encoder_service_pb2_grpc, model_service_pb2, model_service_pb2_grpc
 
@@ -61,7 +61,7 @@ class EncoderServicer(encoder_service_pb2_grpc.EncoderServiceServicer):
         if self._in_flight >= limit:
             try:
                 host = self._router.get(model)
-                retry, known = host.batcher.retry_after_s(), host.name
+                retry, known = host.retry_after_s(), host.name
             except BertserveError:
                 retry, known = 1.0, "-"  # a name no model has: not a label of its own
             metrics.REFUSED.labels(known, "max_concurrent_calls").inc()
@@ -173,7 +173,7 @@ for _name, _rpc in UNARY.items():
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, router: Router, manager: ModelManager | None) -> None:
+    def __init__(self, router: Router, manager: ModelChanges | None) -> None:
         """manager: None where the server runs several processes, whose models one call cannot change."""
         self._router = router
         self._manager = manager
@@ -223,7 +223,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     def _model(self, host: ModelHost) -> model_service_pb2.Model:
         return codecs.model_proto(host, is_default=host.name == self._router.default_model)
 
-    def _management(self, rpc: str) -> ModelManager:
+    def _management(self, rpc: str) -> ModelChanges:
         if self._manager is None:
             raise PreconditionFailed(
                 f"{rpc} would change the models of one of this server's processes only (server.processes is over 1); "
@@ -232,7 +232,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         return self._manager
 
 
-async def _parsed(manager: ModelManager, entry: str) -> ModelSpec:
+async def _parsed(manager: ModelChanges, entry: str) -> ModelSpec:
     """An entry's spec, parsed and checked on a thread: however it is crafted, the event loop and
     every other call go on meanwhile. The model it names goes into the call's facts, for the metrics."""
     spec = await asyncio.to_thread(manager.parse, entry)

@@ -11,15 +11,16 @@ forward pass that carried the call's sequences adds a ``queue wait`` and a ``for
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from importlib.metadata import entry_points
 from typing import Any
 
 from opentelemetry import context as otel_context
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -27,7 +28,16 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from bertserve import __version__
 from bertserve.errors import ConfigError
 
-__all__ = ["capture", "configure_tracing", "flush", "record_pass", "tracer_provider", "tracing_requested"]
+__all__ = [
+    "attached",
+    "capture",
+    "carrier",
+    "configure_tracing",
+    "flush",
+    "record_pass",
+    "tracer_provider",
+    "tracing_requested",
+]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +101,28 @@ def flush() -> None:
 def capture() -> otel_context.Context | None:
     """The current call's trace context, to hang the spans of its forward passes on; None when off."""
     return otel_context.get_current() if _tracer is not None else None
+
+
+def carrier() -> dict[str, str]:
+    """The current call's trace context as W3C trace headers, for an engine process to continue;
+    empty when tracing is off."""
+    headers: dict[str, str] = {}
+    if _tracer is not None:
+        propagate.inject(headers)
+    return headers
+
+
+@contextlib.contextmanager
+def attached(headers: Mapping[str, str]) -> Iterator[None]:
+    """Within this block, the current trace context is the one headers carry (from carrier())."""
+    if _tracer is None or not headers:
+        yield
+        return
+    token = otel_context.attach(propagate.extract(headers))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
 
 
 def record_pass(

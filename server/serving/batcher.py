@@ -119,6 +119,7 @@ class Batcher:
         self._closed = False
         self._abandoned: BertserveError | None = None  # set when the drain ran out of time
         self._running: dict[int, list[_Pending[Any]]] = {}  # the batches of the passes in flight, by id
+        self._started_ns: dict[int, int] = {}  # when each pass in flight started, by id
         self._ends_ns: dict[int, int] = {}  # when each pass in flight should end, at the measured rate
         self._tokens_per_s = 0.0  # smoothed throughput, for retry hints
         self.health = PassHealth(name)
@@ -134,6 +135,10 @@ class Batcher:
         """The tokens a pass computes per second (padding included, where passes pad), smoothed over
         recent passes; 0 before the first pass."""
         return self._tokens_per_s
+
+    def running_since_ns(self) -> list[int]:
+        """When each pass in flight started, in time.monotonic_ns() (what finds a pass that never ends)."""
+        return list(self._started_ns.values())
 
     @property
     def queued(self) -> tuple[int, int]:
@@ -271,6 +276,7 @@ class Batcher:
         pass_id = self.stats.forward_passes
         started = time.monotonic_ns()
         self._running[id(batch)] = batch
+        self._started_ns[id(batch)] = started
         try:
             results = await asyncio.get_running_loop().run_in_executor(
                 self._executor, self._run_batch, batch[0].op, [p.item for p in batch]
@@ -290,6 +296,7 @@ class Batcher:
         finally:
             self._last_pass_end_ns = time.monotonic_ns()
             del self._running[id(batch)]
+            del self._started_ns[id(batch)]
             self._ends_ns.pop(id(batch), None)
         self.health.passed(ok=True)
         self.stats.recent_passes.append((started, self._last_pass_end_ns))

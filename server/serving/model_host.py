@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from bertserve.api import Capability, EncoderPlugin, Encoding, ModelInfo, ModelSpec
 from bertserve.capabilities import check_plugin, missing_message
@@ -27,9 +27,10 @@ from bertserve.errors import (
 from bertserve.observability import metrics
 from bertserve.ops import Embedded, EmbedOp, HeadOp, Op
 from bertserve.serving.batcher import Batcher, BatchLimits, Completed
+from bertserve.serving.pass_reports import PassHealth
 from bertserve.serving.shared_tokenization import SLICE_TEXTS, SharedTokenization
 
-__all__ = ["Drained", "ModelHost", "ModelState"]
+__all__ = ["Drained", "ModelHost", "ModelState", "Passes"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,25 @@ class ModelState(enum.Enum):
     LOADING = "loading"
     READY = "ready"
     FAILED = "failed"
+
+
+class Passes(Protocol):
+    """What a host needs of what runs its passes: its own batcher, or the engine's (see
+    bertserve.serving.engine_link.EnginePasses)."""
+
+    health: PassHealth
+
+    @property
+    def healthy(self) -> bool: ...
+    @property
+    def tokens_per_s(self) -> float: ...
+    def retry_after_s(self) -> float: ...
+    def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    def abandon(self, error: BertserveError) -> None: ...
+    async def submit(
+        self, op: Op[Any], items: Sequence[Any], costs: Sequence[int], *, deadline: float | None = None
+    ) -> list[Completed[Any]]: ...
 
 
 class ModelHost:
@@ -65,6 +85,7 @@ class ModelHost:
         """published: whether its state shows in the metrics and health from the start (a reload's
         new instance is published only once it takes over; see publish)."""
         self.spec = spec
+        self.generation = 0  # which instance of its name this is, where an engine tells them apart
         self._published = published
         self._state = ModelState.LOADING
         self._calls = 0  # calls holding this host (see held)
@@ -89,7 +110,7 @@ class ModelHost:
                 self.plugin.tokenize, texts, pairs=pairs, add_special_tokens=add_special_tokens, max_length=max_length
             )
         )
-        self.batcher = Batcher(
+        self.batcher: Passes = Batcher(
             spec.name,
             self._run_batch,
             self._worker,
@@ -137,6 +158,15 @@ class ModelHost:
             metrics.MODEL_STATE.labels(self.spec.name, each.value).set(0)
 
     @property
+    def tokens_per_s(self) -> float:
+        """The tokens a pass computes per second, as measured lately (0 before the first pass)."""
+        return self.batcher.tokens_per_s
+
+    def retry_after_s(self) -> float:
+        """How long a refused call should wait: the time the queued work takes at the measured rate."""
+        return self.batcher.retry_after_s()
+
+    @property
     def calls(self) -> int:
         """Calls holding this host now."""
         return self._calls
@@ -152,6 +182,10 @@ class ModelHost:
             self._calls -= 1
             if self._calls == 0:
                 self._idle.set()
+
+    async def idle(self) -> None:
+        """Return once no call holds this host."""
+        await self._idle.wait()
 
     @property
     def name(self) -> str:

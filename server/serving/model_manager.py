@@ -12,18 +12,29 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from bertserve.api import ModelSpec
 from bertserve.errors import InvalidRequest, ModelExists, ModelFailed, ModelUnavailable, PreconditionFailed, quoted
 from bertserve.serving.model_host import Drained, ModelHost, ModelState
 from bertserve.serving.router import Router
 
-__all__ = ["ModelManager"]
+__all__ = ["ModelChanges", "ModelManager"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+class ModelChanges(Protocol):
+    """The run-time changes the admin RPCs make: ModelManager's within one process, or the engine's
+    from a front end (bertserve.serving.engine_models.EngineModels)."""
+
+    def parse(self, entry: str) -> ModelSpec: ...
+    async def load(self, spec: ModelSpec) -> ModelHost: ...
+    async def unload(self, name: str) -> Drained: ...
+    async def reload(self, name: str, spec: ModelSpec | None = None) -> ModelHost: ...
+    async def stop(self) -> None: ...
 
 
 class ModelManager:

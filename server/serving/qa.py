@@ -104,7 +104,7 @@ def _part_size(host: ModelHost, max_seq_len: int) -> int:
     spec = host.spec
     fits = min(spec.max_batch_size, spec.max_batch_tokens // max_seq_len, spec.max_queue_requests // _PARTS_IN_FLIGHT)
     fits = min(fits, spec.max_queue_tokens // (_PARTS_IN_FLIGHT * max_seq_len))
-    rate = host.batcher.tokens_per_s
+    rate = host.tokens_per_s
     if rate > 0:
         fits = min(fits, int(rate * _PART_SECONDS) // max_seq_len)
     return max(1, fits)

@@ -92,6 +92,8 @@ class ServerSettings(_Schema):
     drain_delay_s: NonNegative = _SERVER["drain_delay_s"]
     load_retry_max_s: NonNegative = _SERVER["load_retry_max_s"]
     processes: AtLeastOne = _SERVER["processes"]
+    engine: StrictBool | None = _SERVER["engine"]
+    engine_stall_timeout_s: Annotated[float, Field(gt=0)] = _SERVER["engine_stall_timeout_s"]
     torch_threads: Annotated[Whole, Field(ge=0)] = _SERVER["torch_threads"]
     tokenizer_threads: AtLeastOne = _SERVER["tokenizer_threads"]
     stream_max_in_flight: AtLeastOne = _SERVER["stream_max_in_flight"]

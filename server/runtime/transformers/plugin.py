@@ -59,10 +59,7 @@ class TransformersPlugin(Acceleration, HeadLogits):
         common: dict[str, Any] = {"revision": self.spec.revision, "trust_remote_code": False}
 
         config = checkpoint_config(source, common, model_types=self.model_types, variant=self.variant)
-        tokenizer = fast_tokenizer(source, common)
-        self._tokenizers = ThreadTokenizers(tokenizer)
-        self._pair_specials = tokenizer.num_special_tokens_to_add(pair=True)
-        self._single_specials = tokenizer.num_special_tokens_to_add(pair=False)
+        tokenizer = self._load_tokenizer(source, common)
 
         head = heads.head_of(config)
         model, loading = pretrained_model(
@@ -72,6 +69,7 @@ class TransformersPlugin(Acceleration, HeadLogits):
         self._dtype = dtype
         self._encoder = self._model.base_model
         self._uses_token_types = self._takes_token_types(config)
+        self._qa_head = hasattr(self._model, "qa_outputs")
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         st_pooling, st_limit = sentence_transformers_settings(source)
         self._max_tokens = self._token_limit(config, st_limit)
@@ -116,7 +114,26 @@ class TransformersPlugin(Acceleration, HeadLogits):
             unk_token_id=tokenizer.unk_token_id,
             # The token-classification pipeline's test for a word-aware tokenizer.
             word_aware=bool(getattr(tokenizer.backend_tokenizer.model, "continuing_subword_prefix", None)),
+            uses_token_types=self._uses_token_types,
         )
+
+    def load_tokenizer(self, info: ModelInfo) -> None:
+        """The tokenizer alone, set as load() sets it: the rest comes from the engine's info."""
+        if self._source is None:
+            self.fetch()
+        assert self._source is not None
+        tokenizer = self._load_tokenizer(self._source, {"revision": self.spec.revision, "trust_remote_code": False})
+        self._uses_token_types = info.uses_token_types
+        self._max_tokens = info.max_input_tokens
+        self._qa_head = Capability.ANSWER in info.capabilities
+        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def _load_tokenizer(self, source: str, common: dict[str, Any]) -> Any:
+        tokenizer = fast_tokenizer(source, common)
+        self._tokenizers = ThreadTokenizers(tokenizer)
+        self._pair_specials = tokenizer.num_special_tokens_to_add(pair=True)
+        self._single_specials = tokenizer.num_special_tokens_to_add(pair=False)
+        return tokenizer
 
     def _takes_token_types(self, config: Any) -> bool:
         """Whether the model gets segment ids: whenever its architecture takes them and its config

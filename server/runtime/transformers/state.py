@@ -41,6 +41,7 @@ class PluginState(EncoderPlugin):
         self._source: str | None = None  # the local directory fetch() resolved
         self._device = torch.device("cpu")
         self._uses_token_types = False
+        self._qa_head = False  # the model has a question-answering head (so Answer's windows are made)
         self._pair_specials = 0  # special tokens the tokenizer adds to a pair
         self._single_specials = 0  # ... and to a text alone
         self._max_tokens = 0
@@ -64,5 +65,5 @@ class PluginState(EncoderPlugin):
         return self._tokenizers.get()
 
     def _require_qa_head(self) -> None:
-        if not hasattr(self._model, "qa_outputs"):
+        if not self._qa_head:
             raise CapabilityNotSupported(f"model {self.spec.name!r} has no question-answering head")

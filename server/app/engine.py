@@ -1,0 +1,96 @@
+"""The engine process: every model loaded once, one batcher per model, for all the front ends.
+
+It is one server process without the gRPC edge: the same hosts, batchers and model changes, with
+the front ends' calls coming in over the link (bertserve.serving.engine_service) instead of from
+servicers. The supervisor starts it before the front ends, pings it, and restarts it when it dies
+or stops answering; it stops it last, once the front ends have drained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import signal
+from collections.abc import Callable
+
+from bertserve.api import ModelSpec
+from bertserve.app.config import ServerConfig
+from bertserve.app.discovery import PluginRegistry, discover_plugins
+from bertserve.app.hosting import Hosting
+from bertserve.observability import telemetry
+from bertserve.runtime.threads import configure_runtime, freeze_loaded_heap, share_cores
+from bertserve.serving.engine_service import EngineService
+from bertserve.serving.model_host import ModelHost
+from bertserve.serving.model_manager import ModelManager
+from bertserve.serving.router import Router
+
+__all__ = ["Engine", "serve_engine"]
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    """The models of one server, served to its front ends at address."""
+
+    def __init__(self, config: ServerConfig, address: str, registry: PluginRegistry | None = None) -> None:
+        self.config = config
+        self._hosting = Hosting(config, registry or discover_plugins())
+        self._generations = itertools.count(1)
+        self.service: EngineService
+        self.router = Router([self._host(spec) for spec in config.models], config.default_model)
+        self.models = ModelManager(
+            self.router,
+            new_host=self._host,
+            parse_entry=self._hosting.parse_entry,
+            published=lambda host: host.publish(self.service.models_changed),
+            removed=lambda name: self.service.models_changed(),
+            grace_period_s=config.grace_period_s,
+        )
+        self.service = EngineService(address, self.router, self.models)
+
+    def _host(self, spec: ModelSpec, published: bool = True) -> ModelHost:
+        host = self._hosting.host(spec, published)
+        host.generation = next(self._generations)
+        return host
+
+    async def serve_forever(self, on_ready: Callable[[], None] = lambda: None) -> None:
+        """Bind, load every model, and serve until SIGTERM or SIGINT."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            if stop.is_set():
+                log.warning("second %s: the engine exits now", signal.Signals(signum).name)
+                logging.shutdown()
+                os._exit(128 + signum)
+            stop.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
+        self.service.bind()
+        for host in self.router:
+            host.on_state_change = self.service.models_changed
+        on_ready()
+        log.info("engine serving on %s; loading %d models", self.service.address, len(self.config.models))
+        loading = asyncio.create_task(self._load_all(), name="load-models")
+        await stop.wait()
+        loading.cancel()
+        await self.models.stop()
+        await asyncio.gather(*(host.stop() for host in self.router), return_exceptions=True)
+        await self.service.stop()
+        await asyncio.to_thread(telemetry.flush)
+        self._hosting.shutdown()
+        log.info("engine stopped")
+
+    async def _load_all(self) -> None:
+        await asyncio.gather(*(host.load() for host in self.router))
+        freeze_loaded_heap()
+
+
+def serve_engine(config: ServerConfig, cores: int, address: str, on_ready: Callable[[], None] = lambda: None) -> None:
+    """Run the engine process until it is stopped: its threads shared out over cores."""
+    config = share_cores(config, cores)
+    configure_runtime(config)
+    asyncio.run(Engine(config, address).serve_forever(on_ready))

@@ -1,0 +1,262 @@
+"""A front end's link to its engine: calls' passes out, results and the model table in.
+
+One zmq DEALER socket over IPC carries every call of this process (zmq.asyncio: no thread of its
+own, no hop per call). A socket monitor hears the connection drop the moment the engine process
+dies (the kernel closes its end): every call in flight then fails at once with UNAVAILABLE, the
+models read as loading (health NOT_SERVING), and zmq reconnects on its own to the engine the
+supervisor restarts. A wedged engine is the supervisor's to find (see bertserve.app.supervisor):
+it kills it, and this link sees that as a death.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
+
+from bertserve.api import Encoding
+from bertserve.errors import BertserveError, ModelUnavailable
+from bertserve.observability import request_ids, telemetry
+from bertserve.ops import Completed, Op
+from bertserve.serving import engine_wire as wire
+from bertserve.serving.pass_reports import PassHealth
+
+__all__ = ["EngineLink", "EnginePasses"]
+
+log = logging.getLogger(__name__)
+
+#: Frames of a reply, as zmq hands them over: read in place.
+Frames = Sequence[bytes | memoryview]
+
+
+class EngineLink:
+    """The connection of one front end to the engine at address (an ``ipc://`` endpoint)."""
+
+    def __init__(
+        self,
+        address: str,
+        identity: str,
+        *,
+        on_table: Callable[[wire.Table], Awaitable[None]],
+        on_lost: Callable[[], None],
+    ) -> None:
+        """on_table applies a model table (the link acknowledges it once that returns); on_lost is
+        told when the engine went away."""
+        self.address = address
+        self._identity = identity.encode()
+        self._on_table = on_table
+        self._on_lost = on_lost
+        self._context = zmq.asyncio.Context()
+        self._socket: zmq.asyncio.Socket | None = None
+        self._calls = itertools.count(1)
+        self._pending: dict[int, tuple[asyncio.Future[Any], str]] = {}  # call -> (future, model)
+        self._connected = False
+        self.connected_event = asyncio.Event()  # set while connected (for start-up and tests)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._tables: asyncio.Queue[wire.Table] = asyncio.Queue()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    async def start(self) -> None:
+        socket = self._context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.IDENTITY, self._identity)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.IMMEDIATE, 1)  # nothing queues for an engine that is not there
+        socket.setsockopt(zmq.SNDHWM, 0)
+        socket.setsockopt(zmq.RCVHWM, 0)
+        socket.setsockopt(zmq.RECONNECT_IVL, 100)
+        socket.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        monitor = socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        socket.connect(self.address)
+        self._socket = socket
+        self._tasks = [
+            asyncio.create_task(self._read(socket), name="engine-link:read"),
+            asyncio.create_task(self._watch(monitor), name="engine-link:watch"),
+            asyncio.create_task(self._apply_tables(socket), name="engine-link:tables"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._fail_all(ModelUnavailable("the server is shutting down"))
+        if self._socket is not None:
+            self._socket.disable_monitor()
+            self._socket.close(linger=0)
+        self._context.term()
+
+    async def run(
+        self, model: str, op: Op[Any], encodings: Sequence[Encoding], *, deadline: float | None
+    ) -> wire.Results:
+        """One call's sequences through the engine's batcher of model; its results in order."""
+        call = next(self._calls)
+        frames = wire.encode_run(
+            call,
+            model,
+            op,
+            encodings,
+            deadline=deadline,
+            request_id=request_ids.current.get(),
+            trace=telemetry.carrier(),
+        )
+        result: wire.Results = await self._ask(call, model, frames)
+        return result
+
+    async def admin(self, action: str, *args: Any) -> Any:
+        """A change of the engine's models (load, unload, reload); returns once every front end has
+        applied the table that shows it."""
+        call = next(self._calls)
+        return await self._ask(call, "", wire.encode_pickled(wire.ADMIN, (call, action, args)))
+
+    async def _ask(self, call: int, model: str, frames: list[bytes | memoryview]) -> Any:
+        socket = self._socket
+        if not self._connected or socket is None:
+            raise _engine_gone(model)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[call] = (future, model)
+        try:
+            try:
+                await socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                raise _engine_gone(model) from None
+            return await future
+        except asyncio.CancelledError:
+            if self._connected and model:  # the caller went away: the engine drops what has not run
+                with contextlib.suppress(zmq.ZMQError):
+                    await socket.send_multipart(wire.encode_small(wire.CANCEL, call), flags=zmq.NOBLOCK)
+            raise
+        finally:
+            self._pending.pop(call, None)
+
+    def abandon(self, model: str, error: BertserveError) -> None:
+        """Fail the calls of model waiting on the engine now (a drain ran out of time)."""
+        for future, of in list(self._pending.values()):
+            if of == model and not future.done():
+                future.set_exception(error)
+
+    async def _read(self, socket: zmq.asyncio.Socket) -> None:
+        while True:
+            message = await socket.recv_multipart(copy=False)
+            frames: list[bytes | memoryview] = [message[0].bytes, *(frame.buffer for frame in message[1:])]
+            try:
+                self._dispatch(frames)
+            except Exception:  # a reply this side cannot read fails its call, never the link
+                log.exception("unreadable message from the engine (kind %r)", frames[0])
+
+    def _dispatch(self, frames: Frames) -> None:
+        kind = frames[0]
+        if kind == wire.DONE:
+            results = wire.decode_results(frames)
+            self._settle(results.call, results, None)
+        elif kind == wire.FAILED:
+            call, error = wire.decode_error(frames)
+            self._settle(call, None, error)
+        elif kind == wire.ADMIN_DONE:
+            call, failure, value = wire.decode_pickled(frames)
+            self._settle(call, value, None if failure is None else wire.error_of(*failure))
+        elif kind == wire.TABLE:
+            self._tables.put_nowait(wire.decode_pickled(frames))
+
+    def _settle(self, call: int, value: Any, error: BaseException | None) -> None:
+        entry = self._pending.get(call)
+        if entry is None or entry[0].done():  # cancelled, or failed when the engine went away
+            return
+        if error is not None:
+            entry[0].set_exception(error)
+        else:
+            entry[0].set_result(value)
+
+    async def _apply_tables(self, socket: zmq.asyncio.Socket) -> None:
+        """Tables in the order they came, one at a time (loading a tokenizer takes a while); each
+        acknowledged once applied, so that an admin change answers after every front end has it."""
+        while True:
+            table = await self._tables.get()
+            try:
+                await self._on_table(table)
+            except Exception:
+                log.exception("the engine's model table %d could not be applied", table.version)
+            with contextlib.suppress(zmq.ZMQError):
+                await socket.send_multipart(wire.encode_small(wire.TABLE_SEEN, table.engine, table.version))
+
+    async def _watch(self, monitor: zmq.asyncio.Socket) -> None:
+        while True:
+            event = parse_monitor_message(await monitor.recv_multipart())
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._connected = True
+                self.connected_event.set()
+                assert self._socket is not None
+                await self._socket.send_multipart([wire.HELLO])
+            elif event["event"] == zmq.EVENT_DISCONNECTED and self._connected:
+                self._connected = False
+                self.connected_event.clear()
+                log.error("the engine went away; the calls it had fail, and the models wait for it to come back")
+                self._fail_all(None)
+                self._on_lost()
+
+    def _fail_all(self, error: BertserveError | None) -> None:
+        for future, model in list(self._pending.values()):
+            if not future.done():
+                future.set_exception(error or _engine_gone(model))
+
+
+def _engine_gone(model: str) -> ModelUnavailable:
+    what = f"model {model!r}" if model else "the models"
+    return ModelUnavailable(
+        f"the engine that runs {what} is not reachable (it stopped and is being restarted); retry the call"
+    )
+
+
+class EnginePasses:
+    """A model's passes run by the engine, as a front end's host sees them: the part of a batcher
+    a host uses (bertserve.serving.model_host.Passes), over the link."""
+
+    def __init__(self, link: EngineLink, name: str, *, healthy: bool = True) -> None:
+        self._link = link
+        self.name = name
+        self.health = PassHealth(name)
+        if not healthy:
+            self.health.failures_in_a_row = 1_000_000
+        self._tokens_per_s = 0.0
+        self._retry_after_s = 0.05
+
+    @property
+    def healthy(self) -> bool:
+        return self.health.healthy
+
+    def set_healthy(self, healthy: bool) -> None:
+        """The engine's word on the model's passes (from its table)."""
+        if healthy != self.health.healthy:
+            self.health.failures_in_a_row = 0 if healthy else 1_000_000
+            self.health.on_change(healthy)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self._tokens_per_s
+
+    def retry_after_s(self) -> float:
+        return self._retry_after_s
+
+    def start(self) -> None:
+        """Nothing to start: the engine's batcher runs there."""
+
+    async def stop(self) -> None:
+        """Nothing to stop here (see start)."""
+
+    def abandon(self, error: BertserveError) -> None:
+        self._link.abandon(self.name, error)
+
+    async def submit(
+        self, op: Op[Any], items: Sequence[Encoding], costs: Sequence[int], *, deadline: float | None = None
+    ) -> list[Completed[Any]]:
+        results = await self._link.run(self.name, op, items, deadline=deadline)
+        self._tokens_per_s, self._retry_after_s = results.tokens_per_s, results.retry_after_s
+        return results.completed
