@@ -12,7 +12,6 @@ restarts a server that dies after it started, and passes SIGTERM and SIGINT on.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import logging
 import multiprocessing
@@ -151,7 +150,7 @@ class _EngineWatch:
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.IMMEDIATE, 1)
         self._socket.connect(address)
-        self._answered = time.monotonic()
+        self._unanswered_since: float | None = None  # when the oldest ping not yet answered went out
 
     @property
     def sentinel(self) -> int:
@@ -169,7 +168,7 @@ class _EngineWatch:
         )
         self.process.start()
         started = _started(self.process, ready, stopping)
-        self._answered = time.monotonic()
+        self._unanswered_since = None
         return started
 
     def watch(self, stopping: Callable[[], bool]) -> None:
@@ -190,24 +189,27 @@ class _EngineWatch:
         while self._socket.poll(0):
             frames = self._socket.recv_multipart()
             if frames[0] == wire.PONG:
-                self._answered = now
+                self._unanswered_since = None
                 (oldest_pass_s,) = wire.decode_small(frames)
         limit = self._config.engine_stall_timeout_s
-        silent = now - self._answered
+        silent = 0.0 if self._unanswered_since is None else now - self._unanswered_since
         if silent > limit or oldest_pass_s > limit:
             why = f"answered no ping for {silent:.1f}s" if silent > limit else f"ran one pass for {oldest_pass_s:.1f}s"
             log.error("the engine is wedged: it %s (engine_stall_timeout_s %gs); killing it", why, limit)
             self.process.kill()
             self.process.join(5)
             return
-        with contextlib.suppress(zmq.Again):  # not connected yet
+        try:
             self._socket.send_multipart([wire.PING], flags=zmq.NOBLOCK)
+        except zmq.Again:  # not connected yet
+            return
+        if self._unanswered_since is None:
+            self._unanswered_since = now
 
     def stop(self, grace_period_s: float) -> None:
         if self.process is not None:
             _stop_all([self.process], grace_period_s)
-        self._socket.close(linger=0)
-        self._zmq.term()
+        self._zmq.destroy(linger=0)
 
 
 def _serve_metrics_of_all(config: ServerConfig) -> str | None:

@@ -89,10 +89,7 @@ class EngineLink:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._fail_all(ModelUnavailable("the server is shutting down"))
-        if self._socket is not None:
-            self._socket.disable_monitor()
-            self._socket.close(linger=0)
-        self._context.term()
+        self._context.destroy(linger=0)  # the socket and its monitor with it
 
     async def run(
         self, model: str, op: Op[Any], encodings: Sequence[Encoding], *, deadline: float | None

@@ -73,9 +73,7 @@ class EngineService:
         for task in [*self._calls.values(), *self._tasks]:
             task.cancel()
         await asyncio.gather(*self._calls.values(), *self._tasks, return_exceptions=True)
-        if self._socket is not None:
-            self._socket.close(linger=0)
-        self._context.term()
+        self._context.destroy(linger=0)
 
     def models_changed(self, host: ModelHost | None = None) -> None:
         """A model's state or the set of models changed: send the table once this turn of the loop ends."""
