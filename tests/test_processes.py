@@ -1,4 +1,4 @@
-"""`serve` with several processes on one port, the port rules of one process, and client channels."""
+"""`serve` with several whole servers on one port (front ends of an engine: test_engine.py), the port rules of one process, and client channels."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def cpu_ticks(pid: int) -> int:
 def two_processes(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     config = tmp_path_factory.mktemp("processes") / "two.yaml"
     config.write_text(
-        "server: {address: 127.0.0.1, port: 0, processes: 2, grace_period_s: 2}\nmodels:\n"
+        "server: {address: 127.0.0.1, port: 0, processes: 2, engine: false, grace_period_s: 2}\nmodels:\n"
         f"  - {{name: bert, plugin: bert, source: '{tiny_models['bert']}', device: cpu}}\n"
     )
     served = Served(config)
@@ -68,8 +68,8 @@ async def test_model_management_is_refused_with_several_processes(two_processes:
             await client.unload_model("bert")
     assert info.value.code is grpc.StatusCode.FAILED_PRECONDITION
     assert info.value.message == (
-        "UnloadModel would change the models of one of this server's processes only (server.processes is over 1); "
-        "change the configuration and restart, or run one process"
+        "UnloadModel would change the models of one of this server's processes only (several whole servers: "
+        "server.engine is false); change the configuration and restart, or let the processes share an engine"
     )
 
 
@@ -94,7 +94,7 @@ def test_sigterm_stops_every_process(two_processes: Served) -> None:
 def test_servers_end_with_a_supervisor_killed_outright(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     config = tmp_path / "two.yaml"
     config.write_text(
-        "server: {address: 127.0.0.1, port: 0, processes: 2}\nmodels:\n"
+        "server: {address: 127.0.0.1, port: 0, processes: 2, engine: false}\nmodels:\n"
         f"  - {{name: bert, plugin: bert, source: '{tiny_models['bert']}', device: cpu}}\n"
     )
     served = Served(config)

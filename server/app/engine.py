@@ -73,7 +73,12 @@ class Engine:
         for host in self.router:
             host.on_state_change = self.service.models_changed
         on_ready()
-        log.info("engine serving on %s; loading %d models", self.service.address, len(self.config.models))
+        log.info(
+            "engine serving on %s (pid %d); loading %d models",
+            self.service.address,
+            os.getpid(),
+            len(self.config.models),
+        )
         loading = asyncio.create_task(self._load_all(), name="load-models")
         await stop.wait()
         loading.cancel()

@@ -93,8 +93,10 @@ def serve_processes(config: ServerConfig) -> int:
         process.start()
         return process, listening
 
-    what = "front ends of one engine" if engine else "server processes"
-    log.info("%d %s on %s (port %d)", config.processes, what, child_config.bind, port)
+    if engine is not None:
+        log.info("%d front ends of one engine on %s (port %d)", config.processes, child_config.bind, port)
+    else:
+        log.info("%d server processes on %s (port %d), %d cores each", config.processes, child_config.bind, port, cores)
     try:
         if engine is not None and not engine.start(lambda: stopping) and not stopping:
             log.error("the engine did not start (exit status %s)", engine.exitcode)

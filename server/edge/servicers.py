@@ -226,8 +226,8 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     def _management(self, rpc: str) -> ModelChanges:
         if self._manager is None:
             raise PreconditionFailed(
-                f"{rpc} would change the models of one of this server's processes only (server.processes is over 1); "
-                "change the configuration and restart, or run one process"
+                f"{rpc} would change the models of one of this server's processes only (several whole servers: "
+                "server.engine is false); change the configuration and restart, or let the processes share an engine"
             )
         return self._manager
 

