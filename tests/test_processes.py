@@ -1,4 +1,5 @@
-"""`serve` with several whole servers on one port (front ends of an engine: test_engine.py), the port rules of one process, and client channels."""
+"""`serve` with several whole servers on one port (engine: false; front ends of an engine are
+test_engine.py's), the port rules of one process, and client channels."""
 
 from __future__ import annotations
 
