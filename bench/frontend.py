@@ -1,6 +1,6 @@
 """What the server itself costs per call, against the floor of Python gRPC, in one run.
 
-    python bench/frontend.py [--seconds 12] [--concurrency 64] [--processes 1 2] [--rounds 1]
+    python bench/frontend.py [--seconds 12] [--concurrency 64] [--processes 1] [--front-ends 1 2] [--rounds 1]
                              [--server-options "torch_threads: 1"] [--model-options "workers: 1"]
                              [--layers]
 
@@ -11,7 +11,10 @@ The same run starts a bare grpc.aio server in Python that answers Embed with a f
 same size, as the floor. A driver in a separate process runs --concurrency callers of one-sentence
 Embed calls for --seconds against each, over raw stubs (the same client cost for both). Printed:
 calls/s and the server's CPU time per call (user + system of the server's processes, from
-/proc), and bertserve's ratio to the floor.
+/proc), bertserve's ratio to the floor, and the resident memory of all the server's processes.
+
+--processes runs whole servers (one process, or several side by side with engine: false);
+--front-ends runs that many front ends of one engine process.
 
 --layers also serves the same model with Embed's flow cut short, to show what each layer of a call
 costs: "edge" answers a fixed result once the call has passed the interceptors, the access log,
@@ -25,6 +28,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -116,48 +120,87 @@ def _drive(target: str, seconds: float, concurrency: int) -> dict[str, float]:
     return asyncio.run(run())
 
 
+def _tree(pid: int) -> list[int]:
+    """pid and its living descendants."""
+    found, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        found.append(current)
+        pending += [int(c) for c in children]
+    return found
+
+
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of pid and its living descendants."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
-    pending = [pid]
-    while pending:
-        current = pending.pop()
+    for each in _tree(pid):
         try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
         except (FileNotFoundError, ProcessLookupError):
             continue
-        pending += [int(c) for c in children]
+        total += (int(fields[11]) + int(fields[12])) / tick
     return total
 
 
-def measure(pid: int, target: str, seconds: float, concurrency: int) -> dict[str, float]:
-    """Drive target from a child process; calls/s and the server's CPU microseconds per call."""
-    before = _cpu_seconds(pid)
+def _rss_mib(pid: int) -> float:
+    """Resident memory of pid and its living descendants, in MiB."""
+    total = 0
+    for each in _tree(pid):
+        try:
+            status = Path(f"/proc/{each}/status").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+    return total / 1024
+
+
+def measure(pid: int, target: str, seconds: float, concurrency: int, engine_pid: int = 0) -> dict[str, float]:
+    """Drive target from a child process; calls/s, the server's CPU microseconds per call (and
+    the engine process's share of them, given its pid), and the server's resident memory."""
+    before, engine_before = _cpu_seconds(pid), _cpu_seconds(engine_pid) if engine_pid else 0.0
     drive = [sys.executable, __file__, "--drive", target, str(seconds), str(concurrency)]
     out = subprocess.run(drive, capture_output=True, text=True, check=True, timeout=seconds + 120)
-    after = _cpu_seconds(pid)
+    after, engine_after = _cpu_seconds(pid), _cpu_seconds(engine_pid) if engine_pid else 0.0
+    rss = _rss_mib(pid)
     result = json.loads(out.stdout)
+    calls = max(1, result["calls"])
     # The warm-up calls are few; their CPU falls in the total and is spread over the measured calls.
     return {
         "calls_per_s": result["calls"] / result["seconds"],
-        "cpu_us_per_call": (after - before) / max(1, result["calls"]) * 1e6,
+        "cpu_us_per_call": (after - before) / calls * 1e6,
+        "engine_us_per_call": (engine_after - engine_before) / calls * 1e6,
+        "rss_mib": rss,
     }
 
 
-def _bertserve(model: Path, tmp: Path, processes: int, options: argparse.Namespace, layer: str = "full") -> Server:
-    config = tmp / f"frontend-{processes}-{layer}.yaml"
-    server = f"address: 127.0.0.1, port: 0, processes: {processes}, access_log: true, metrics_port: 0"
+def _engine_pid(server: Server) -> int:
+    """The engine process's pid, from its start-up line; 0 for whole servers."""
+    found = [re.search(r"engine serving on .* \(pid (\d+)\)", line) for line in server.log]
+    return next((int(m.group(1)) for m in reversed(found) if m), 0)
+
+
+def _bertserve(
+    model: Path, tmp: Path, processes: int, engine: bool, options: argparse.Namespace, layer: str = "full"
+) -> Server:
+    config = tmp / f"frontend-{processes}-{engine}-{layer}.yaml"
+    server = (
+        f"address: 127.0.0.1, port: 0, processes: {processes}, engine: {str(engine).lower()}, access_log: true, "
+        "metrics_port: 0"
+    )
     entry = f"name: near-free, plugin: bert, source: '{model}'"
     config.write_text(
         f"server: {{{', '.join(filter(None, [server, options.server_options]))}}}\n"
         f"models:\n  - {{{', '.join(filter(None, [entry, options.model_options]))}}}\n"
     )
+    ready = processes + 1 if engine else processes  # the engine's model and each front end's tokenizer
     if layer == "full":
-        return Server(config, expect_ready=processes)
-    return Server(config, expect_ready=processes, command=[sys.executable, __file__, "--serve-layer", layer])
+        return Server(config, expect_ready=ready)
+    return Server(config, expect_ready=ready, command=[sys.executable, __file__, "--serve-layer", layer])
 
 
 def _serve_layer(layer: str, argv: list[str]) -> int:
@@ -199,7 +242,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=12.0)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--processes", type=int, nargs="*", default=[1], help="whole server processes")
+    parser.add_argument("--front-ends", type=int, nargs="*", default=[1, 2], help="front ends of one engine")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--server-options", default="", help="more server settings, as YAML flow mapping items")
     parser.add_argument("--model-options", default="", help="more settings of the model's entry, likewise")
@@ -219,14 +263,17 @@ def main() -> int:
             bare_target = f"127.0.0.1:{port_file.read_text()}"
             rows: list[tuple[str, dict[str, float], dict[str, float]]] = []
             # Each row: one bertserve set-up, and the bare server measured just before it.
-            setups = [(f"bertserve, processes: {n}", n, "full") for n in args.processes]
-            setups += [(f"  cut after: {layer}", 1, layer) for layer in (("edge", "tokenize") if args.layers else ())]
+            setups = [(f"bertserve, processes: {n}", n, False, "full") for n in args.processes]
+            setups += [(f"bertserve, {n} front end(s)+engine", n, True, "full") for n in args.front_ends]
+            layers = ("edge", "tokenize") if args.layers else ()
+            setups += [(f"  cut after: {layer}", 1, False, layer) for layer in layers]
             for _ in range(args.rounds):
-                for name, processes, layer in setups:
+                for name, processes, engine, layer in setups:
                     floor = measure(bare.pid, bare_target, args.seconds, args.concurrency)
-                    server = _bertserve(model, tmp, processes, args, layer)
+                    server = _bertserve(model, tmp, processes, engine, args, layer)
                     try:
-                        ours = measure(server.process.pid, f"127.0.0.1:{server.port}", args.seconds, args.concurrency)
+                        target = f"127.0.0.1:{server.port}"
+                        ours = measure(server.process.pid, target, args.seconds, args.concurrency, _engine_pid(server))
                     finally:
                         server.stop()
                     rows.append((name, ours, floor))
@@ -234,11 +281,16 @@ def main() -> int:
             bare.terminate()
             bare.wait(30)
     print(f"\n{args.concurrency} callers of one-sentence Embed, {args.seconds:.0f} s each, near-free model")
-    print(f"{'':28} {'calls/s':>9} {'CPU us/call':>12} | {'bare calls/s':>12} {'bare us/call':>12} | {'CPU ratio':>9}")
+    print(
+        f"{'':32} {'calls/s':>9} {'CPU us/call':>12} {'of it engine':>12} {'RSS MiB':>8} | {'bare calls/s':>12} "
+        f"{'bare us/call':>12} | "
+        f"{'CPU ratio':>9}"
+    )
     for name, ours, floor in rows:
         ratio = ours["cpu_us_per_call"] / floor["cpu_us_per_call"]
         print(
-            f"{name:28} {ours['calls_per_s']:9.0f} {ours['cpu_us_per_call']:12.0f} | "
+            f"{name:32} {ours['calls_per_s']:9.0f} {ours['cpu_us_per_call']:12.0f} {ours['engine_us_per_call']:12.0f} "
+            f"{ours['rss_mib']:8.0f} | "
             f"{floor['calls_per_s']:12.0f} {floor['cpu_us_per_call']:12.0f} | {ratio:9.2f}"
         )
     return 0

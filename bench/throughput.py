@@ -311,6 +311,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sentences", type=int, default=4000, help="workload size")
     parser.add_argument("--processes", type=int, default=1, help="server processes (server.processes)")
     parser.add_argument(
+        "--engine",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="the processes are front ends of one engine process (server.engine); default: whole servers",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=0,
@@ -331,10 +337,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     sentences = workload(args.sentences)
     print(f"workload: {len(sentences)} sentences, seed 1234; torch {torch.__version__}, {os.cpu_count()} cores")
-    cores = max(1, torch.get_num_threads() // args.processes)  # each server process's share
+    # Each server process's share; an engine has every core to itself.
+    cores = torch.get_num_threads() if args.engine else max(1, torch.get_num_threads() // args.processes)
     workers = args.workers or cores  # automatic: one single-threaded worker per core
     print(
-        f"threads: bench torch intra-op {torch.get_num_threads()}; server {args.processes} process(es) of "
+        f"threads: bench torch intra-op {torch.get_num_threads()}; server "
+        f"{f'{args.processes} front end(s) of one engine' if args.engine else f'{args.processes} process(es)'} of "
         f"{workers}{'' if args.workers else ' (automatic)'} worker(s) per model, "
         f"torch intra-op {max(1, cores // workers)}, tokenizer pool 2; "
         f"client connections {channels}; "
@@ -352,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{{name: minilm-qa-serial, plugin: bert, source: '{qa_dir}', device: cpu, workers: {args.workers}, "
             "max_batch_size: 1}",
         ]
-        settings = Settings(args.processes, 0, channels)  # the server splits the cores between its workers
+        settings = Settings(args.processes, 0, channels, args.engine)  # the server splits the cores between workers
         with serve(Path(tmp) / "fp32.yaml", fp32_models, settings) as target:
             fp32 = asyncio.run(_served_fp32(target, sentences, args.seconds, baseline))
         if bf16:  # its own process: a process that ran float32 kernels runs bfloat16 ones slower, and back
@@ -401,6 +409,7 @@ class Settings:
     processes: int = 1
     torch_threads: int = 0
     channels: int = 1
+    engine: bool = False  # the processes are front ends of one engine process
 
 
 @contextlib.contextmanager
@@ -408,11 +417,12 @@ def serve(config: Path, models: list[str], settings: Settings) -> Iterator[Targe
     """Run bertserve on the given models in a child process; yield where to reach it."""
     server_line = (
         f"server: {{address: 127.0.0.1, port: 0, log_level: info, processes: {settings.processes}, "
-        f"torch_threads: {settings.torch_threads}}}"
+        f"torch_threads: {settings.torch_threads}, engine: {str(settings.engine).lower()}}}"
     )
     lines = [server_line, "models:", *(f"  - {m}" for m in models)]
     config.write_text("\n".join(lines) + "\n")
-    server = Server(config, expect_ready=len(models) * settings.processes)
+    # Each model is ready once in each process; with an engine, once there and its tokenizer in each front end.
+    server = Server(config, expect_ready=len(models) * (settings.processes + settings.engine))
     try:
         yield Target(f"127.0.0.1:{server.port}", settings.channels)
     finally:

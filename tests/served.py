@@ -14,12 +14,17 @@ from pathlib import Path
 class Served:
     """`bertserve serve` in a child process, its log read as it comes."""
 
-    def __init__(self, config: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config: Path, *args: str, env: dict[str, str] | None = None, pin_cores: int | None = None
+    ) -> None:
+        """pin_cores: run it on that many of this process's cores (its CPU affinity), as a container would."""
+        cores = sorted(os.sched_getaffinity(0))[:pin_cores] if pin_cores else None
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bertserve.app.cli", "serve", "--config", str(config), *args],
             stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None,
         )
         self.log: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()

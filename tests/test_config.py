@@ -58,11 +58,15 @@ def test_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
 
 def test_processes_from_env_and_flag(tmp_path: Path) -> None:
     path = _write(tmp_path, "models: [{name: m, plugin: bert, source: x}]\n")
-    assert load_config(path, environ={}).processes == 1
+    assert (load_config(path, environ={}).processes, load_config(path, environ={}).engine) == ("auto", "auto")
     assert load_config(path, environ={"BERTSERVE_PROCESSES": "3"}).processes == 3
     assert load_config(path, environ={"BERTSERVE_PROCESSES": "3"}, overrides={"processes": 2}).processes == 2
-    with pytest.raises(ConfigError, match=r"server\.processes: expected a whole number, got 'many'"):
+    assert (
+        load_config(path, environ={"BERTSERVE_PROCESSES": "auto"}, overrides={"processes": "auto"}).processes == "auto"
+    )
+    with pytest.raises(ConfigError) as info:
         load_config(path, environ={"BERTSERVE_PROCESSES": "many"})
+    assert str(info.value) == "server.processes: expected auto or a whole number of at least 1, got 'many'"
 
 
 _KNOWN_MODEL_SETTINGS = (
@@ -103,7 +107,18 @@ _KNOWN_MODEL_SETTINGS = (
         ),
         ("[1, 2", "config is not valid YAML"),
         ("models: [{name: a, plugin: bert, workers: -1}]\n", "models[0].workers: must be at least 0, got -1"),
-        ("server: {processes: 0}\nmodels: [{name: a, plugin: bert}]\n", "server.processes: must be at least 1, got 0"),
+        (
+            "server: {processes: 0}\nmodels: [{name: a, plugin: bert}]\n",
+            "server.processes: expected auto or a whole number of at least 1, got 0",
+        ),
+        (
+            "server: {processes: true}\nmodels: [{name: a, plugin: bert}]\n",
+            "server.processes: expected auto or a whole number of at least 1, got True",
+        ),
+        (
+            "server: {engine: 'yes'}\nmodels: [{name: a, plugin: bert}]\n",
+            "server.engine: expected auto, true or false, got 'yes'",
+        ),
         # Wrong types, from the file: each names its path, the problem and the value.
         ("models: [{name: a, plugin: bert, max_wait_ms: '5'}]\n", "models[0].max_wait_ms: expected a number, got '5'"),
         (

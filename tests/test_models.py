@@ -158,9 +158,9 @@ async def test_a_model_whose_plugin_is_missing_is_logged_at_start(
         f"  - {{name: fine, plugin: bert, source: '{tiny_models['bert']}'}}\n"
         "  - {name: typo, plugin: nope, source: x}\n"
     )
-    with caplog.at_level(logging.ERROR, logger="bertserve.app.server"):
+    with caplog.at_level(logging.ERROR, logger="bertserve.app.hosting"):
         server = BertServer(load_config(config))
-    [record] = [r for r in caplog.records if r.name == "bertserve.app.server"]
+    [record] = [r for r in caplog.records if r.name == "bertserve.app.hosting"]
     assert record.getMessage().startswith("model 'typo' cannot load: no plugin 'nope' is installed; installed: [")
     assert server.router.get("typo").failure_reason.startswith("no plugin 'nope' is installed")
     await server.stop(grace=0)

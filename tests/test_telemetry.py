@@ -32,13 +32,16 @@ async def collector() -> AsyncIterator[tuple[Collector, int]]:
         yield received
 
 
+@pytest.mark.parametrize("processes", ["processes: 1", "processes: 2"])
 async def test_each_call_is_traced_with_its_queue_wait_and_forward_pass(
-    collector: tuple[Collector, int], tiny_models: dict[str, Path], tmp_path: Path
+    collector: tuple[Collector, int], tiny_models: dict[str, Path], tmp_path: Path, processes: str
 ) -> None:
+    """In one process, and with two front ends whose engine runs the passes: the engine's spans
+    join the trace of the call that the front end serves."""
     received, port = collector
     config = tmp_path / "c.yaml"
     config.write_text(
-        "server: {address: 127.0.0.1, port: 0}\n"
+        f"server: {{address: 127.0.0.1, port: 0, {processes}}}\n"
         f"models:\n  - {{name: bert, plugin: bert, source: '{tiny_models['bert']}', workers: 1}}\n"
     )
     served = Served(
@@ -46,7 +49,10 @@ async def test_each_call_is_traced_with_its_queue_wait_and_forward_pass(
         env=tracing_env(port, "embedder"),
     )
     try:
-        served.wait_for(r"model 'bert' ready")
+        if processes == "processes: 1":
+            served.wait_for(r"model 'bert' ready")
+        else:
+            served.wait_for(r"'bert': tokenizer ready", count=2)
         assert served.wait_for("OpenTelemetry traces on: otlp, service embedder")
         async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
             traceparent = (("traceparent", f"00-{TRACE_ID}-{CALLER_SPAN_ID}-01"),)

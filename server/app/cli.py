@@ -6,6 +6,7 @@ change its models while it runs."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -36,7 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to bind, 0 for any free one (env BERTSERVE_PORT; default 50051)")
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="env BERTSERVE_LOG_LEVEL")
     serve.add_argument(
-        "--processes", type=int, help="server processes sharing the port (env BERTSERVE_PROCESSES; default 1)"
+        "--processes",
+        type=_count_or_auto,
+        help="processes sharing the port: a number, or auto to choose from the cores (env BERTSERVE_PROCESSES; "
+        "default auto)",
     )
     serve.set_defaults(run=_serve)
 
@@ -177,9 +181,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _count_or_auto(text: str) -> int | str:
+    """A number stays a number for the schema to judge; auto and anything else go on as text."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
 def _serve(args: argparse.Namespace) -> int:
     from bertserve.app.config import check_options, load_config
     from bertserve.app.discovery import discover_plugins
+    from bertserve.app.process_plan import plan_processes
     from bertserve.app.server import serve_one_process
     from bertserve.errors import ConfigError
     from bertserve.observability.logs import configure_logging
@@ -201,19 +214,25 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     configure_logging(config.log_level, config.log_format)
     registry = discover_plugins()
+    cores = cpu_cores()
+    plan = plan_processes(config.processes, config.engine, cores)
+    if config.processes == "auto":
+        logging.getLogger("bertserve.app.process_plan").info(
+            "processes: auto chose %s for %d cores", plan.describe(), cores
+        )
     try:
         check_options(config, registry.plugins)
-        if config.processes == 1 and not config.engine:  # several: each server process sets up its own
+        if not plan.supervised:  # otherwise each process sets up its own
             configure_tracing()
     except ConfigError as e:
         print(f"bertserve: {e}", file=sys.stderr)
         return 2
     try:
-        if config.processes > 1 or config.engine:
+        if plan.supervised:
             from bertserve.app.supervisor import serve_processes
 
-            return serve_processes(config)
-        serve_one_process(config, cpu_cores(), registry)
+            return serve_processes(config, plan, cores)
+        serve_one_process(config, cores, registry)
     except OSError as e:
         print(f"bertserve: {e}", file=sys.stderr)
         return 1

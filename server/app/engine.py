@@ -34,8 +34,19 @@ log = logging.getLogger(__name__)
 class Engine:
     """The models of one server, served to its front ends at address."""
 
-    def __init__(self, config: ServerConfig, address: str, registry: PluginRegistry | None = None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        address: str,
+        registry: PluginRegistry | None = None,
+        supervisor: int | None = None,
+    ) -> None:
+        """supervisor: the pid of the process that started this one and stops it once the front
+        ends have drained; while it lives, SIGTERM and SIGINT sent to the whole process group (a
+        terminal's Ctrl-C) leave the engine serving the front ends' drain."""
         self.config = config
+        self._supervisor = supervisor
+        self._stop = asyncio.Event()
         self._hosting = Hosting(config, registry or discover_plugins())
         self._generations = itertools.count(1)
         self.service: EngineService
@@ -48,7 +59,7 @@ class Engine:
             removed=lambda name: self.service.models_changed(),
             grace_period_s=config.grace_period_s,
         )
-        self.service = EngineService(address, self.router, self.models)
+        self.service = EngineService(address, self.router, self.models, on_stop=self._stop.set)
 
     def _host(self, spec: ModelSpec, published: bool = True) -> ModelHost:
         host = self._hosting.host(spec, published)
@@ -57,12 +68,16 @@ class Engine:
 
     async def serve_forever(self, on_ready: Callable[[], None] = lambda: None) -> None:
         """Bind, load every model, and serve until SIGTERM or SIGINT."""
-        stop = asyncio.Event()
+        stop = self._stop
         loop = asyncio.get_running_loop()
 
         def on_signal(signum: int) -> None:
+            name = signal.Signals(signum).name
+            if self._supervisor is not None and os.getppid() == self._supervisor:
+                log.info("%s: the engine serves on until its front ends have drained", name)
+                return
             if stop.is_set():
-                log.warning("second %s: the engine exits now", signal.Signals(signum).name)
+                log.warning("second %s: the engine exits now", name)
                 logging.shutdown()
                 os._exit(128 + signum)
             stop.set()
@@ -94,8 +109,18 @@ class Engine:
         freeze_loaded_heap()
 
 
-def serve_engine(config: ServerConfig, cores: int, address: str, on_ready: Callable[[], None] = lambda: None) -> None:
+def serve_engine(
+    config: ServerConfig,
+    cores: int,
+    address: str,
+    on_ready: Callable[[], None] = lambda: None,
+    supervisor: int | None = None,
+) -> None:
     """Run the engine process until it is stopped: its threads shared out over cores."""
     config = share_cores(config, cores)
     configure_runtime(config)
-    asyncio.run(Engine(config, address).serve_forever(on_ready))
+
+    async def run() -> None:
+        await Engine(config, address, supervisor=supervisor).serve_forever(on_ready)
+
+    asyncio.run(run())

@@ -1,17 +1,24 @@
-"""Several server processes on one port: ``server.processes``.
+"""Several processes on one port: ``server.processes`` (see bertserve.app.process_plan).
 
-One Python process serves about a thousand calls a second at most (940-1280 measured with a
-tiny model on 2 cores, 1250 with a BERT-base on an H100): gRPC, tokenization and the batcher
-share its GIL, and a model's eager forward passes wait on it between ops. With ``processes: N``
-the ``serve`` command starts N full servers that bind the same port (SO_REUSEPORT); the kernel
-spreads incoming connections over them, each loads every model, and the cores are split between
-their torch thread pools. Connections, not calls, are spread: a client reaches several processes
-only over several connections (the Python client's ``channels``). This process supervises: it
-restarts a server that dies after it started, and passes SIGTERM and SIGINT on.
+One Python process serves about a thousand calls a second at most: gRPC, tokenization and the
+batcher share its GIL. With ``processes: N`` the ``serve`` command starts N processes that bind the
+same port (SO_REUSEPORT); the kernel spreads incoming connections over them. Connections, not
+calls, are spread: a client reaches several processes only over several connections (the Python
+client's ``channels``).
+
+By default those processes are front ends: they run the gRPC edge, tokenize and post-process,
+and feed one engine process over zmq IPC (bertserve.app.engine). The engine loads each model once,
+batches the calls of every front end, and takes every core for its workers. With ``engine:
+false`` they are N whole servers instead, each loading every model, the cores split between
+their torch pools, and model management refused.
+
+This process supervises: it restarts a front end or server that dies after it started, restarts
+the engine when it dies or stops answering (a wedge), and passes SIGTERM and SIGINT on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import multiprocessing
@@ -31,6 +38,7 @@ from types import FrameType
 from typing import Any
 
 from bertserve.app.config import ServerConfig
+from bertserve.app.process_plan import ProcessPlan
 
 __all__ = ["serve_processes"]
 
@@ -42,23 +50,21 @@ _WATCH_INTERVAL_S = 0.5  # how often the engine is pinged
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
-def serve_processes(config: ServerConfig) -> int:
-    """Run config.processes servers (or front ends of one engine) on one port until SIGTERM or
-    SIGINT; the exit status."""
+def serve_processes(config: ServerConfig, plan: ProcessPlan, all_cores: int) -> int:
+    """Run the plan's servers (or front ends of one engine) on one port until SIGTERM or SIGINT;
+    the exit status. all_cores: the cores this process may use."""
     reserved = _reserve_port(config)  # held open, so the port stays ours while servers restart
     port = reserved.getsockname()[1]
-    from bertserve.runtime.threads import cpu_cores  # no torch in the supervisor: joblib counts
-
-    uses_engine = config.engine if config.engine is not None else config.processes > 1
+    uses_engine = plan.engine
     # Whole servers split the cores between their torch pools; front ends run no torch, and the
     # engine's workers take every core.
-    cores = 1 if uses_engine else max(1, cpu_cores() // config.processes)
-    child_config = replace(config, port=port, processes=1)
+    cores = 1 if uses_engine else max(1, all_cores // plan.processes)
+    child_config = replace(config, port=port, processes=1, engine=False)
     context = multiprocessing.get_context("spawn")  # no forked copies of a parent's threads or locks
     samples = _serve_metrics_of_all(config)
     runtime = tempfile.mkdtemp(prefix="bertserve-") if uses_engine else None  # mode 0700: this user's alone
     address = f"ipc://{runtime}/engine" if runtime else None
-    engine = _EngineWatch(context, child_config, cpu_cores(), address) if address else None
+    engine = _EngineWatch(context, child_config, all_cores, address) if address else None
     stopping = False
     children: list[tuple[BaseProcess, Event]] = []
 
@@ -87,21 +93,21 @@ def serve_processes(config: ServerConfig) -> int:
         listening = context.Event()
         process = context.Process(
             target=_serve_one,
-            args=(child_config, cores, index, config.processes, listening, os.getpid(), address),
+            args=(child_config, cores, index, plan.processes, listening, os.getpid(), address),
             name=f"bertserve-{index}",
         )
         process.start()
         return process, listening
 
     if engine is not None:
-        log.info("%d front ends of one engine on %s (port %d)", config.processes, child_config.bind, port)
+        log.info("%s on %s (port %d)", plan.describe(), child_config.bind, port)
     else:
-        log.info("%d server processes on %s (port %d), %d cores each", config.processes, child_config.bind, port, cores)
+        log.info("%s on %s (port %d), %d cores each", plan.describe(), child_config.bind, port, cores)
     try:
         if engine is not None and not engine.start(lambda: stopping) and not stopping:
             log.error("the engine did not start (exit status %s)", engine.exitcode)
             return 1
-        children.extend(start(i + 1) for i in range(config.processes))
+        children.extend(start(i + 1) for i in range(plan.processes))
         for index, (process, listening) in enumerate(children, start=1):
             if not _started(process, listening, lambda: stopping) and not stopping:
                 log.error("process %d did not start serving (exit status %s)", index, process.exitcode)
@@ -209,8 +215,20 @@ class _EngineWatch:
             self._unanswered_since = now
 
     def stop(self, grace_period_s: float) -> None:
-        if self.process is not None:
-            _stop_all([self.process], grace_period_s)
+        """Once the front ends are gone: tell the engine to stop (it leaves SIGTERM sent to the
+        whole group to this), and kill it if it has not within the grace period."""
+        import zmq
+
+        from bertserve.serving import engine_wire as wire
+
+        if self.process is not None and self.process.is_alive():
+            with contextlib.suppress(zmq.ZMQError):
+                self._socket.send_multipart([wire.STOP], flags=zmq.NOBLOCK)
+            self.process.join(grace_period_s + 5)
+            if self.process.is_alive():
+                log.warning("the engine did not stop within the grace period; killing it")
+                self.process.kill()
+                self.process.join()
         self._zmq.destroy(linger=0)
 
 
@@ -299,7 +317,7 @@ def _serve_engine(config: ServerConfig, cores: int, address: str, ready: Event, 
 
     configure_logging(config.log_level, config.log_format, process="[engine] ")
     configure_tracing()
-    serve_engine(config, cores, address, on_ready=ready.set)
+    serve_engine(config, cores, address, on_ready=ready.set, supervisor=supervisor)
 
 
 def _end_with(supervisor: int) -> None:

@@ -42,8 +42,12 @@ TABLE_SEEN_WAIT_S = 30.0
 class EngineService:
     """Serves router's models to the front ends that connect to address."""
 
-    def __init__(self, address: str, router: Router, manager: ModelManager) -> None:
+    def __init__(
+        self, address: str, router: Router, manager: ModelManager, on_stop: Callable[[], None] = lambda: None
+    ) -> None:
+        """on_stop: called when the supervisor says to stop."""
         self.address = address
+        self._on_stop = on_stop
         self._router = router
         self._manager = manager
         self._token = secrets.token_hex(8)  # this engine's start: the front ends' hosts of an earlier one are stale
@@ -146,6 +150,8 @@ class EngineService:
             self._keep(asyncio.create_task(self._admin(peer, call, action, args)))
         elif kind == wire.PING:
             self._send(peer, wire.encode_small(wire.PONG, self._oldest_pass_s()))
+        elif kind == wire.STOP:
+            self._on_stop()
 
     def _keep(self, task: asyncio.Task[Any]) -> None:
         self._tasks.add(task)
@@ -218,11 +224,3 @@ class EngineService:
         now = time.monotonic_ns()
         started = [start for host in self._router for start in host.batcher.running_since_ns()]
         return (now - min(started)) / 1e9 if started else 0.0
-
-
-def peer_name(index: int) -> str:
-    """The identity a front end connects with."""
-    return f"front-end-{index}"
-
-
-Callback = Callable[[], None]

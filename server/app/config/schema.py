@@ -8,7 +8,8 @@ from dataclasses import fields
 from typing import Annotated, Any, Literal, cast
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic_core import PydanticCustomError
 
 from bertserve.api import ModelSpec, Pooling
 
@@ -18,11 +19,13 @@ __all__ = [
     "AdminSettings",
     "AtLeastOne",
     "AuthSettings",
+    "CountOrAuto",
     "FileSettings",
     "ModelSettings",
     "NonNegative",
     "Scope",
     "ServerSettings",
+    "SwitchOrAuto",
     "TlsSettings",
     "TokenSettings",
     "Whole",
@@ -36,6 +39,24 @@ _ADMIN: dict[str, Any] = {f.name: f.default for f in fields(AdminConfig)}
 Whole = StrictInt
 AtLeastOne = Annotated[StrictInt, Field(ge=1)]
 NonNegative = Annotated[StrictFloat, Field(ge=0)]
+
+
+def _count_or_auto(value: Any) -> int | str:
+    if value == "auto" or (type(value) is int and value >= 1):
+        return cast(int | str, value)
+    raise PydanticCustomError("count_or_auto", "expected auto or a whole number of at least 1")
+
+
+def _switch_or_auto(value: Any) -> bool | str:
+    if value == "auto" or type(value) is bool:
+        return cast(bool | str, value)
+    raise PydanticCustomError("switch_or_auto", "expected auto, true or false")
+
+
+#: A count the server may choose itself: ``auto``, or a whole number from 1.
+CountOrAuto = Annotated[int | Literal["auto"], PlainValidator(_count_or_auto)]
+#: A switch the server may set itself: ``auto``, true or false.
+SwitchOrAuto = Annotated[bool | Literal["auto"], PlainValidator(_switch_or_auto)]
 
 
 class _Schema(BaseModel):
@@ -91,8 +112,8 @@ class ServerSettings(_Schema):
     grace_period_s: NonNegative = _SERVER["grace_period_s"]
     drain_delay_s: NonNegative = _SERVER["drain_delay_s"]
     load_retry_max_s: NonNegative = _SERVER["load_retry_max_s"]
-    processes: AtLeastOne = _SERVER["processes"]
-    engine: StrictBool | None = _SERVER["engine"]
+    processes: CountOrAuto = _SERVER["processes"]
+    engine: SwitchOrAuto = _SERVER["engine"]
     engine_stall_timeout_s: Annotated[float, Field(gt=0)] = _SERVER["engine_stall_timeout_s"]
     torch_threads: Annotated[Whole, Field(ge=0)] = _SERVER["torch_threads"]
     tokenizer_threads: AtLeastOne = _SERVER["tokenizer_threads"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from bertserve.api import ModelSpec
 
@@ -65,10 +66,12 @@ class ServerConfig:
     grace_period_s: float = 10.0
     drain_delay_s: float = 0.0  # on SIGTERM: NOT_SERVING first, still serving this long, then stop accepting
     load_retry_max_s: float = 60.0  # a load that could not reach its files is retried, the pause doubling up to this
-    processes: int = 1  # server processes sharing the port; the kernel spreads connections over them
+    #: Processes sharing the port (the kernel spreads connections over them); auto: chosen from
+    #: the cores (bertserve.app.process_plan).
+    processes: int | Literal["auto"] = "auto"
     #: Whether those processes are front ends that feed one engine process, which loads each model
-    #: once; None: they are when there are several. False with several: each is a whole server.
-    engine: bool | None = None
+    #: once; auto: they are when there are several. False with several: each is a whole server.
+    engine: bool | Literal["auto"] = "auto"
     engine_stall_timeout_s: float = 60.0  # an engine that answers no ping, or runs one pass, this long is restarted
     torch_threads: int = 0  # torch intra-op threads per worker; 0: the process's cores split between its CPU workers
     tokenizer_threads: int = 2  # the pool that tokenizes and decodes answers off the event loop
