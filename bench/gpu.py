@@ -93,6 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="time limit of each scenario")
     parser.add_argument("--sentences", type=int, default=8000, help="workload size")
     parser.add_argument("--processes", type=int, default=1, help="server processes sharing the GPU")
+    parser.add_argument(
+        "--engine",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="the processes are front ends of one engine that holds the model once (server.engine)",
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -104,14 +110,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"workload: {len(sentences)} sentences; torch {torch.__version__} on {torch.cuda.get_device_name()}")
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or str(random_base(args.random_base, Path(tmp) / "random-base"))
-        print(f"model: {args.model or 'BERT-base shape, random weights'}, {args.dtype}; {args.processes} process(es)")
+        kind = "front end(s) of one engine" if args.engine else "process(es)"
+        print(f"model: {args.model or 'BERT-base shape, random weights'}, {args.dtype}; {args.processes} {kind}")
         baseline = OnDevice(model, args.dtype, sentences)
         a, b = baseline.one_per_pass(args.seconds), baseline.batches_of_32(args.seconds)
         del baseline
         torch.cuda.empty_cache()
         spec = f"{{name: model, plugin: bert, source: '{model}', device: cuda, dtype: {args.dtype}}}"
         channels = 1 if args.processes == 1 else 8 * args.processes
-        with serve(Path(tmp) / "gpu.yaml", [spec], Settings(args.processes, channels=channels)) as target:
+        with serve(Path(tmp) / "gpu.yaml", [spec], Settings(args.processes, channels=channels, engine=args.engine)) as target:
             results = asyncio.run(served(target, sentences, args.seconds))
 
     print(f"\n{'scenario':<34} {'sent/s':>9} {'tokens/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'sent':>7}")

@@ -24,6 +24,7 @@ from containers import ROOT, Dockerfile
 
 from bertserve.app.cli import _parser
 from bertserve.app.config import ServerConfig, load_config
+from bertserve.app.process_plan import plan_processes
 from bertserve.observability.metrics import QUEUE_SEQUENCES
 from bertserve.runtime.threads import share_cores
 
@@ -279,10 +280,13 @@ def test_torch_threads_match_the_cpu_limit(rendered: Rendered, tmp_path: Path) -
     CPU models' workers add up to the CPU limit, which bertserve reads as the cgroup's quota."""
     config = rendered.config(tmp_path)
     cpu = int(rendered.container["resources"]["limits"]["cpu"])
-    shared = share_cores(config, cpu // config.processes)
+    plan = plan_processes(config.processes, config.engine, cpu)
+    # One engine takes every core for its workers; whole servers split them.
+    torch_processes = 1 if plan.engine else plan.processes
+    shared = share_cores(config, cpu // torch_processes)
     on_cpu = [spec for spec in shared.models if spec.device == "cpu"]
     threads = max((spec.workers for spec in on_cpu), default=1) * shared.torch_threads
-    assert threads * config.processes == cpu, (shared.torch_threads, [(s.name, s.workers) for s in shared.models])
+    assert threads * torch_processes == cpu, (shared.torch_threads, [(s.name, s.workers) for s in shared.models])
     assert rendered.container["resources"]["requests"]["cpu"] == str(cpu)
 
 
