@@ -118,7 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.cuda.empty_cache()
         spec = f"{{name: model, plugin: bert, source: '{model}', device: cuda, dtype: {args.dtype}}}"
         channels = 1 if args.processes == 1 else 8 * args.processes
-        with serve(Path(tmp) / "gpu.yaml", [spec], Settings(args.processes, channels=channels, engine=args.engine)) as target:
+        with serve(
+            Path(tmp) / "gpu.yaml", [spec], Settings(args.processes, channels=channels, engine=args.engine)
+        ) as target:
             results = asyncio.run(served(target, sentences, args.seconds))
 
     print(f"\n{'scenario':<34} {'sent/s':>9} {'tokens/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'sent':>7}")

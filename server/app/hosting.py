@@ -26,10 +26,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EngineAddress:
-    """Where a front end finds its engine, and the name it connects under."""
+    """Where a front end finds one of its engines, and the name it connects under."""
 
-    address: str  # a zmq endpoint: ipc://<a private directory>/engine
+    address: str  # a zmq endpoint: ipc://<a private directory>/engine-<device>
     identity: str  # front-end-<index>
+    device: str = "cpu"  # the device the engine runs its models on: cpu, or cuda:N
 
 
 class Hosting:
@@ -55,11 +56,11 @@ class Hosting:
         host.retry_max_s = self.config.load_retry_max_s
         return host
 
-    def front_end_host(self, entry: ModelEntry, engine: str, link: EngineLink) -> FrontEndHost:
-        """A front end's host of one instance of the engine's models."""
+    def front_end_host(self, entry: ModelEntry, engine: str, device: str, link: EngineLink) -> FrontEndHost:
+        """A front end's host of one instance of the models of the engine of device."""
         factory = self.registry.get(entry.spec.plugin)
         passes = EnginePasses(link, entry.spec.name, healthy=entry.healthy)
-        return FrontEndHost(entry, engine, factory, passes, self.tokenizer_pool, self.loaders)
+        return FrontEndHost(entry, engine, device, factory, passes, self.tokenizer_pool, self.loaders)
 
     def parse_entry(self, text: str) -> ModelSpec:
         """A model entry sent to LoadModel or ReloadModel; InvalidRequest naming what is wrong, and

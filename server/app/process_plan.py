@@ -1,5 +1,6 @@
-"""How many processes serve the port, and whether they feed one engine: ``server.processes``
-and ``server.engine`` made concrete for the cores this process may use.
+"""How many processes serve the port, and whether they feed engines: ``server.processes`` and
+``server.engine`` made concrete for the cores this process may use; and which engine runs each
+model: one engine per device (the CPU, or one GPU), each with the models placed on it.
 
 ``auto`` follows what bench/frontend.py and bench/throughput.py measured on 2 cores: one process
 did as well as one front end feeding an engine (throughput within the runs' noise, single-call
@@ -13,10 +14,15 @@ model's compute per call), not a measurement on such a machine.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
-__all__ = ["ProcessPlan", "plan_processes"]
+from bertserve.api import ModelSpec
+
+__all__ = ["ProcessPlan", "engine_device", "engine_models", "gpu_present", "plan_processes"]
 
 #: Up to this many cores, ``processes: auto`` is one process (measured best on 2 cores).
 ONE_PROCESS_MAX_CORES = 3
@@ -51,3 +57,29 @@ def plan_processes(processes: int | Literal["auto"], engine: bool | Literal["aut
     else:
         count = max(2, cores // CORES_PER_FRONT_END)
     return ProcessPlan(count, count > 1 if engine == "auto" else engine)
+
+
+def engine_device(device: str, gpu_present: bool) -> str:
+    """The device whose engine runs a model configured with ``device``: cpu, or cuda:N (``auto``
+    is the first GPU when one is present, as bertserve.runtime.placement places it)."""
+    if device == "auto":
+        return "cuda:0" if gpu_present else "cpu"
+    return "cuda:0" if device == "cuda" else device
+
+
+def gpu_present() -> bool:
+    """Whether a CUDA device is visible, read without importing torch (the supervisor does not):
+    NVIDIA's driver lists its GPUs under /proc/driver/nvidia/gpus, and CUDA_VISIBLE_DEVICES may
+    hide them all."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    return any(Path("/proc/driver/nvidia/gpus").glob("*"))
+
+
+def engine_models(models: Sequence[ModelSpec], gpu: bool) -> dict[str, tuple[ModelSpec, ...]]:
+    """The models of each engine, by device, in the order their devices first appear."""
+    groups: dict[str, list[ModelSpec]] = {}
+    for spec in models:
+        groups.setdefault(engine_device(spec.device, gpu), []).append(spec)
+    return {device: tuple(specs) for device, specs in groups.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import os
@@ -21,6 +22,7 @@ from opentelemetry.instrumentation.grpc.filters import negate, service_name
 from bertserve.app.config import ServerConfig, TlsConfig
 from bertserve.app.discovery import PluginRegistry, discover_plugins
 from bertserve.app.hosting import EngineAddress, Hosting
+from bertserve.app.process_plan import engine_device, gpu_present
 from bertserve.domain import CallLimits
 from bertserve.edge.access_log import AccessLog
 from bertserve.edge.auth import ADMIN, ANY_SCOPE, INFERENCE, AuthInterceptor, LocalAdminOnly, Principal, TokenTable
@@ -66,14 +68,14 @@ class BertServer:
         registry: PluginRegistry | None = None,
         *,
         share_port: bool = False,
-        engine: EngineAddress | None = None,
+        engines: Sequence[EngineAddress] = (),
     ) -> None:
         """share_port: bind alongside the other processes of one server (see bertserve.app.supervisor).
         Otherwise the port is this process's alone, and a port already taken fails to bind
         rather than silently splitting traffic with whatever holds it.
 
-        engine: this process is a front end of that engine, which loads and runs the models;
-        this process tokenizes and post-processes (see bertserve.app.engine).
+        engines: this process is a front end of those engines (one per device), which load and
+        run the models; this process tokenizes and post-processes (see bertserve.app.engine).
         """
         # Workers left automatic become concrete here when the caller did not (tests, embedders).
         config = share_cores(config, cpu_cores()) if any(not spec.workers for spec in config.models) else config
@@ -81,8 +83,8 @@ class BertServer:
         self._share_port = share_port
         self._hosting = Hosting(config, registry or discover_plugins())
         self.models: ModelChanges
-        self._link: EngineLink | None = None
-        if engine is None:
+        self._links: dict[str, EngineLink] = {}
+        if not engines:
             self.router = Router([self._hosting.host(spec) for spec in config.models], config.default_model)
             self.models = ModelManager(
                 self.router,
@@ -96,14 +98,22 @@ class BertServer:
             self.router = Router([], config.default_model)
             models = EngineModels(
                 self.router,
-                new_host=lambda entry, token: self._hosting.front_end_host(entry, token, self._engine_link()),
+                new_host=lambda entry, token, device: self._hosting.front_end_host(
+                    entry, token, device, self._links[device]
+                ),
                 parse_entry=self._hosting.parse_entry,
                 published=lambda host: host.publish(self._publish_health),
                 removed=self._forget,
+                device_of=lambda spec: engine_device(spec.device, gpu_present()),
             )
-            self._link = models.link = EngineLink(
-                engine.address, engine.identity, on_table=models.apply, on_lost=models.lost
-            )
+            for engine in engines:
+                self._links[engine.device] = EngineLink(
+                    engine.address,
+                    engine.identity,
+                    on_table=functools.partial(models.apply, engine.device),
+                    on_lost=functools.partial(models.lost, engine.device),
+                )
+            models.links = self._links
             self.models = models
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
@@ -113,10 +123,6 @@ class BertServer:
         self.port = 0
         self.metrics_port = 0  # bound once started, when config.metrics_port is set
         self._metrics: WSGIServer | None = None
-
-    def _engine_link(self) -> EngineLink:
-        assert self._link is not None
-        return self._link
 
     def _forget(self, name: str) -> None:
         """A model is gone: its health entry says so (SERVICE_UNKNOWN), and the server's is recomputed."""
@@ -163,7 +169,7 @@ class BertServer:
         add_servicer(
             model_service_pb2_grpc.add_ModelServiceServicer_to_server,
             # Whole servers side by side cannot change each other's models; front ends ask their engine.
-            ModelServicer(self.router, None if self._share_port and self._link is None else self.models),
+            ModelServicer(self.router, None if self._share_port and not self._links else self.models),
             server,
             max_request_bytes=config.max_input_bytes,
         )
@@ -187,8 +193,9 @@ class BertServer:
         for host in self.router:
             host.on_state_change = self._publish_health
             await self._refresh_health(host)
-        if self._link is not None:
-            await self._link.start()
+        if self._links:
+            for link in self._links.values():
+                await link.start()
         else:
             self._loading = asyncio.create_task(self._load_all(), name="load-models")
         log.info("bertserve listening on %s (port %d)", self.config.bind, self.port)
@@ -300,8 +307,8 @@ class BertServer:
         if self._loading is not None and not self._loading.done():
             self._loading.cancel()
         await asyncio.gather(*(host.stop() for host in self.router), return_exceptions=True)
-        if self._link is not None:
-            await self._link.stop()
+        for link in self._links.values():
+            await link.stop()
         if self._metrics is not None:
             await asyncio.to_thread(self._metrics.shutdown)
             self._metrics.server_close()
@@ -359,12 +366,12 @@ def serve_one_process(
     registry: PluginRegistry | None = None,
     *,
     share_port: bool = False,
-    engine: EngineAddress | None = None,
+    engines: Sequence[EngineAddress] = (),
     on_listening: Callable[[], None] = lambda: None,
 ) -> None:
     """Run one server process until it is stopped: its threads shared out over cores, the runtime
     set up, then the server (the command's one process, or one of the supervisor's)."""
     config = share_cores(config, cores)
     configure_runtime(config)
-    server = BertServer(config, registry, share_port=share_port, engine=engine)
+    server = BertServer(config, registry, share_port=share_port, engines=engines)
     asyncio.run(server.serve_forever(on_listening=on_listening))

@@ -38,7 +38,7 @@ from types import FrameType
 from typing import Any
 
 from bertserve.app.config import ServerConfig
-from bertserve.app.process_plan import ProcessPlan
+from bertserve.app.process_plan import ProcessPlan, engine_models, gpu_present
 
 __all__ = ["serve_processes"]
 
@@ -55,16 +55,23 @@ def serve_processes(config: ServerConfig, plan: ProcessPlan, all_cores: int) -> 
     the exit status. all_cores: the cores this process may use."""
     reserved = _reserve_port(config)  # held open, so the port stays ours while servers restart
     port = reserved.getsockname()[1]
-    uses_engine = plan.engine
-    # Whole servers split the cores between their torch pools; front ends run no torch, and the
-    # engine's workers take every core.
-    cores = 1 if uses_engine else max(1, all_cores // plan.processes)
+    # Whole servers split the cores between their torch pools; front ends run no torch, and each
+    # engine's workers take every core (a GPU's engine uses few of them).
+    cores = 1 if plan.engine else max(1, all_cores // plan.processes)
     child_config = replace(config, port=port, processes=1, engine=False)
     context = multiprocessing.get_context("spawn")  # no forked copies of a parent's threads or locks
     samples = _serve_metrics_of_all(config)
-    runtime = tempfile.mkdtemp(prefix="bertserve-") if uses_engine else None  # mode 0700: this user's alone
-    address = f"ipc://{runtime}/engine" if runtime else None
-    engine = _EngineWatch(context, child_config, all_cores, address) if address else None
+    runtime = tempfile.mkdtemp(prefix="bertserve-") if plan.engine else None  # mode 0700: this user's alone
+    engines: list[_EngineWatch] = []
+    if runtime is not None:
+        groups = engine_models(config.models, gpu_present())
+        for device, specs in groups.items():
+            address = f"ipc://{runtime}/engine-{device.replace(':', '-')}"
+            default = config.default_model if config.default_model in {spec.name for spec in specs} else specs[0].name
+            engine_config = replace(child_config, models=specs, default_model=default)
+            label = "engine" if len(groups) == 1 else f"engine {device}"
+            engines.append(_EngineWatch(context, engine_config, all_cores, address, device, label))
+    links = [(e.address, e.device) for e in engines]
     stopping = False
     children: list[tuple[BaseProcess, Event]] = []
 
@@ -72,7 +79,7 @@ def serve_processes(config: ServerConfig, plan: ProcessPlan, all_cores: int) -> 
         nonlocal stopping
         if stopping:  # a second signal: no more waiting for the servers to drain
             log.warning("second %s: stopping the servers now", signal.Signals(signum).name)
-            for process in [*(p for p, _ in children), *([engine.process] if engine and engine.process else [])]:
+            for process in [*(p for p, _ in children), *(e.process for e in engines if e.process)]:
                 if process.is_alive():
                     process.kill()
             logging.shutdown()
@@ -93,30 +100,33 @@ def serve_processes(config: ServerConfig, plan: ProcessPlan, all_cores: int) -> 
         listening = context.Event()
         process = context.Process(
             target=_serve_one,
-            args=(child_config, cores, index, plan.processes, listening, os.getpid(), address),
+            args=(child_config, cores, index, plan.processes, listening, os.getpid(), links),
             name=f"bertserve-{index}",
         )
         process.start()
         return process, listening
 
-    if engine is not None:
-        log.info("%s on %s (port %d)", plan.describe(), child_config.bind, port)
+    if engines:
+        devices = ", ".join(e.device for e in engines)
+        log.info("%s on %s (port %d); engines: %s", plan.describe(), child_config.bind, port, devices)
     else:
         log.info("%s on %s (port %d), %d cores each", plan.describe(), child_config.bind, port, cores)
     try:
-        if engine is not None and not engine.start(lambda: stopping) and not stopping:
-            log.error("the engine did not start (exit status %s)", engine.exitcode)
-            return 1
+        for engine in engines:
+            if not engine.start(lambda: stopping) and not stopping:
+                log.error("the %s did not start (exit status %s)", engine.label, engine.exitcode)
+                return 1
         children.extend(start(i + 1) for i in range(plan.processes))
         for index, (process, listening) in enumerate(children, start=1):
             if not _started(process, listening, lambda: stopping) and not stopping:
                 log.error("process %d did not start serving (exit status %s)", index, process.exitcode)
                 return 1
         while not stopping:
-            sentinels = [p.sentinel for p, _ in children] + ([engine.sentinel] if engine else [])
+            sentinels = [p.sentinel for p, _ in children] + [e.sentinel for e in engines]
             multiprocessing.connection.wait(sentinels, timeout=_WATCH_INTERVAL_S)
-            if engine is not None and not stopping:
-                engine.watch(lambda: stopping)
+            for engine in engines:
+                if not stopping:
+                    engine.watch(lambda: stopping)
             for i, (process, _) in enumerate(children):
                 if process.is_alive() or stopping:
                     continue
@@ -127,7 +137,7 @@ def serve_processes(config: ServerConfig, plan: ProcessPlan, all_cores: int) -> 
         return 0
     finally:
         _stop_all([p for p, _ in children], config.grace_period_s + config.drain_delay_s)
-        if engine is not None:
+        for engine in engines:
             engine.stop(config.grace_period_s)
         reserved.close()
         for directory in (samples, runtime):
@@ -144,13 +154,16 @@ class _EngineWatch:
     UNAVAILABLE), and started again; its models load again and the front ends follow.
     """
 
-    def __init__(self, context: Any, config: ServerConfig, cores: int, address: str) -> None:
+    def __init__(self, context: Any, config: ServerConfig, cores: int, address: str, device: str, label: str) -> None:
+        """label: how the log names it (and its lines' prefix): engine, or engine cuda:1 among several."""
         import zmq
 
         self._context = context
         self._config = config
         self._cores = cores
         self.address = address
+        self.device = device
+        self.label = label
         self.process: BaseProcess | None = None
         self._zmq = zmq.Context()
         self._socket = self._zmq.socket(zmq.DEALER)
@@ -172,7 +185,9 @@ class _EngineWatch:
     def start(self, stopping: Callable[[], bool]) -> bool:
         ready = self._context.Event()
         self.process = self._context.Process(
-            target=_serve_engine, args=(self._config, self._cores, self.address, ready, os.getpid()), name="engine"
+            target=_serve_engine,
+            args=(self._config, self._cores, self.address, ready, os.getpid(), self.label),
+            name=self.label.replace(" ", "-"),
         )
         self.process.start()
         started = _started(self.process, ready, stopping)
@@ -186,11 +201,11 @@ class _EngineWatch:
 
         assert self.process is not None
         if not self.process.is_alive():
-            log.error("the engine exited (exit status %s); restarting it", self.process.exitcode)
+            log.error("the %s exited (exit status %s); restarting it", self.label, self.process.exitcode)
             _forget_samples_of(self.process)
             time.sleep(_RESTART_DELAY_S)
             if not self.start(stopping) and not stopping():
-                log.error("the engine did not start again (exit status %s)", self.exitcode)
+                log.error("the %s did not start again (exit status %s)", self.label, self.exitcode)
             return
         now = time.monotonic()
         oldest_pass_s = 0.0
@@ -203,7 +218,7 @@ class _EngineWatch:
         silent = 0.0 if self._unanswered_since is None else now - self._unanswered_since
         if silent > limit or oldest_pass_s > limit:
             why = f"answered no ping for {silent:.1f}s" if silent > limit else f"ran one pass for {oldest_pass_s:.1f}s"
-            log.error("the engine is wedged: it %s (engine_stall_timeout_s %gs); killing it", why, limit)
+            log.error("the %s is wedged: it %s (engine_stall_timeout_s %gs); killing it", self.label, why, limit)
             self.process.kill()
             self.process.join(5)
             return
@@ -226,7 +241,7 @@ class _EngineWatch:
                 self._socket.send_multipart([wire.STOP], flags=zmq.NOBLOCK)
             self.process.join(grace_period_s + 5)
             if self.process.is_alive():
-                log.warning("the engine did not stop within the grace period; killing it")
+                log.warning("the %s did not stop within the grace period; killing it", self.label)
                 self.process.kill()
                 self.process.join()
         self._zmq.destroy(linger=0)
@@ -292,10 +307,16 @@ def _reserve_port(config: ServerConfig) -> socket.socket:
 
 
 def _serve_one(
-    config: ServerConfig, cores: int, index: int, total: int, listening: Event, supervisor: int, engine: str | None
+    config: ServerConfig,
+    cores: int,
+    index: int,
+    total: int,
+    listening: Event,
+    supervisor: int,
+    engines: list[tuple[str, str]],
 ) -> None:
-    """One server process, or front end of the engine at engine (spawned): its own logging,
-    thread settings and event loop."""
+    """One server process, or front end of the engines at engines' (address, device) (spawned):
+    its own logging, thread settings and event loop."""
     _end_with(supervisor)
     from bertserve.app.hosting import EngineAddress
     from bertserve.app.server import serve_one_process
@@ -304,18 +325,18 @@ def _serve_one(
 
     configure_logging(config.log_level, config.log_format, process=f"[{index}/{total}] ")
     configure_tracing()
-    link = EngineAddress(engine, f"front-end-{index}") if engine else None
-    serve_one_process(config, cores, share_port=True, engine=link, on_listening=listening.set)
+    links = [EngineAddress(address, f"front-end-{index}", device) for address, device in engines]
+    serve_one_process(config, cores, share_port=True, engines=links, on_listening=listening.set)
 
 
-def _serve_engine(config: ServerConfig, cores: int, address: str, ready: Event, supervisor: int) -> None:
-    """The engine process (spawned)."""
+def _serve_engine(config: ServerConfig, cores: int, address: str, ready: Event, supervisor: int, label: str) -> None:
+    """An engine process (spawned)."""
     _end_with(supervisor)
     from bertserve.app.engine import serve_engine
     from bertserve.observability.logs import configure_logging
     from bertserve.observability.telemetry import configure_tracing
 
-    configure_logging(config.log_level, config.log_format, process="[engine] ")
+    configure_logging(config.log_level, config.log_format, process=f"[{label}] ")
     configure_tracing()
     serve_engine(config, cores, address, on_ready=ready.set, supervisor=supervisor)
 

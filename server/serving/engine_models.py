@@ -1,5 +1,7 @@
-"""A front end's models: the engine's table applied to this process's router, and the admin
-changes sent to the engine (the models are the engine's; see bertserve.serving.engine_service).
+"""A front end's models: each engine's table applied to this process's router, and the admin
+changes sent to the engine that holds the model (the models are the engines'; see
+bertserve.serving.engine_service). There is one engine per device; each table speaks for the
+models of its engine alone.
 
 An instance the engine loaded anew (a load, a reload, an engine restarted) gets a host of its own
 here; during a reload the host of the old instance serves until the new one's tokenizer is
@@ -12,7 +14,7 @@ import asyncio
 from collections.abc import Callable
 
 from bertserve.api import ModelSpec
-from bertserve.errors import InvalidRequest
+from bertserve.errors import InvalidRequest, ModelExists, ModelNotFound, PreconditionFailed
 from bertserve.serving.engine_link import EngineLink
 from bertserve.serving.engine_wire import ModelEntry, Table
 from bertserve.serving.front_host import FrontEndHost
@@ -30,40 +32,45 @@ class EngineModels:
         self,
         router: Router,
         *,
-        new_host: Callable[[ModelEntry, str], FrontEndHost],
+        new_host: Callable[[ModelEntry, str, str], FrontEndHost],
         parse_entry: Callable[[str], ModelSpec],
         published: Callable[[ModelHost], None],
         removed: Callable[[str], None],
+        device_of: Callable[[ModelSpec], str],
     ) -> None:
+        """new_host(entry, engine, device) makes the host of an instance; device_of says which
+        engine's device a model entry belongs on."""
         self._router = router
         self._new_host = new_host
         self._parse_entry = parse_entry
         self._published = published
         self._removed = removed
-        self.link: EngineLink | None = None  # set once made: the link calls apply and lost
+        self._device_of = device_of
+        self.links: dict[str, EngineLink] = {}  # by device; set once made: the links call apply and lost
         self._stopping: set[asyncio.Task[None]] = set()
 
     # -- the engine's table -----------------------------------------------------------------
 
-    async def apply(self, table: Table) -> None:
-        """Make the router what the table says: new instances get hosts (their tokenizers loaded
-        before they take over from a ready one), gone models leave."""
-        self._router.default_model = table.default_model
+    async def apply(self, device: str, table: Table) -> None:
+        """Make the router's models of device's engine what its table says: new instances get
+        hosts (their tokenizers loaded before they take over from a ready one), gone models leave."""
         listed = {entry.spec.name for entry in table.models}
         for host in list(self._router):
-            if host.name not in listed:
+            if isinstance(host, FrontEndHost) and host.device == device and host.name not in listed:
                 self._router.remove(host.name)
                 self._retire(host)
                 self._removed(host.name)
         loads = []
         for entry in table.models:
             current = self._current(entry.spec.name)
+            if current is not None and current.device != device:
+                continue  # the same name on another engine (two loads raced): the first one keeps it
             if current is not None and current.is_instance(table.engine, entry):
                 current.follow(entry)
                 if entry.state == ModelState.READY.value and current.state is not ModelState.READY:
                     loads.append(current.load(retry=False))
                 continue
-            new = self._new_host(entry, table.engine)
+            new = self._new_host(entry, table.engine, device)
             if entry.state == ModelState.READY.value and current is not None and current.state is ModelState.READY:
                 loads.append(self._take_over_when_loaded(current, new))
             else:
@@ -72,10 +79,10 @@ class EngineModels:
                     loads.append(new.load(retry=False))
         await asyncio.gather(*loads)
 
-    def lost(self) -> None:
-        """The engine went away: every model waits for it."""
+    def lost(self, device: str) -> None:
+        """device's engine went away: its models wait for it."""
         for host in self._router:
-            if isinstance(host, FrontEndHost):
+            if isinstance(host, FrontEndHost) and host.device == device:
                 host.engine_lost()
 
     def _current(self, name: str) -> FrontEndHost | None:
@@ -117,17 +124,25 @@ class EngineModels:
         return self._parse_entry(entry)
 
     async def load(self, spec: ModelSpec) -> ModelHost:
-        name = await self._engine().admin("load", spec)
+        if spec.name in self._router:  # perhaps on another engine than the one this entry's device picks
+            raise ModelExists(f"a model named {spec.name!r} is already loaded; ReloadModel replaces it")
+        name = await self._engine_for(spec).admin("load", spec)
         host = self._router.get(name)
         host.ready()
         return host
 
     async def unload(self, name: str) -> Drained:
-        drained: Drained = await self._engine().admin("unload", name)
+        drained: Drained = await self._engine_of(name).admin("unload", name)
         return drained
 
     async def reload(self, name: str, spec: ModelSpec | None = None) -> ModelHost:
-        name = await self._engine().admin("reload", name, spec)
+        link = self._engine_of(name)
+        if spec is not None and self._engine_for(spec) is not link:
+            raise PreconditionFailed(
+                f"model {name!r} runs on {self._device_at(link)}, and the new entry puts it on "
+                f"{self._device_of(spec)}: a reload keeps a model on its device; unload it, then load the new entry"
+            )
+        name = await link.admin("reload", name, spec)
         host = self._router.get(name)
         host.ready()
         return host
@@ -135,6 +150,24 @@ class EngineModels:
     async def stop(self) -> None:
         """Nothing to call off here: the changes under way are the engine's."""
 
-    def _engine(self) -> EngineLink:
-        assert self.link is not None, "the link to the engine is not made"
-        return self.link
+    def _engine_for(self, spec: ModelSpec) -> EngineLink:
+        """The link to the engine of the device spec puts the model on."""
+        device = self._device_of(spec)
+        if device not in self.links:
+            raise PreconditionFailed(
+                f"model {spec.name!r} would run on {device}, and no engine of this server runs that device (they "
+                f"run: {', '.join(self.links)}); list a model on it in the configuration and restart, or choose "
+                "one of those devices"
+            )
+        return self.links[device]
+
+    def _engine_of(self, name: str) -> EngineLink:
+        """The link to the engine that holds model name (ModelNotFound, as in one process, if none)."""
+        host = self._current(name)
+        if host is None:
+            self._router.get(name)  # raises ModelNotFound with the router's message
+            raise ModelNotFound(f"model {name!r} is not served here")
+        return self.links[host.device]
+
+    def _device_at(self, link: EngineLink) -> str:
+        return next(device for device, each in self.links.items() if each is link)

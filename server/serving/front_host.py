@@ -25,12 +25,13 @@ log = logging.getLogger(__name__)
 
 
 class FrontEndHost(ModelHost):
-    """One instance (generation) of a model of the engine named engine."""
+    """One instance (generation) of a model of the engine named engine, which runs device."""
 
     def __init__(
         self,
         entry: ModelEntry,
         engine: str,
+        device: str,
         plugin_factory: Callable[[ModelSpec], EncoderPlugin],
         passes: EnginePasses,
         tokenizer_pool: Executor,
@@ -38,6 +39,7 @@ class FrontEndHost(ModelHost):
     ) -> None:
         super().__init__(entry.spec, plugin_factory, tokenizer_pool, loader, loader, published=False)
         self.engine = engine
+        self.device = device
         self.generation = entry.generation
         self.batcher = self._passes = passes
         passes.health.on_change = lambda healthy: self.on_state_change(self)
