@@ -7,7 +7,8 @@ calls, are spread: a client reaches several processes only over several connecti
 client's ``channels``).
 
 By default those processes are front ends: they run the gRPC edge, tokenize and post-process,
-and feed one engine process over zmq IPC (bertserve.app.engine). The engine loads each model once,
+and feed one engine process per device (the CPU, or one GPU) over zmq IPC (bertserve.app.engine).
+An engine loads each of its models once,
 batches the calls of every front end, and takes every core for its workers. With ``engine:
 false`` they are N whole servers instead, each loading every model, the cores split between
 their torch pools, and model management refused.
