@@ -1,7 +1,8 @@
 """Texts of many calls tokenized together, in one batch of the Rust tokenizer, come out exactly as
 the model's own tokenizer makes each of them alone: ids, tokens, offsets, segment ids, special
 tokens, the cut of truncation, and the prefix cut of a huge input. Through gRPC, with the calls
-sent at once so that they share the tokenizer's jobs."""
+sent at once so that they share the tokenizer's jobs; a call of a sentence or two, tokenized on the
+event loop without a job, comes out the same."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from bertserve.app.server import BertServer
+from bertserve.serving.shared_tokenization import SLICE_TEXTS
 from bertserve_client import AsyncClient, Tokenization
 
 from conftest import EMBED_MODELS, TINY
@@ -78,11 +80,18 @@ async def test_texts_tokenized_together_equal_the_tokenizers_own_call_on_each(
     for max_length in (None, 9):
         truncate = max_length is not None
         calls += [{"inputs": [text], "truncate": truncate, "max_length": max_length} for text in TEXTS]
+        # Each over the limit of the loop's own tokenization: these go to the pool.
+        calls += [{"inputs": [f"{text} {TEXTS[7]}"], "truncate": truncate, "max_length": max_length} for text in TEXTS]
         calls += [{"inputs": TEXTS, "pairs": PAIRS, "truncate": truncate, "max_length": max_length}]
         calls += [{"inputs": TEXTS * 3, "truncate": truncate, "max_length": max_length}]  # over several slices
     answers = await _at_once(client, model, calls)
     jobs = server.router.get(model).shared_tokenization.jobs - jobs_before
-    assert jobs < len(calls), f"{len(calls)} calls took {jobs} jobs: none were tokenized together"
+    # A call of a sentence or two is tokenized on the loop; the others meet in the pool's jobs.
+    inline = server.router.get(model).plugin.inline_tokenize_chars()
+    pooled = [c for c in calls if sum(map(len, c["inputs"])) + sum(map(len, c.get("pairs") or ())) > inline]
+    assert 0 < len(pooled) < len(calls)
+    slices = sum(-(-len(c["inputs"]) // SLICE_TEXTS) for c in pooled)  # what the pool takes one job each alone
+    assert 0 < jobs < slices, f"{slices} slices took {jobs} jobs: none were tokenized together"
     for call, got in zip(calls, answers, strict=True):
         pairs = call.get("pairs") or [None] * len(call["inputs"])
         assert len(got) == len(call["inputs"])

@@ -301,7 +301,12 @@ class ModelHost:
         """The plugin's tokenize off the loop, in slices of a few texts: each slice goes in the next
         job of the tokenizer pool with the slices of the other calls waiting (see
         bertserve.serving.shared_tokenization), so that a call with many inputs takes turns with
-        the others and a small call crosses to the pool in company."""
+        the others and a small call crosses to the pool in company. A call within the plugin's
+        inline_tokenize_chars is tokenized here on the loop: less work than the hop to the pool."""
+        plugin = self.plugin
+        inline = plugin.inline_tokenize_chars()
+        if inline and _chars(texts, pairs, inline) <= inline:
+            return plugin.tokenize(texts, pairs=pairs, add_special_tokens=add_special_tokens, max_length=max_length)
         encodings: list[Encoding] = []
         for start in range(0, len(texts), SLICE_TEXTS):
             part = slice(start, start + SLICE_TEXTS)
@@ -398,6 +403,16 @@ _AFTER_ABANDON_S = 1.0
 RETRY_FIRST_S = 1.0
 #: The default cap on that pause (ModelHost.retry_max_s).
 RETRY_MAX_S = 60.0
+
+
+def _chars(texts: Sequence[str], pairs: Sequence[str] | None, limit: int) -> int:
+    """The characters of texts and pairs together, counted up to just past limit."""
+    total = 0
+    for text in (*texts, *(pairs or ())):
+        total += len(text)
+        if total > limit:
+            break
+    return total
 
 
 def _retry_delay(attempts: int, cap: float) -> float | None:
