@@ -30,16 +30,33 @@ async def test_same_result_alone_or_batched_with_other_lengths(client: AsyncClie
 
 
 @pytest.mark.parametrize("model", ["minilm", "roberta", "albert"])
-async def test_concurrent_small_calls_are_tokenized_together_exactly_as_alone(
+async def test_concurrent_calls_are_tokenized_together_exactly_as_alone(
     client: AsyncClient, server: BertServer, model: str
 ) -> None:
-    texts = [f"{'word ' * (i % 7)}text number {i}, café" for i in range(40)]
+    inline = server.router.get(model).plugin.inline_tokenize_chars()
+    texts = [f"{'word ' * (i % 7)}text number {i}, café " * 9 for i in range(40)]
+    assert all(len(t) > inline for t in texts)  # each past what the loop tokenizes itself
     alone = [(await client.tokenize(t, model=model, truncate=True, max_length=12))[0] for t in texts]
     shared = server.router.get(model).shared_tokenization
     jobs = shared.jobs
     together = await asyncio.gather(*(client.tokenize(t, model=model, truncate=True, max_length=12) for t in texts))
     assert [r[0] for r in together] == alone
     assert 0 < shared.jobs - jobs < len(texts)  # through shared jobs of the tokenizer pool, fewer than calls
+
+
+@pytest.mark.parametrize("model", ["minilm", "roberta"])
+async def test_a_call_of_a_sentence_is_tokenized_on_the_loop_as_the_pool_would(
+    client: AsyncClient, server: BertServer, model: str
+) -> None:
+    host = server.router.get(model)
+    texts = [f"{'word ' * (i % 7)}text number {i}, café" for i in range(12)]
+    assert all(len(t) <= host.plugin.inline_tokenize_chars() for t in texts)
+    jobs = host.shared_tokenization.jobs
+    on_loop = await asyncio.gather(*(client.tokenize(t, model=model, truncate=True, max_length=12) for t in texts))
+    assert host.shared_tokenization.jobs == jobs  # no job of the pool: no hop to a thread
+    pooled = await host.off_loop(host.plugin.tokenize, texts, max_length=12)
+    assert [r[0].ids for r in on_loop] == [e.ids for e in pooled]
+    assert [r[0].offsets for r in on_loop] == [[tuple(o) for o in e.offsets] for e in pooled]
 
 
 async def test_first_party_variants_run_packed_passes(server: BertServer) -> None:

@@ -137,7 +137,8 @@ class Batcher:
         return self._tokens_per_s
 
     def running_since_ns(self) -> list[int]:
-        """When each pass in flight started, in time.monotonic_ns() (what finds a pass that never ends)."""
+        """When each pass in flight started on its worker, in time.monotonic_ns() (what finds a pass that
+        never ends); a pass still waiting for its worker has not started."""
         return list(self._started_ns.values())
 
     @property
@@ -274,30 +275,35 @@ class Batcher:
     async def _run(self, batch: list[_Pending[Any]]) -> None:
         """Run one batch on a worker thread and resolve its futures, whatever happens."""
         pass_id = self.stats.forward_passes
-        started = time.monotonic_ns()
-        self._running[id(batch)] = batch
-        self._started_ns[id(batch)] = started
+        key, submitted = id(batch), time.monotonic_ns()
+        self._running[key] = batch
+        op, items = batch[0].op, [p.item for p in batch]
+
+        def on_worker() -> Sequence[Any]:
+            # The pass starts when its worker takes it up: a wait behind the worker's other work (a
+            # model loading on the same device) is queueing, not a pass that hangs.
+            self._started_ns[key] = time.monotonic_ns()
+            return self._run_batch(op, items)
+
         try:
-            results = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._run_batch, batch[0].op, [p.item for p in batch]
-            )
+            results = await asyncio.get_running_loop().run_in_executor(self._executor, on_worker)
             if len(results) != len(batch):
                 raise RuntimeError(f"the model returned {len(results)} results for a batch of {len(batch)}")
         except BertserveError as e:  # the callers' to hear as it is (a device out of memory, say)
             self._fail(batch, e)
             self.health.passed(ok=False)
-            trace_pass(self.name, pass_id, batch, started, error=str(e))
+            trace_pass(self.name, pass_id, batch, self._started_ns.get(key, submitted), error=str(e))
             return
         except Exception as e:  # a fault: logged once here, with its traceback; each caller gets its id
             self._fault(f"a forward pass over {len(batch)} sequences", e, batch)
             self.health.passed(ok=False)
-            trace_pass(self.name, pass_id, batch, started, error=type(e).__name__)
+            trace_pass(self.name, pass_id, batch, self._started_ns.get(key, submitted), error=type(e).__name__)
             return
         finally:
             self._last_pass_end_ns = time.monotonic_ns()
-            del self._running[id(batch)]
-            del self._started_ns[id(batch)]
-            self._ends_ns.pop(id(batch), None)
+            started = self._started_ns.pop(key, submitted)
+            del self._running[key]
+            self._ends_ns.pop(key, None)
         self.health.passed(ok=True)
         self.stats.recent_passes.append((started, self._last_pass_end_ns))
         trace_pass(self.name, pass_id, batch, started)

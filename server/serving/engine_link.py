@@ -1,11 +1,12 @@
 """A front end's link to its engine: calls' passes out, results and the model table in.
 
-One zmq DEALER socket over IPC carries every call of this process (zmq.asyncio: no thread of its
-own, no hop per call). A socket monitor hears the connection drop the moment the engine process
-dies (the kernel closes its end): every call in flight then fails at once with UNAVAILABLE, the
-models read as loading (health NOT_SERVING), and zmq reconnects on its own to the engine the
-supervisor restarts. A wedged engine is the supervisor's to find (see bertserve.app.supervisor):
-it kills it, and this link sees that as a death.
+One zmq DEALER socket over IPC carries every call of this process, driven by the event loop (see
+bertserve.serving.engine_socket: no thread of its own, no hop and no future per message). A
+socket monitor hears the connection drop the moment the engine process dies (the kernel closes
+its end): every call in flight then fails at once with UNAVAILABLE, the models read as loading
+(health NOT_SERVING), and zmq reconnects on its own to the engine the supervisor restarts. A
+wedged engine is the supervisor's to find (see bertserve.app.supervisor): it kills it, and this
+link sees that as a death.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import zmq
-import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from bertserve.api import Encoding
@@ -26,6 +26,7 @@ from bertserve.errors import BertserveError, ModelUnavailable
 from bertserve.observability import request_ids, telemetry
 from bertserve.ops import Completed, Op
 from bertserve.serving import engine_wire as wire
+from bertserve.serving.engine_socket import LoopSocket
 from bertserve.serving.pass_reports import PassHealth
 
 __all__ = ["EngineLink", "EnginePasses"]
@@ -53,8 +54,9 @@ class EngineLink:
         self._identity = identity.encode()
         self._on_table = on_table
         self._on_lost = on_lost
-        self._context = zmq.asyncio.Context()
-        self._socket: zmq.asyncio.Socket | None = None
+        self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._socket: LoopSocket | None = None
+        self._monitor: LoopSocket | None = None
         self._calls = itertools.count(1)
         self._pending: dict[int, tuple[asyncio.Future[Any], str]] = {}  # call -> (future, model)
         self._connected = False
@@ -77,17 +79,17 @@ class EngineLink:
         socket.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         monitor = socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
         socket.connect(self.address)
-        self._socket = socket
-        self._tasks = [
-            asyncio.create_task(self._read(socket), name="engine-link:read"),
-            asyncio.create_task(self._watch(monitor), name="engine-link:watch"),
-            asyncio.create_task(self._apply_tables(socket), name="engine-link:tables"),
-        ]
+        self._socket = LoopSocket(socket, self._read)
+        self._monitor = LoopSocket(monitor, self._watch)
+        self._tasks = [asyncio.create_task(self._apply_tables(), name="engine-link:tables")]
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for each in (self._socket, self._monitor):
+            if each is not None:
+                each.close()
         self._fail_all(ModelUnavailable("the server is shutting down"))
         self._context.destroy(linger=0)  # the socket and its monitor with it
 
@@ -122,14 +124,14 @@ class EngineLink:
         self._pending[call] = (future, model)
         try:
             try:
-                await socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+                socket.send(frames)
+            except zmq.ZMQError:  # zmq.Again: not connected (IMMEDIATE) at this moment
                 raise _engine_gone(model) from None
             return await future
         except asyncio.CancelledError:
             if self._connected and model:  # the caller went away: the engine drops what has not run
                 with contextlib.suppress(zmq.ZMQError):
-                    await socket.send_multipart(wire.encode_small(wire.CANCEL, call), flags=zmq.NOBLOCK)
+                    socket.send(wire.encode_small(wire.CANCEL, call), copy=True)
             raise
         finally:
             self._pending.pop(call, None)
@@ -140,14 +142,12 @@ class EngineLink:
             if of == model and not future.done():
                 future.set_exception(error)
 
-    async def _read(self, socket: zmq.asyncio.Socket) -> None:
-        while True:
-            message = await socket.recv_multipart(copy=False)
-            frames: list[bytes | memoryview] = [message[0].bytes, *(frame.buffer for frame in message[1:])]
-            try:
-                self._dispatch(frames)
-            except Exception:  # a reply this side cannot read fails its call, never the link
-                log.exception("unreadable message from the engine (kind %r)", frames[0])
+    def _read(self, message: list[zmq.Frame]) -> None:
+        frames: list[bytes | memoryview] = [message[0].bytes, *(frame.buffer for frame in message[1:])]
+        try:
+            self._dispatch(frames)
+        except Exception:  # a reply this side cannot read fails its call, never the link
+            log.exception("unreadable message from the engine (kind %r)", frames[0])
 
     def _dispatch(self, frames: Frames) -> None:
         kind = frames[0]
@@ -172,7 +172,7 @@ class EngineLink:
         else:
             entry[0].set_result(value)
 
-    async def _apply_tables(self, socket: zmq.asyncio.Socket) -> None:
+    async def _apply_tables(self) -> None:
         """Tables in the order they came, one at a time (loading a tokenizer takes a while); each
         acknowledged once applied, so that an admin change answers after every front end has it."""
         while True:
@@ -181,23 +181,24 @@ class EngineLink:
                 await self._on_table(table)
             except Exception:
                 log.exception("the engine's model table %d could not be applied", table.version)
-            with contextlib.suppress(zmq.ZMQError):
-                await socket.send_multipart(wire.encode_small(wire.TABLE_SEEN, table.engine, table.version))
+            if self._socket is not None:
+                with contextlib.suppress(zmq.ZMQError):
+                    self._socket.send(wire.encode_small(wire.TABLE_SEEN, table.engine, table.version), copy=True)
 
-    async def _watch(self, monitor: zmq.asyncio.Socket) -> None:
-        while True:
-            event = parse_monitor_message(await monitor.recv_multipart())
-            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self._connected = True
-                self.connected_event.set()
-                assert self._socket is not None
-                await self._socket.send_multipart([wire.HELLO])
-            elif event["event"] == zmq.EVENT_DISCONNECTED and self._connected:
-                self._connected = False
-                self.connected_event.clear()
-                log.error("the engine went away; the calls it had fail, and the models wait for it to come back")
-                self._fail_all(None)
-                self._on_lost()
+    def _watch(self, message: list[zmq.Frame]) -> None:
+        event = parse_monitor_message([frame.bytes for frame in message])
+        if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self._connected = True
+            self.connected_event.set()
+            if self._socket is not None:
+                with contextlib.suppress(zmq.ZMQError):
+                    self._socket.send([wire.HELLO], copy=True)
+        elif event["event"] == zmq.EVENT_DISCONNECTED and self._connected:
+            self._connected = False
+            self.connected_event.clear()
+            log.error("the engine went away; the calls it had fail, and the models wait for it to come back")
+            self._fail_all(None)
+            self._on_lost()
 
     def _fail_all(self, error: BertserveError | None) -> None:
         for future, model in list(self._pending.values()):

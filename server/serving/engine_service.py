@@ -20,12 +20,12 @@ from collections.abc import Callable
 from typing import Any
 
 import zmq
-import zmq.asyncio
 
 from bertserve.api import ModelSpec
 from bertserve.errors import BertserveError, InternalFailure, ModelUnavailable
 from bertserve.observability import request_ids, telemetry
 from bertserve.serving import engine_wire as wire
+from bertserve.serving.engine_socket import LoopSocket
 from bertserve.serving.model_host import ModelHost
 from bertserve.serving.model_manager import ModelManager
 from bertserve.serving.router import Router
@@ -52,13 +52,12 @@ class EngineService:
         self._manager = manager
         self._token = secrets.token_hex(8)  # this engine's start: the front ends' hosts of an earlier one are stale
         self._version = 0
-        self._context = zmq.asyncio.Context()
-        self._socket: zmq.asyncio.Socket | None = None
+        self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._socket: LoopSocket | None = None
         self._peers: dict[bytes, int] = {}  # front end -> the latest table version it applied
         self._seen = asyncio.Condition()
         self._calls: dict[tuple[bytes, int], asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._reader: asyncio.Task[None] | None = None
         self._broadcast_due = False
 
     def bind(self) -> None:
@@ -68,12 +67,11 @@ class EngineService:
         socket.setsockopt(zmq.RCVHWM, 0)
         socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply to a front end that left raises, not vanishes
         socket.bind(self.address)
-        self._socket = socket
-        self._reader = asyncio.create_task(self._read(socket), name="engine:read")
+        self._socket = LoopSocket(socket, self._read)
 
     async def stop(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
+        if self._socket is not None:
+            self._socket.close()
         for task in [*self._calls.values(), *self._tasks]:
             task.cancel()
         await asyncio.gather(*self._calls.values(), *self._tasks, return_exceptions=True)
@@ -111,19 +109,17 @@ class EngineService:
     def _send(self, peer: bytes, frames: list[bytes | memoryview]) -> None:
         assert self._socket is not None
         try:
-            self._socket.send_multipart([peer, *frames], flags=zmq.NOBLOCK, copy=False)
+            self._socket.send([peer, *frames])
         except zmq.ZMQError as e:  # the front end went away: its calls' answers have no one to go to
             log.debug("front end %r is gone: %s", peer, e)
 
-    async def _read(self, socket: zmq.asyncio.Socket) -> None:
-        while True:
-            message = await socket.recv_multipart(copy=False)
-            peer, kind = message[0].bytes, message[1].bytes
-            frames: list[bytes | memoryview] = [kind, *(frame.buffer for frame in message[2:])]
-            try:
-                self._dispatch(peer, frames)
-            except Exception:
-                log.exception("an unreadable message from front end %r (kind %r)", peer, kind)
+    def _read(self, message: list[zmq.Frame]) -> None:
+        peer, kind = message[0].bytes, message[1].bytes
+        frames: list[bytes | memoryview] = [kind, *(frame.buffer for frame in message[2:])]
+        try:
+            self._dispatch(peer, frames)
+        except Exception:
+            log.exception("an unreadable message from front end %r (kind %r)", peer, kind)
 
     def _dispatch(self, peer: bytes, frames: list[bytes | memoryview]) -> None:
         kind = frames[0]
