@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 import pytest
 
+from bertserve.api import Pooling
 from bertserve.app.config import load_config
 from bertserve.app.server import BertServer
+from bertserve.ops import EmbedOp
+from bertserve.serving.batcher import Batcher, BatchLimits
 from bertserve_client import AsyncClient, BertserveError, EmbedResult
 
 from conftest import EMBED_MODELS, NO_RETRIES
@@ -232,3 +238,44 @@ async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
             await asyncio.sleep(0.001)
 
     await asyncio.wait_for(poll(), timeout)
+
+
+async def test_a_pass_counts_as_running_from_when_its_worker_takes_it_up() -> None:
+    """What finds a wedged engine reads how long each pass has run: a pass queued behind other work
+    of its worker (a model loading on the same device) has not started, and is no pass that hangs."""
+    worker = ThreadPoolExecutor(1)
+    loading, loaded = threading.Event(), threading.Event()
+
+    def load() -> None:
+        loading.set()
+        loaded.wait(30)
+
+    worker.submit(load)
+    running, finish = threading.Event(), threading.Event()
+
+    def run_batch(op: Any, batch: Sequence[Any]) -> list[Any]:
+        running.set()
+        finish.wait(30)
+        return [None] * len(batch)
+
+    batcher = Batcher("m", run_batch, worker, BatchLimits())
+    batcher.start()
+    try:
+        assert await asyncio.to_thread(loading.wait, 10)
+        call = asyncio.create_task(batcher.submit(EmbedOp(Pooling.CLS, False), ["a"], [3]))
+        await asyncio.sleep(0.3)
+        assert batcher.running_since_ns() == []  # waiting for the worker: not started
+        before = time.monotonic_ns()
+        loaded.set()
+        assert await asyncio.to_thread(running.wait, 10)
+        [started] = batcher.running_since_ns()
+        assert started >= before
+        finish.set()
+        [done] = await asyncio.wait_for(call, 10)
+        assert batcher.running_since_ns() == []
+        assert done.queue_ns >= 0.3e9  # the wait for the worker is the call's queueing
+    finally:
+        loaded.set()
+        finish.set()
+        await batcher.stop()
+        worker.shutdown()
