@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable, Sequence
 
 import zmq
 
 __all__ = ["LoopSocket"]
+
+log = logging.getLogger(__name__)
 
 #: The most messages one turn of the loop reads before the loop runs its other work.
 READ_BATCH = 256
@@ -70,5 +73,8 @@ class LoopSocket:
             except zmq.ZMQError:  # the socket was closed under the loop
                 self.close()
                 return
-            self._on_message(message)
+            try:
+                self._on_message(message)
+            except Exception:  # one message this side cannot take must not leave the others unread
+                log.exception("a message could not be handled")
         self._schedule_read()  # more wait: the loop runs its other work first
