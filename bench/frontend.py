@@ -2,7 +2,7 @@
 
     python bench/frontend.py [--seconds 12] [--concurrency 64] [--processes 1] [--front-ends 1 2] [--rounds 1]
                              [--server-options "torch_threads: 1"] [--model-options "workers: 1"]
-                             [--layers]
+                             [--layers] [--threads]
 
 A near-free model (one layer, hidden size 32, all-MiniLM-L6-v2's real tokenizer) makes the
 forward pass cost almost nothing, so what bertserve spends on a single-sentence Embed is its own
@@ -20,6 +20,9 @@ calls/s and the server's CPU time per call (user + system of the server's proces
 costs: "edge" answers a fixed result once the call has passed the interceptors, the access log,
 the metrics, the codec and the router; "tokenize" also tokenizes the input; "full" is the server
 as it is. (One process: the cut flow is set in the served process before it starts.)
+
+--threads also prints, under each row, the CPU microseconds per call of each thread of the server's
+processes that spent 5 or more: the event loop, the device workers, the engine's loop and zmq's.
 """
 
 from __future__ import annotations
@@ -147,6 +150,27 @@ def _cpu_seconds(pid: int) -> float:
     return total
 
 
+def _thread_cpu(pid: int) -> dict[str, float]:
+    """User + system CPU seconds of each thread of pid and its living descendants, by
+    "pid/tid name" (Python threads all read "python": the kernel's name, not threading's)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for each in _tree(pid):
+        try:
+            tasks = os.listdir(f"/proc/{each}/task")
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        for tid in tasks:
+            try:
+                stat = Path(f"/proc/{each}/task/{tid}/stat").read_text()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            name = stat[stat.index("(") + 1 : stat.rindex(")")]
+            fields = stat.rsplit(")", 1)[1].split()
+            found[f"{each}/{tid} {name}"] = (int(fields[11]) + int(fields[12])) / tick
+    return found
+
+
 def _rss_mib(pid: int) -> float:
     """Resident memory of pid and its living descendants, in MiB."""
     total = 0
@@ -163,19 +187,24 @@ def measure(pid: int, target: str, seconds: float, concurrency: int, engine_pid:
     """Drive target from a child process; calls/s, the server's CPU microseconds per call (and
     the engine process's share of them, given its pid), and the server's resident memory."""
     before, engine_before = _cpu_seconds(pid), _cpu_seconds(engine_pid) if engine_pid else 0.0
+    threads_before = _thread_cpu(pid)
     drive = [sys.executable, __file__, "--drive", target, str(seconds), str(concurrency)]
     out = subprocess.run(drive, capture_output=True, text=True, check=True, timeout=seconds + 120)
     after, engine_after = _cpu_seconds(pid), _cpu_seconds(engine_pid) if engine_pid else 0.0
+    threads_after = _thread_cpu(pid)
     rss = _rss_mib(pid)
     result = json.loads(out.stdout)
     calls = max(1, result["calls"])
     # The warm-up calls are few; their CPU falls in the total and is spread over the measured calls.
-    return {
+    measured = {
         "calls_per_s": result["calls"] / result["seconds"],
         "cpu_us_per_call": (after - before) / calls * 1e6,
         "engine_us_per_call": (engine_after - engine_before) / calls * 1e6,
         "rss_mib": rss,
     }
+    for thread, cpu in threads_after.items():
+        measured[f"thread {thread}"] = (cpu - threads_before.get(thread, 0.0)) / calls * 1e6
+    return measured
 
 
 def _engine_pid(server: Server) -> int:
@@ -248,6 +277,7 @@ def main() -> int:
     parser.add_argument("--server-options", default="", help="more server settings, as YAML flow mapping items")
     parser.add_argument("--model-options", default="", help="more settings of the model's entry, likewise")
     parser.add_argument("--layers", action="store_true", help="also measure a call cut short after each layer")
+    parser.add_argument("--threads", action="store_true", help="also print the CPU per call of each busy thread")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         tmp = Path(scratch)
@@ -293,6 +323,10 @@ def main() -> int:
             f"{ours['rss_mib']:8.0f} | "
             f"{floor['calls_per_s']:12.0f} {floor['cpu_us_per_call']:12.0f} | {ratio:9.2f}"
         )
+        if args.threads:
+            busy = sorted(((v, k[7:]) for k, v in ours.items() if k.startswith("thread ") and v >= 5), reverse=True)
+            for us, thread in busy:
+                print(f"    {thread:28} {us:12.0f}")
     return 0
 
 
