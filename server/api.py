@@ -218,7 +218,9 @@ class EncoderPlugin(abc.ABC):
         """The most characters (texts and pairs together) of one call that tokenize costs less
         than a hop to a tokenizer thread and back (a few hundred microseconds): the server then
         calls tokenize on its event loop, and the call crosses no thread to be tokenized. 0, the
-        default, keeps every call off the loop: right for a tokenizer written in Python."""
+        default, keeps every call off the loop: right for a tokenizer written in Python. Asked on
+        the loop before each call, quickly: the answer may change (0 until the loop's own copy of
+        a tokenizer is ready, say)."""
         return 0
 
     @abc.abstractmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
@@ -123,6 +124,16 @@ async def start_server(config: Path) -> BertServer:
     await server.start()
     await server.wait_until_loaded()
     return server
+
+
+async def inline_tokenize_limit(server: BertServer, model: str) -> int:
+    """The characters of a call that model's plugin tokenizes on the event loop, once the loop's
+    own copy of its tokenizer is made (on a thread of its own, after the first ask)."""
+    plugin = server.router.get(model).plugin
+    async with asyncio.timeout(30):
+        while not (limit := plugin.inline_tokenize_chars()):  # noqa: ASYNC110 (a copy made on a thread: no event)
+            await asyncio.sleep(0.01)
+    return limit
 
 
 @pytest.fixture(scope="session")

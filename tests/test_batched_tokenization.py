@@ -17,7 +17,7 @@ from bertserve.app.server import BertServer
 from bertserve.serving.shared_tokenization import SLICE_TEXTS
 from bertserve_client import AsyncClient, Tokenization
 
-from conftest import EMBED_MODELS, TINY
+from conftest import EMBED_MODELS, TINY, inline_tokenize_limit
 
 TEXTS = [
     "Paris is a beautiful city",
@@ -75,6 +75,7 @@ async def test_texts_tokenized_together_equal_the_tokenizers_own_call_on_each(
 ) -> None:
     path = minilm_dir if model == "minilm" else tiny_models[TINY[model][1]]
     tokenizer = hf.tokenizer(path)
+    inline = await inline_tokenize_limit(server, model)  # the loop tokenizes small calls from now on
     jobs_before = server.router.get(model).shared_tokenization.jobs
     calls: list[dict[str, Any]] = []
     for max_length in (None, 9):
@@ -87,7 +88,6 @@ async def test_texts_tokenized_together_equal_the_tokenizers_own_call_on_each(
     answers = await _at_once(client, model, calls)
     jobs = server.router.get(model).shared_tokenization.jobs - jobs_before
     # A call of a sentence or two is tokenized on the loop; the others meet in the pool's jobs.
-    inline = server.router.get(model).plugin.inline_tokenize_chars()
     pooled = [c for c in calls if sum(map(len, c["inputs"])) + sum(map(len, c.get("pairs") or ())) > inline]
     assert 0 < len(pooled) < len(calls)
     slices = sum(-(-len(c["inputs"]) // SLICE_TEXTS) for c in pooled)  # what the pool takes one job each alone

@@ -21,7 +21,7 @@ from bertserve.ops import EmbedOp
 from bertserve.serving.batcher import Batcher, BatchLimits
 from bertserve_client import AsyncClient, BertserveError, EmbedResult
 
-from conftest import EMBED_MODELS, NO_RETRIES
+from conftest import EMBED_MODELS, NO_RETRIES, inline_tokenize_limit
 
 MIXED = [("word " * n).strip() + f" {n}" for n in (1, 30, 3, 25, 7, 50, 2, 40, 12, 5, 45, 18)]
 LONG = "a sentence long enough to keep the model busy for a while " * 20
@@ -39,7 +39,7 @@ async def test_same_result_alone_or_batched_with_other_lengths(client: AsyncClie
 async def test_concurrent_calls_are_tokenized_together_exactly_as_alone(
     client: AsyncClient, server: BertServer, model: str
 ) -> None:
-    inline = server.router.get(model).plugin.inline_tokenize_chars()
+    inline = await inline_tokenize_limit(server, model)
     texts = [f"{'word ' * (i % 7)}text number {i}, café " * 9 for i in range(40)]
     assert all(len(t) > inline for t in texts)  # each past what the loop tokenizes itself
     alone = [(await client.tokenize(t, model=model, truncate=True, max_length=12))[0] for t in texts]
@@ -56,7 +56,8 @@ async def test_a_call_of_a_sentence_is_tokenized_on_the_loop_as_the_pool_would(
 ) -> None:
     host = server.router.get(model)
     texts = [f"{'word ' * (i % 7)}text number {i}, café" for i in range(12)]
-    assert all(len(t) <= host.plugin.inline_tokenize_chars() for t in texts)
+    inline = await inline_tokenize_limit(server, model)
+    assert all(len(t) <= inline for t in texts)
     jobs = host.shared_tokenization.jobs
     on_loop = await asyncio.gather(*(client.tokenize(t, model=model, truncate=True, max_length=12) for t in texts))
     assert host.shared_tokenization.jobs == jobs  # no job of the pool: no hop to a thread

@@ -33,7 +33,11 @@ class Tokenization(PluginState):
     """The plugin's tokenizer calls, each on the calling thread's own copy of the tokenizer."""
 
     def inline_tokenize_chars(self) -> int:
-        return INLINE_TOKENIZE_CHARS  # a fast (Rust) tokenizer: every transformers plugin loads one
+        # A fast (Rust) tokenizer: every transformers plugin loads one. The calling thread (the
+        # event loop) tokenizes inline once its own copy of the tokenizer is made, off that thread.
+        if self._tokenizers is None or not self._tokenizers.ready_here():
+            return 0
+        return INLINE_TOKENIZE_CHARS
 
     def tokenize(
         self,
