@@ -183,7 +183,7 @@ def _rss_mib(pid: int) -> float:
     return total / 1024
 
 
-def measure(pid: int, target: str, seconds: float, concurrency: int, engine_pid: int = 0) -> dict[str, float]:
+def measure(pid: int, target: str, seconds: float, concurrency: int, engine_pid: int = 0) -> dict[str, Any]:
     """Drive target from a child process; calls/s, the server's CPU microseconds per call (and
     the engine process's share of them, given its pid), and the server's resident memory."""
     before, engine_before = _cpu_seconds(pid), _cpu_seconds(engine_pid) if engine_pid else 0.0
@@ -196,15 +196,15 @@ def measure(pid: int, target: str, seconds: float, concurrency: int, engine_pid:
     result = json.loads(out.stdout)
     calls = max(1, result["calls"])
     # The warm-up calls are few; their CPU falls in the total and is spread over the measured calls.
-    measured = {
+    return {
         "calls_per_s": result["calls"] / result["seconds"],
         "cpu_us_per_call": (after - before) / calls * 1e6,
         "engine_us_per_call": (engine_after - engine_before) / calls * 1e6,
         "rss_mib": rss,
+        "threads_us_per_call": {
+            thread: (cpu - threads_before.get(thread, 0.0)) / calls * 1e6 for thread, cpu in threads_after.items()
+        },
     }
-    for thread, cpu in threads_after.items():
-        measured[f"thread {thread}"] = (cpu - threads_before.get(thread, 0.0)) / calls * 1e6
-    return measured
 
 
 def _engine_pid(server: Server) -> int:
@@ -291,7 +291,7 @@ def main() -> int:
                     raise RuntimeError("the bare grpc.aio server did not start")
                 time.sleep(0.1)
             bare_target = f"127.0.0.1:{port_file.read_text()}"
-            rows: list[tuple[str, dict[str, float], dict[str, float]]] = []
+            rows: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
             # Each row: one bertserve set-up, and the bare server measured just before it.
             setups = [(f"bertserve, processes: {n}", n, False, "full") for n in args.processes]
             setups += [(f"bertserve, {n} front end(s)+engine", n, True, "full") for n in args.front_ends]
@@ -324,7 +324,7 @@ def main() -> int:
             f"{floor['calls_per_s']:12.0f} {floor['cpu_us_per_call']:12.0f} | {ratio:9.2f}"
         )
         if args.threads:
-            busy = sorted(((v, k[7:]) for k, v in ours.items() if k.startswith("thread ") and v >= 5), reverse=True)
+            busy = sorted(((us, thread) for thread, us in ours["threads_us_per_call"].items() if us >= 5), reverse=True)
             for us, thread in busy:
                 print(f"    {thread:28} {us:12.0f}")
     return 0

@@ -64,7 +64,8 @@ def engine_served(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPat
     config = _config(
         directory / "engine.yaml",
         tiny_models,
-        "processes: 2, grace_period_s: 5, metrics_port: 0, engine_stall_timeout_s: 3, load_retry_max_s: 1",
+        # A drain long enough for the calls in flight at SIGTERM on a machine whose cores are all busy.
+        "processes: 2, grace_period_s: 30, metrics_port: 0, engine_stall_timeout_s: 3, load_retry_max_s: 1",
     )
     served = Served(config)
     served.wait_for(r"tokenizer ready", count=2 * _MODELS, timeout=180)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from pathlib import Path
 
 import pytest
@@ -21,11 +22,13 @@ def _pair(where: Path) -> tuple[zmq.Context[zmq.Socket[bytes]], zmq.Socket[bytes
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     a, b = context.socket(zmq.PAIR), context.socket(zmq.PAIR)
     address = f"ipc://{where}/loop-socket-{next(_ADDRESSES)}"
-    a.bind(address)
-    b.connect(address)
-    for socket in (a, b):
+    for socket in (a, b):  # set before the connection, which takes them when it is made
+        socket.setsockopt(zmq.SNDHWM, 0)  # as the link's: a burst is never refused for a slow reader
+        socket.setsockopt(zmq.RCVHWM, 0)
         socket.setsockopt(zmq.SNDTIMEO, 5000)
         socket.setsockopt(zmq.RCVTIMEO, 5000)
+    a.bind(address)
+    b.connect(address)
     a.send(b"connected?")  # blocks until the connection is up
     assert b.recv() == b"connected?"
     return context, a, b
@@ -60,6 +63,30 @@ async def test_every_message_arrives_in_order_while_both_sides_send_and_answer(t
     finally:
         side_a.close()
         side_b.close()
+        context.destroy(linger=0)
+
+
+async def test_a_message_that_came_before_a_send_is_read_though_the_send_took_its_signal(tmp_path: Path) -> None:
+    """The edge case itself: a message arrives, then a send on the same socket processes zmq's
+    commands (and so takes the descriptor's signal) before the loop has looked; it is read all the same."""
+    context, a, b = _pair(tmp_path)
+    got: list[bytes] = []
+    arrived = asyncio.Event()
+
+    def take(message: list[zmq.Frame]) -> None:
+        got.append(message[0].bytes)
+        arrived.set()
+
+    side_a = LoopSocket(a, take)
+    try:
+        b.send(b"answer")  # from a plain socket: nothing of side_a runs meanwhile
+        time.sleep(0.1)  # noqa: ASYNC251 (the loop must not run: the message reaches side_a, signalled)
+        side_a.send([b"question"])  # before the loop runs: this send takes the signal
+        await asyncio.wait_for(arrived.wait(), 5)
+        assert got == [b"answer"]
+        assert b.recv() == b"question"
+    finally:
+        side_a.close()
         context.destroy(linger=0)
 
 

@@ -131,7 +131,7 @@ class EngineLink:
         except asyncio.CancelledError:
             if self._connected and model:  # the caller went away: the engine drops what has not run
                 with contextlib.suppress(zmq.ZMQError):
-                    socket.send(wire.encode_small(wire.CANCEL, call), copy=True)
+                    socket.send(wire.encode_small(wire.CANCEL, call))
             raise
         finally:
             self._pending.pop(call, None)
@@ -183,7 +183,7 @@ class EngineLink:
                 log.exception("the engine's model table %d could not be applied", table.version)
             if self._socket is not None:
                 with contextlib.suppress(zmq.ZMQError):
-                    self._socket.send(wire.encode_small(wire.TABLE_SEEN, table.engine, table.version), copy=True)
+                    self._socket.send(wire.encode_small(wire.TABLE_SEEN, table.engine, table.version))
 
     def _watch(self, message: list[zmq.Frame]) -> None:
         event = parse_monitor_message([frame.bytes for frame in message])
@@ -192,7 +192,7 @@ class EngineLink:
             self.connected_event.set()
             if self._socket is not None:
                 with contextlib.suppress(zmq.ZMQError):
-                    self._socket.send([wire.HELLO], copy=True)
+                    self._socket.send([wire.HELLO])
         elif event["event"] == zmq.EVENT_DISCONNECTED and self._connected:
             self._connected = False
             self.connected_event.clear()

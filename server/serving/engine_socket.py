@@ -42,10 +42,11 @@ class LoopSocket:
         self._loop.add_reader(self._fd, self._read)
         self._schedule_read()  # a message may have come before the reader was added
 
-    def send(self, frames: Sequence[bytes | memoryview], *, copy: bool = False) -> None:
-        """Send now; zmq.Again when the peer is not connected, zmq.ZMQError when it is gone."""
+    def send(self, frames: Sequence[bytes | memoryview]) -> None:
+        """Send now; zmq.Again when the peer is not connected, zmq.ZMQError when it is gone. Large
+        frames go without a copy (pyzmq copies the small ones itself, which is cheaper)."""
         try:
-            self.socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=copy)
+            self.socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
         finally:
             self._schedule_read()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -408,7 +409,7 @@ RETRY_MAX_S = 60.0
 def _chars(texts: Sequence[str], pairs: Sequence[str] | None, limit: int) -> int:
     """The characters of texts and pairs together, counted up to just past limit."""
     total = 0
-    for text in (*texts, *(pairs or ())):
+    for text in itertools.chain(texts, pairs or ()):  # not copied: a call may hold a million texts
         total += len(text)
         if total > limit:
             break
