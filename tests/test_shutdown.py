@@ -106,6 +106,27 @@ def test_a_call_in_flight_is_answered_within_the_grace_period(serve: object) -> 
     assert served.process.wait(30) == 0, "exits once the calls in flight are answered, not after the grace period"
 
 
+def test_calls_that_come_during_the_drain_are_refused_until_the_calls_in_flight_are_answered(serve: object) -> None:
+    """gRPC stops (GOAWAY, the port closed) only once no call is in flight: before, bertserve refuses
+    new calls itself, with a retryable UNAVAILABLE, and the call in flight gets its whole reply."""
+    served: Served = serve(grace_period_s=60)  # type: ignore[operator]
+    texts = _texts_lasting(served, 6.0)
+    caller, outcome = _call_in_flight(served, texts)
+    served.process.send_signal(signal.SIGTERM)
+    served.wait_for(r"refusing new calls; 1 in flight")
+    with (
+        Client(f"127.0.0.1:{served.port}", timeout=10, options=NO_RETRIES) as client,
+        pytest.raises(BertserveError) as refused,
+    ):
+        client.embed("a call that comes during the drain", model="slow")
+    assert refused.value.code is grpc.StatusCode.UNAVAILABLE
+    assert refused.value.message == "the server is shutting down; retry the call"
+    caller.join(60)
+    result, _ = outcome
+    assert isinstance(result, EmbedResult) and result.embeddings.shape[0] == len(texts)
+    assert served.process.wait(30) == 0
+
+
 def test_a_second_signal_exits_at_once(serve: object) -> None:
     served: Served = serve(grace_period_s=60)  # type: ignore[operator]
     caller, _ = _call_in_flight(served)

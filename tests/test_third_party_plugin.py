@@ -14,13 +14,14 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from bertserve_client import Client
+from bertserve_client import BertserveError, Client
 
 PLUGIN_SOURCE = '''
 """DistilBERT for bertserve: a third-party variant (no token types, no pooler)."""
@@ -210,7 +211,11 @@ def test_sigterm_drains_in_flight_calls(served: Served) -> None:
 
     def call() -> None:
         with Client(f"127.0.0.1:{served.port}", timeout=120) as client:
-            outcome.append(client.embed(texts, model="minilm"))
+            try:
+                outcome.append(client.embed(texts, model="minilm"))
+            except BertserveError as e:
+                served.log.append(f"{datetime.now()} the call failed: {e}\n")
+                raise
         finished.append(time.monotonic())
 
     caller = threading.Thread(target=call)
@@ -219,7 +224,8 @@ def test_sigterm_drains_in_flight_calls(served: Served) -> None:
     terminated = time.monotonic()
     served.process.send_signal(signal.SIGTERM)
     caller.join(120)
-    assert served.process.wait(60) == 0
+    assert served.process.wait(60) == 0, "".join(served.log)
+    assert len(outcome) == 1, "".join(served.log)
     [result] = outcome
     assert result.embeddings.shape == (192, 384)  # type: ignore[attr-defined]
     assert finished[0] > terminated  # it was answered after SIGTERM: drained, not cut off

@@ -26,6 +26,7 @@ from bertserve.app.process_plan import engine_device, gpu_present
 from bertserve.domain import CallLimits
 from bertserve.edge.access_log import AccessLog
 from bertserve.edge.auth import ADMIN, ANY_SCOPE, INFERENCE, AuthInterceptor, LocalAdminOnly, Principal, TokenTable
+from bertserve.edge.drain import CallGate
 from bertserve.edge.grpc_logs import quiet_grpc_logs
 from bertserve.edge.parsing import add_servicer
 from bertserve.edge.reflection import METHODS as REFLECTION_METHODS
@@ -47,7 +48,9 @@ __all__ = ["BertServer"]
 
 log = logging.getLogger(__name__)
 
-_ANSWER_LEFTOVERS_S = 0.5  # after the grace period: time to send the calls still waiting their error
+#: After the grace period: time to send the calls still waiting their error; then what gRPC
+#: itself still serves (health watches, reflection) has as long before it is cut.
+_ANSWER_LEFTOVERS_S = 0.5
 _NO_LIMIT = 2**31 - 1  # the largest value a grpc integer channel argument takes
 _MIN_CLIENT_PING_MS = 10_000
 
@@ -116,6 +119,7 @@ class BertServer:
             models.links = self._links
             self.models = models
         self.health = health.aio.HealthServicer()
+        self._gate = CallGate(_methods(_SERVICE_DESCRIPTORS))  # the calls a drain waits for
         self._server: grpc.aio.Server | None = None
         self._loading: asyncio.Task[None] | None = None
         self._health_tasks: set[asyncio.Task[None]] = set()
@@ -203,7 +207,8 @@ class BertServer:
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
         """The access log and call metrics outermost (refused calls count too): it reads each call's
-        facts as the call starts and closes a stream's handlers before the call ends. Then the trace
+        facts as the call starts and closes a stream's handlers before the call ends. Then the gate
+        that counts the calls in flight for a drain, and refuses calls once it has begun. Then the trace
         span where tracing is on, then token auth, or without tokens the admin RPCs' loopback rule."""
         interceptors: list[grpc.aio.ServerInterceptor] = [
             AccessLog(
@@ -211,7 +216,8 @@ class BertServer:
                 self.router,
                 self.router.default_model,
                 lines=self.config.access_log,
-            )
+            ),
+            self._gate,
         ]
         provider = telemetry.tracer_provider()
         if provider is not None:
@@ -292,18 +298,21 @@ class BertServer:
             log.info("health NOT_SERVING; still serving new calls for %gs (drain_delay_s)", drain_delay)
             await asyncio.sleep(drain_delay)
         if self._server is not None:
-            # gRPC would cut the calls left at the end of the grace period with a bare CANCELLED;
-            # bertserve answers them first, with UNAVAILABLE (a retry elsewhere succeeds) and why.
-            stopping = asyncio.create_task(self._server.stop(grace + _ANSWER_LEFTOVERS_S))
-            done, _ = await asyncio.wait([stopping], timeout=grace)
-            if not done:
+            # The calls in flight end before gRPC stops, which would lose the replies still on
+            # their way (see bertserve.edge.drain); calls that come meanwhile are refused.
+            self._gate.close()
+            log.info("refusing new calls; %d in flight", self._gate.in_flight)
+            if not await self._gate.wait_idle(grace):
+                # gRPC would cut the calls left with a bare CANCELLED; bertserve answers them
+                # first, with UNAVAILABLE (a retry elsewhere succeeds) and why.
                 late = ModelUnavailable(
                     f"the server is shutting down and the call did not finish within its grace period "
                     f"of {grace:g}s (grace_period_s); retry it"
                 )
                 for host in self.router:
                     host.batcher.abandon(late)
-            await stopping
+                await self._gate.wait_idle(_ANSWER_LEFTOVERS_S)
+            await self._server.stop(_ANSWER_LEFTOVERS_S)  # what is left: health watches, reflection
         if self._loading is not None and not self._loading.done():
             self._loading.cancel()
         await asyncio.gather(*(host.stop() for host in self.router), return_exceptions=True)
