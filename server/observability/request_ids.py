@@ -6,8 +6,8 @@ its own task), so that the access log, error messages and fault logs all name th
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 from collections.abc import Iterable
 from contextvars import ContextVar
 
@@ -23,7 +23,8 @@ _ACCEPTABLE = re.compile(r"^[\x21-\x7e]{1,128}$")
 
 
 def new() -> str:
-    return uuid.uuid4().hex[:16]
+    """16 random hex digits (what a UUID4's first half held, without making the UUID)."""
+    return os.urandom(8).hex()
 
 
 def from_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
