@@ -121,6 +121,15 @@ def test_calls_that_come_during_the_drain_are_refused_until_the_calls_in_flight_
         client.embed("a call that comes during the drain", model="slow")
     assert refused.value.code is grpc.StatusCode.UNAVAILABLE
     assert refused.value.message == "the server is shutting down; retry the call"
+    with (
+        Client(f"127.0.0.1:{served.port}", timeout=10, options=NO_RETRIES) as client,
+        pytest.raises(BertserveError) as refused_stream,
+    ):
+        list(client.embed_stream(["a stream that opens during the drain"], model="slow"))
+    assert refused_stream.value.code is grpc.StatusCode.UNAVAILABLE
+    assert refused_stream.value.message == "the server is shutting down; retry the call"
+    with Client(f"127.0.0.1:{served.port}", timeout=10, options=NO_RETRIES) as client:
+        assert client.model("slow").name == "slow"  # the model service still answers: it is not drained
     caller.join(60)
     result, _ = outcome
     assert isinstance(result, EmbedResult) and result.embeddings.shape[0] == len(texts)

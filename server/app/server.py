@@ -119,7 +119,7 @@ class BertServer:
             models.links = self._links
             self.models = models
         self.health = health.aio.HealthServicer()
-        self._gate = CallGate(_methods(_SERVICE_DESCRIPTORS))  # the calls a drain waits for
+        self._gate = CallGate()  # the encoder service's calls in flight, which a drain waits for
         self._server: grpc.aio.Server | None = None
         self._loading: asyncio.Task[None] | None = None
         self._health_tasks: set[asyncio.Task[None]] = set()
@@ -166,6 +166,7 @@ class BertServer:
                 self.router,
                 stream_max_in_flight=config.stream_max_in_flight,
                 limits=CallLimits(config.max_send_message_bytes, config.max_concurrent_calls),
+                gate=self._gate,
             ),
             server,
             max_request_bytes=config.max_input_bytes,
@@ -207,8 +208,7 @@ class BertServer:
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
         """The access log and call metrics outermost (refused calls count too): it reads each call's
-        facts as the call starts and closes a stream's handlers before the call ends. Then the gate
-        that counts the calls in flight for a drain, and refuses calls once it has begun. Then the trace
+        facts as the call starts and closes a stream's handlers before the call ends. Then the trace
         span where tracing is on, then token auth, or without tokens the admin RPCs' loopback rule."""
         interceptors: list[grpc.aio.ServerInterceptor] = [
             AccessLog(
@@ -216,8 +216,7 @@ class BertServer:
                 self.router,
                 self.router.default_model,
                 lines=self.config.access_log,
-            ),
-            self._gate,
+            )
         ]
         provider = telemetry.tracer_provider()
         if provider is not None:

@@ -21,8 +21,9 @@ from bertserve.api import ModelSpec
 from bertserve.domain import CallLimits
 from bertserve.edge import call_facts, codecs
 from bertserve.edge.auth import require_model
+from bertserve.edge.drain import CallGate
 from bertserve.edge.parsing import Unparsable
-from bertserve.edge.status import grpc_errors, internal_error, status_of
+from bertserve.edge.status import abort_with, grpc_errors, internal_error, status_of
 from bertserve.errors import BertserveError, Overloaded, PreconditionFailed
 from bertserve.observability import metrics
 from bertserve.serving import classify, classify_tokens, embedding, fill_mask, qa, replaced_tokens, rerank, similarity
@@ -47,18 +48,27 @@ def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
 
 
 class EncoderServicer(encoder_service_pb2_grpc.EncoderServiceServicer):
-    def __init__(self, router: Router, *, stream_max_in_flight: int = 64, limits: CallLimits | None = None) -> None:
+    def __init__(
+        self,
+        router: Router,
+        *,
+        stream_max_in_flight: int = 64,
+        limits: CallLimits | None = None,
+        gate: CallGate | None = None,
+    ) -> None:
+        """gate: the calls being served, which a drain waits for; past max_concurrent_calls,
+        bertserve refuses more."""
         self._router = router
         self._stream_max_in_flight = stream_max_in_flight
         self._limits = limits or CallLimits()
-        self._in_flight = 0  # calls being served: past max_concurrent_calls, bertserve refuses more
+        self._gate = gate or CallGate()
 
     @contextlib.contextmanager
     def _slot(self, model: str) -> Iterator[None]:
         """A place among the calls in flight, or RESOURCE_EXHAUSTED with the model's retry hint: an
         overloaded server answers the caller itself, it does not leave it to the transport."""
         limit = self._limits.max_concurrent_calls
-        if self._in_flight >= limit:
+        if self._gate.in_flight >= limit:
             try:
                 host = self._router.get(model)
                 retry, known = host.retry_after_s(), host.name
@@ -69,11 +79,11 @@ class EncoderServicer(encoder_service_pb2_grpc.EncoderServiceServicer):
                 f"the server is at its limit of {limit} calls in flight (max_concurrent_calls); retry in {retry:.2f}s",
                 retry_after_s=retry,
             )
-        self._in_flight += 1
+        self._gate.enter()
         try:
             yield
         finally:
-            self._in_flight -= 1
+            self._gate.leave()
 
     async def EmbedStream(
         self, request_iterator: AsyncIterator[encoder_service_pb2.EmbedStreamRequest], context: grpc.aio.ServicerContext
@@ -83,38 +93,45 @@ class EncoderServicer(encoder_service_pb2_grpc.EncoderServiceServicer):
         At most stream_max_in_flight items are in flight per stream; past that the stream stops
         reading, and gRPC flow control pushes back on the sender.
         """
-        deadline = deadline_of(context)
-        slots = asyncio.Semaphore(self._stream_max_in_flight)  # taken before an item starts, freed once answered
-        in_flight: asyncio.Queue[asyncio.Task[encoder_service_pb2.EmbedStreamResponse] | None] = asyncio.Queue()
-
-        async def read() -> None:
-            try:
-                async for item in request_iterator:
-                    await slots.acquire()
-                    in_flight.put_nowait(asyncio.create_task(self._stream_item(item, deadline)))
-            finally:
-                in_flight.put_nowait(None)
-
-        reader = asyncio.create_task(read())
-
-        def stop_reading(_: object) -> None:
-            # gRPC runs this as the call's task ends, before it releases the call: a reader left
-            # running would read from a released call (a NULL pointer in grpc core) and crash.
-            reader.cancel()
-
-        context.add_done_callback(stop_reading)
         try:
-            while (task := await in_flight.get()) is not None:
+            self._gate.enter()
+        except BertserveError as e:
+            await abort_with(context, e)
+        try:
+            deadline = deadline_of(context)
+            slots = asyncio.Semaphore(self._stream_max_in_flight)  # taken before an item starts, freed once answered
+            in_flight: asyncio.Queue[asyncio.Task[encoder_service_pb2.EmbedStreamResponse] | None] = asyncio.Queue()
+
+            async def read() -> None:
                 try:
-                    yield await task
+                    async for item in request_iterator:
+                        await slots.acquire()
+                        in_flight.put_nowait(asyncio.create_task(self._stream_item(item, deadline)))
                 finally:
-                    slots.release()
-            await reader  # surfaces a broken request stream
-        finally:  # the client went away or the stream ended: nothing of it may keep running
-            reader.cancel()
-            while not in_flight.empty():
-                if (task := in_flight.get_nowait()) is not None:
-                    task.cancel()
+                    in_flight.put_nowait(None)
+
+            reader = asyncio.create_task(read())
+
+            def stop_reading(_: object) -> None:
+                # gRPC runs this as the call's task ends, before it releases the call: a reader left
+                # running would read from a released call (a NULL pointer in grpc core) and crash.
+                reader.cancel()
+
+            context.add_done_callback(stop_reading)
+            try:
+                while (task := await in_flight.get()) is not None:
+                    try:
+                        yield await task
+                    finally:
+                        slots.release()
+                await reader  # surfaces a broken request stream
+            finally:  # the client went away or the stream ended: nothing of it may keep running
+                reader.cancel()
+                while not in_flight.empty():
+                    if (task := in_flight.get_nowait()) is not None:
+                        task.cancel()
+        finally:
+            self._gate.leave()
 
     async def _stream_item(
         self, item: encoder_service_pb2.EmbedStreamRequest | Unparsable, deadline: float | None
