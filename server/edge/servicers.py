@@ -97,40 +97,39 @@ class EncoderServicer(encoder_service_pb2_grpc.EncoderServiceServicer):
             self._gate.enter()
         except BertserveError as e:
             await abort_with(context, e)
-        try:
-            deadline = deadline_of(context)
-            slots = asyncio.Semaphore(self._stream_max_in_flight)  # taken before an item starts, freed once answered
-            in_flight: asyncio.Queue[asyncio.Task[encoder_service_pb2.EmbedStreamResponse] | None] = asyncio.Queue()
+        # From here to the try below nothing awaits: the count is given back in its finally.
+        deadline = deadline_of(context)
+        slots = asyncio.Semaphore(self._stream_max_in_flight)  # taken before an item starts, freed once answered
+        in_flight: asyncio.Queue[asyncio.Task[encoder_service_pb2.EmbedStreamResponse] | None] = asyncio.Queue()
 
-            async def read() -> None:
-                try:
-                    async for item in request_iterator:
-                        await slots.acquire()
-                        in_flight.put_nowait(asyncio.create_task(self._stream_item(item, deadline)))
-                finally:
-                    in_flight.put_nowait(None)
-
-            reader = asyncio.create_task(read())
-
-            def stop_reading(_: object) -> None:
-                # gRPC runs this as the call's task ends, before it releases the call: a reader left
-                # running would read from a released call (a NULL pointer in grpc core) and crash.
-                reader.cancel()
-
-            context.add_done_callback(stop_reading)
+        async def read() -> None:
             try:
-                while (task := await in_flight.get()) is not None:
-                    try:
-                        yield await task
-                    finally:
-                        slots.release()
-                await reader  # surfaces a broken request stream
-            finally:  # the client went away or the stream ended: nothing of it may keep running
-                reader.cancel()
-                while not in_flight.empty():
-                    if (task := in_flight.get_nowait()) is not None:
-                        task.cancel()
-        finally:
+                async for item in request_iterator:
+                    await slots.acquire()
+                    in_flight.put_nowait(asyncio.create_task(self._stream_item(item, deadline)))
+            finally:
+                in_flight.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+
+        def stop_reading(_: object) -> None:
+            # gRPC runs this as the call's task ends, before it releases the call: a reader left
+            # running would read from a released call (a NULL pointer in grpc core) and crash.
+            reader.cancel()
+
+        context.add_done_callback(stop_reading)
+        try:
+            while (task := await in_flight.get()) is not None:
+                try:
+                    yield await task
+                finally:
+                    slots.release()
+            await reader  # surfaces a broken request stream
+        finally:  # the client went away or the stream ended: nothing of it may keep running
+            reader.cancel()
+            while not in_flight.empty():
+                if (task := in_flight.get_nowait()) is not None:
+                    task.cancel()
             self._gate.leave()
 
     async def _stream_item(
