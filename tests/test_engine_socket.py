@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import zmq
 
-from bertserve.serving.engine_socket import LoopSocket
+from bertserve.serving.engine_socket import BUNDLE, LoopSocket
 
 MESSAGES = 20_000
 _ADDRESSES = itertools.count()
@@ -128,6 +129,116 @@ async def test_a_send_with_no_peer_raises_again_at_once(tmp_path: Path) -> None:
     try:
         with pytest.raises(zmq.Again):
             side.send([b"x"])
+    finally:
+        side.close()
+        context.destroy(linger=0)
+
+
+async def test_messages_posted_in_one_turn_go_as_one_bundle_and_are_read_one_by_one_in_order(tmp_path: Path) -> None:
+    context, a, b = _pair(tmp_path)
+    got: list[list[bytes]] = []
+    all_read = asyncio.Event()
+
+    def take(message: list[zmq.Frame]) -> None:
+        got.append([frame.bytes for frame in message])
+        if len(got) == 4:
+            all_read.set()
+
+    side_a, side_b = LoopSocket(a, lambda message: None), LoopSocket(b, take)
+    try:
+        side_a.post([b"one"])
+        side_a.post([b"two", b"2", memoryview(b"\x00\x01")])
+        side_a.send([b"three"])  # a send goes after what was posted before it
+        side_a.post([b"four", b""])
+        await asyncio.wait_for(all_read.wait(), 5)
+        assert got == [[b"one"], [b"two", b"2", b"\x00\x01"], [b"three"], [b"four", b""]]
+    finally:
+        side_a.close()
+        side_b.close()
+        context.destroy(linger=0)
+    # What goes over the wire: the messages posted in one turn, as one zmq message.
+    context, a, b = _pair(tmp_path)
+    side_a = LoopSocket(a, lambda message: None)
+    try:
+        for i in range(5):
+            side_a.post([b"m", str(i).encode()])
+        await asyncio.sleep(0)  # the turn ends: the bundle goes
+        wire = await asyncio.to_thread(b.recv_multipart)
+        assert wire[0] == BUNDLE and len(wire) == 2 + 5 * 2
+        assert not b.poll(100)  # and nothing else
+    finally:
+        side_a.close()
+        context.destroy(linger=0)
+
+
+async def test_a_router_bundles_per_peer_and_each_peer_reads_its_own_messages_in_order(tmp_path: Path) -> None:
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    address = f"ipc://{tmp_path}/router"
+    router.bind(address)
+    dealers = []
+    for name in (b"left", b"right"):
+        dealer = context.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.IDENTITY, name)
+        dealer.connect(address)
+        dealers.append(dealer)
+    heard: list[list[bytes]] = []
+    got: dict[bytes, list[bytes]] = {b"left": [], b"right": []}
+    hellos, done = asyncio.Event(), asyncio.Event()
+
+    def router_took(message: list[zmq.Frame]) -> None:
+        heard.append([frame.bytes for frame in message])
+        if len(heard) == 4:
+            hellos.set()
+
+    def dealer_took(name: bytes) -> Callable[[list[zmq.Frame]], None]:
+        def take(message: list[zmq.Frame]) -> None:
+            assert len(message) == 2
+            got[name].append(message[0].bytes + message[1].bytes)
+            if sum(map(len, got.values())) == 20:
+                done.set()
+
+        return take
+
+    side = LoopSocket(router, router_took, routed=True)
+    left, right = (LoopSocket(d, dealer_took(n)) for d, n in zip(dealers, (b"left", b"right"), strict=True))
+    try:
+        for dealer_side in (left, right):
+            dealer_side.post([b"hello"])
+            dealer_side.post([b"again"])
+        await asyncio.wait_for(hellos.wait(), 5)
+        assert sorted(heard) == [[b"left", b"again"], [b"left", b"hello"], [b"right", b"again"], [b"right", b"hello"]]
+        for i in range(10):
+            side.post([b"left", b"L", str(i).encode()])
+            side.post([b"right", b"R", str(i).encode()])
+        await asyncio.wait_for(done.wait(), 5)
+        assert got == {b"left": [f"L{i}".encode() for i in range(10)], b"right": [f"R{i}".encode() for i in range(10)]}
+        unsent: list[zmq.ZMQError] = []
+        side.post([b"nobody", b"x"], unsent.append)
+        side.post([b"nobody", b"y"], unsent.append)
+        await asyncio.sleep(0)
+        assert [e.errno for e in unsent] == [zmq.EHOSTUNREACH] * 2
+    finally:
+        for each in (side, left, right):
+            each.close()
+        context.destroy(linger=0)
+
+
+async def test_a_post_with_no_peer_is_told_it_was_not_sent(tmp_path: Path) -> None:
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    socket = context.socket(zmq.DEALER)
+    socket.setsockopt(zmq.IMMEDIATE, 1)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.connect(f"ipc://{tmp_path}/nobody-listens-here")
+    side = LoopSocket(socket, lambda message: None)
+    unsent: list[zmq.ZMQError] = []
+    try:
+        side.post([b"x"], unsent.append)
+        side.post([b"y"], unsent.append)
+        assert unsent == []  # not before the turn ends
+        await asyncio.sleep(0)
+        assert len(unsent) == 2 and all(isinstance(e, zmq.Again) for e in unsent)
     finally:
         side.close()
         context.destroy(linger=0)

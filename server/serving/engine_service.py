@@ -67,7 +67,7 @@ class EngineService:
         socket.setsockopt(zmq.RCVHWM, 0)
         socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply to a front end that left raises, not vanishes
         socket.bind(self.address)
-        self._socket = LoopSocket(socket, self._read)
+        self._socket = LoopSocket(socket, self._read, routed=True)
 
     async def stop(self) -> None:
         if self._socket is not None:
@@ -112,6 +112,11 @@ class EngineService:
             self._socket.send([peer, *frames])
         except zmq.ZMQError as e:  # the front end went away: its calls' answers have no one to go to
             log.debug("front end %r is gone: %s", peer, e)
+
+    def _post(self, peer: bytes, frames: list[bytes | memoryview]) -> None:
+        """Send at the end of this turn of the loop, with the other replies to peer (see LoopSocket.post)."""
+        assert self._socket is not None
+        self._socket.post([peer, *frames], _reply_unsent)
 
     def _read(self, message: list[zmq.Frame]) -> None:
         peer, kind = message[0].bytes, message[1].bytes
@@ -175,7 +180,7 @@ class EngineService:
             log.exception("a call of model %r failed in the engine (request id %s)", request.model, request.request_id)
             error = InternalFailure(f"internal error in the engine (request id {request.request_id})")
             reply = wire.encode_error(request.call, error)
-        self._send(peer, reply)
+        self._post(peer, reply)
 
     async def _admin(self, peer: bytes, call: int, action: str, args: tuple[Any, ...]) -> None:
         failure: tuple[str, str, float | None] | None = None
@@ -220,3 +225,7 @@ class EngineService:
         now = time.monotonic_ns()
         started = [start for host in self._router for start in host.batcher.running_since_ns()]
         return (now - min(started)) / 1e9 if started else 0.0
+
+
+def _reply_unsent(error: zmq.ZMQError) -> None:
+    log.debug("replies to a front end that is gone were dropped: %s", error)
