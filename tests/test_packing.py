@@ -53,6 +53,11 @@ def test_every_sequence_sits_alone_in_its_place_of_a_packed_row() -> None:
             assert positions[row, start : start + n].tolist() == list(range(offset, offset + n))
             assert (owner[row, start : start + n] == -1).all(), "two sequences share a place"
             owner[row, start : start + n] = i
+            # Its tokens' places in the flat rows, and their owner, as mean pooling gathers them.
+            first, place = sum(packed.lengths[:i]), row * width + start
+            assert packed.places[first : first + n].tolist() == list(range(place, place + n))
+            assert packed.owners[first : first + n].tolist() == [i] * n
+        assert len(packed.places) == len(packed.owners) == sum(packed.lengths)
         # Tokens attend to the tokens of their own sequence; a padding place to itself alone.
         own = owner[:, :, None] == owner[:, None, :]
         real = (owner >= 0)[:, :, None] | torch.eye(width, dtype=torch.bool)

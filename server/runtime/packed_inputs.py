@@ -27,6 +27,8 @@ class PackedBatch:
     rows: torch.Tensor  # per sequence, in batch order: its row
     starts: torch.Tensor  # ... its first position in that row
     lengths: list[int]  # ... its token count
+    places: torch.Tensor  # per token of the batch, laid end to end in batch order: its place in the flat [rows * W]
+    owners: torch.Tensor  # ... the index of its sequence in the batch
 
 
 def pack(
@@ -67,7 +69,8 @@ def pack(
     positions[where] = within + position_offset
     # Which sequence each place holds; padding gets ids of its own, so that it attends to itself alone.
     flat_owner = -1 - np.arange(len(fill) * width, dtype=np.int64)
-    flat_owner[where] = np.repeat(np.arange(count, dtype=np.int64), lengths)
+    owners = np.repeat(np.arange(count, dtype=np.int64), lengths)
+    flat_owner[where] = owners
     owner = flat_owner.reshape(len(fill), width)
     allowed = torch.from_numpy(owner[:, :, None] == owner[:, None, :]).unsqueeze(1)
     mask = torch.zeros((len(fill), 1, width, width), dtype=dtype)
@@ -86,4 +89,6 @@ def pack(
         rows=torch.from_numpy(rows).to(device),
         starts=torch.from_numpy(starts).to(device),
         lengths=lengths.tolist(),
+        places=torch.from_numpy(where).to(device, non_blocking=True),
+        owners=torch.from_numpy(owners).to(device, non_blocking=True),
     )

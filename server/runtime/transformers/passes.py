@@ -79,16 +79,11 @@ class Passes(PluginState):
                 hidden = self._encoder(**packed.inputs).last_hidden_state
             if pooling is Pooling.CLS:
                 pooled = hidden[packed.rows, packed.starts]
-            else:  # MEAN: sum each sequence's positions, then divide by its length
+            else:  # MEAN: sum each sequence's positions (placed by the packing), then divide by its length
                 lengths = torch.tensor(packed.lengths, device=self._device)
                 flat = hidden.reshape(-1, hidden.shape[-1])
-                segment = torch.repeat_interleave(torch.arange(len(batch), device=self._device), lengths)
-                first = torch.repeat_interleave(packed.rows * hidden.shape[1] + packed.starts, lengths)
-                within = torch.arange(len(segment), device=self._device) - torch.repeat_interleave(
-                    torch.cumsum(lengths, 0) - lengths, lengths
-                )
                 sums = torch.zeros((len(batch), flat.shape[-1]), dtype=torch.float32, device=self._device)
-                sums.index_add_(0, segment, flat[first + within].float())
+                sums.index_add_(0, packed.owners, flat[packed.places].float())
                 pooled = sums / lengths.unsqueeze(-1)
             pooled_np = pooled.float().cpu().numpy()
             token_states = None
