@@ -35,6 +35,16 @@ def _pair(where: Path) -> tuple[zmq.Context[zmq.Socket[bytes]], zmq.Socket[bytes
     return context, a, b
 
 
+def _no_peer(where: Path) -> tuple[zmq.Context[zmq.Socket[bytes]], LoopSocket]:
+    """A DEALER that connects where nobody listens, and queues nothing meanwhile (as the link's)."""
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    socket = context.socket(zmq.DEALER)
+    socket.setsockopt(zmq.IMMEDIATE, 1)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.connect(f"ipc://{where}/nobody-listens-here")
+    return context, LoopSocket(socket, lambda message: None)
+
+
 async def test_every_message_arrives_in_order_while_both_sides_send_and_answer(tmp_path: Path) -> None:
     context, a, b = _pair(tmp_path)
     answers: list[int] = []
@@ -120,12 +130,7 @@ async def test_a_message_that_cannot_be_handled_leaves_the_others_read(
 
 
 async def test_a_send_with_no_peer_raises_again_at_once(tmp_path: Path) -> None:
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    socket = context.socket(zmq.DEALER)
-    socket.setsockopt(zmq.IMMEDIATE, 1)
-    socket.setsockopt(zmq.LINGER, 0)
-    socket.connect(f"ipc://{tmp_path}/nobody-listens-here")
-    side = LoopSocket(socket, lambda message: None)
+    context, side = _no_peer(tmp_path)
     try:
         with pytest.raises(zmq.Again):
             side.send([b"x"])
@@ -226,12 +231,7 @@ async def test_a_router_bundles_per_peer_and_each_peer_reads_its_own_messages_in
 
 
 async def test_a_post_with_no_peer_is_told_it_was_not_sent(tmp_path: Path) -> None:
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    socket = context.socket(zmq.DEALER)
-    socket.setsockopt(zmq.IMMEDIATE, 1)
-    socket.setsockopt(zmq.LINGER, 0)
-    socket.connect(f"ipc://{tmp_path}/nobody-listens-here")
-    side = LoopSocket(socket, lambda message: None)
+    context, side = _no_peer(tmp_path)
     unsent: list[zmq.ZMQError] = []
     try:
         side.post([b"x"], unsent.append)
