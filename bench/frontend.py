@@ -1,7 +1,7 @@
 """What the server itself costs per call, against the floor of Python gRPC, in one run.
 
     python bench/frontend.py [--seconds 12] [--concurrency 64] [--processes 1] [--front-ends 1 2] [--rounds 1]
-                             [--server-options "torch_threads: 1"] [--model-options "workers: 1"]
+                             [--slices 3] [--server-options "torch_threads: 1"] [--model-options "workers: 1"]
                              [--layers] [--threads]
 
 A near-free model (one layer, hidden size 32, all-MiniLM-L6-v2's real tokenizer) makes the
@@ -9,9 +9,11 @@ forward pass cost almost nothing, so what bertserve spends on a single-sentence 
 cost: gRPC, the access log, metrics, tokenization, batching, packing, the hops between threads.
 The same run starts a bare grpc.aio server in Python that answers Embed with a fixed reply of the
 same size, as the floor. A driver in a separate process runs --concurrency callers of one-sentence
-Embed calls for --seconds against each, over raw stubs (the same client cost for both). Printed:
-calls/s and the server's CPU time per call (user + system of the server's processes, from
-/proc), bertserve's ratio to the floor, and the resident memory of all the server's processes.
+Embed calls for --seconds against each, over raw stubs (the same client cost for both), in
+--slices alternating slices of the two, so that the machine's drift (a third within minutes on a
+shared machine) hits both alike. Printed: calls/s and the server's CPU time per call (user +
+system of the server's processes, from /proc), bertserve's ratio to the floor, and the resident
+memory of all the server's processes.
 
 --processes runs whole servers (one process, or several side by side with engine: false);
 --front-ends runs that many front ends of one engine process.
@@ -183,27 +185,39 @@ def _rss_mib(pid: int) -> float:
     return total / 1024
 
 
-def measure(pid: int, target: str, seconds: float, concurrency: int, engine_pid: int = 0) -> dict[str, Any]:
-    """Drive target from a child process; calls/s, the server's CPU microseconds per call (and
-    the engine process's share of them, given its pid), and the server's resident memory."""
+def _slice(pid: int, target: str, seconds: float, concurrency: int, engine_pid: int = 0) -> dict[str, Any]:
+    """One run of the driver against target: the calls, seconds and CPU seconds it took."""
     before, engine_before = _cpu_seconds(pid), _cpu_seconds(engine_pid) if engine_pid else 0.0
     threads_before = _thread_cpu(pid)
     drive = [sys.executable, __file__, "--drive", target, str(seconds), str(concurrency)]
     out = subprocess.run(drive, capture_output=True, text=True, check=True, timeout=seconds + 120)
     after, engine_after = _cpu_seconds(pid), _cpu_seconds(engine_pid) if engine_pid else 0.0
     threads_after = _thread_cpu(pid)
-    rss = _rss_mib(pid)
     result = json.loads(out.stdout)
-    calls = max(1, result["calls"])
     # The warm-up calls are few; their CPU falls in the total and is spread over the measured calls.
     return {
-        "calls_per_s": result["calls"] / result["seconds"],
-        "cpu_us_per_call": (after - before) / calls * 1e6,
-        "engine_us_per_call": (engine_after - engine_before) / calls * 1e6,
-        "rss_mib": rss,
-        "threads_us_per_call": {
-            thread: (cpu - threads_before.get(thread, 0.0)) / calls * 1e6 for thread, cpu in threads_after.items()
-        },
+        "calls": result["calls"],
+        "seconds": result["seconds"],
+        "cpu_s": after - before,
+        "engine_cpu_s": engine_after - engine_before,
+        "threads_cpu_s": {thread: cpu - threads_before.get(thread, 0.0) for thread, cpu in threads_after.items()},
+        "rss_mib": _rss_mib(pid),
+    }
+
+
+def per_call(slices: list[dict[str, Any]]) -> dict[str, Any]:
+    """The slices of one server summed: calls/s, CPU microseconds per call, the latest resident memory."""
+    calls = max(1, sum(part["calls"] for part in slices))
+    threads: dict[str, float] = {}
+    for part in slices:
+        for thread, cpu in part["threads_cpu_s"].items():
+            threads[thread] = threads.get(thread, 0.0) + cpu
+    return {
+        "calls_per_s": sum(part["calls"] for part in slices) / sum(part["seconds"] for part in slices),
+        "cpu_us_per_call": sum(part["cpu_s"] for part in slices) / calls * 1e6,
+        "engine_us_per_call": sum(part["engine_cpu_s"] for part in slices) / calls * 1e6,
+        "rss_mib": slices[-1]["rss_mib"],
+        "threads_us_per_call": {thread: cpu / calls * 1e6 for thread, cpu in threads.items()},
     }
 
 
@@ -274,6 +288,9 @@ def main() -> int:
     parser.add_argument("--processes", type=int, nargs="*", default=[1], help="whole server processes")
     parser.add_argument("--front-ends", type=int, nargs="*", default=[1, 2], help="front ends of one engine")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--slices", type=int, default=3, help="each row's seconds, in this many alternating slices of each server"
+    )
     parser.add_argument("--server-options", default="", help="more server settings, as YAML flow mapping items")
     parser.add_argument("--model-options", default="", help="more settings of the model's entry, likewise")
     parser.add_argument("--layers", action="store_true", help="also measure a call cut short after each layer")
@@ -297,20 +314,28 @@ def main() -> int:
             setups += [(f"bertserve, {n} front end(s)+engine", n, True, "full") for n in args.front_ends]
             layers = ("edge", "tokenize") if args.layers else ()
             setups += [(f"  cut after: {layer}", 1, False, layer) for layer in layers]
+            part = args.seconds / args.slices
             for _ in range(args.rounds):
                 for name, processes, engine, layer in setups:
-                    floor = measure(bare.pid, bare_target, args.seconds, args.concurrency)
                     server = _bertserve(model, tmp, processes, engine, args, layer)
+                    bare_slices, our_slices = [], []
                     try:
                         target = f"127.0.0.1:{server.port}"
-                        ours = measure(server.process.pid, target, args.seconds, args.concurrency, _engine_pid(server))
+                        for _ in range(args.slices):  # alternating: the machine's drift hits both alike
+                            bare_slices.append(_slice(bare.pid, bare_target, part, args.concurrency))
+                            our_slices.append(
+                                _slice(server.process.pid, target, part, args.concurrency, _engine_pid(server))
+                            )
                     finally:
                         server.stop()
-                    rows.append((name, ours, floor))
+                    rows.append((name, per_call(our_slices), per_call(bare_slices)))
         finally:
             bare.terminate()
             bare.wait(30)
-    print(f"\n{args.concurrency} callers of one-sentence Embed, {args.seconds:.0f} s each, near-free model")
+    print(
+        f"\n{args.concurrency} callers of one-sentence Embed, {args.seconds:.0f} s each in {args.slices} alternating "
+        "slices, near-free model"
+    )
     print(
         f"{'':32} {'calls/s':>9} {'CPU us/call':>12} {'of it engine':>12} {'RSS MiB':>8} | {'bare calls/s':>12} "
         f"{'bare us/call':>12} | "
