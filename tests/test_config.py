@@ -154,6 +154,10 @@ _KNOWN_MODEL_SETTINGS = (
             "models[0].dtype: expected 'auto', 'float32', 'float16' or 'bfloat16', got 'fp8'",
         ),
         ("server: {port: 70000}\nmodels: [{name: a, plugin: bert}]\n", "server.port: must be at most 65535, got 70000"),
+        (
+            "server: {event_loop: trio}\nmodels: [{name: a, plugin: bert}]\n",
+            "server.event_loop: expected 'auto', 'uvloop' or 'asyncio', got 'trio'",
+        ),
         ("models: 5\n", "models: expected a list, got 5"),
         ("models: [5]\n", "models[0]: expected a mapping, got 5"),
     ],

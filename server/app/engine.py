@@ -16,6 +16,7 @@ import signal
 from collections.abc import Callable
 
 from bertserve.api import ModelSpec
+from bertserve.app import event_loop
 from bertserve.app.config import ServerConfig
 from bertserve.app.discovery import PluginRegistry, discover_plugins
 from bertserve.app.hosting import Hosting
@@ -123,4 +124,4 @@ def serve_engine(
     async def run() -> None:
         await Engine(config, address, supervisor=supervisor).serve_forever(on_ready)
 
-    asyncio.run(run())
+    event_loop.run(run(), config.event_loop)

@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from opentelemetry.instrumentation.grpc.filters import negate, service_name
 
+from bertserve.app import event_loop
 from bertserve.app.config import ServerConfig, TlsConfig
 from bertserve.app.discovery import PluginRegistry, discover_plugins
 from bertserve.app.hosting import EngineAddress, Hosting
@@ -382,4 +383,4 @@ def serve_one_process(
     config = share_cores(config, cores)
     configure_runtime(config)
     server = BertServer(config, registry, share_port=share_port, engines=engines)
-    asyncio.run(server.serve_forever(on_listening=on_listening))
+    event_loop.run(server.serve_forever(on_listening=on_listening), config.event_loop)

@@ -13,6 +13,7 @@ from typing import Any
 import pydantic
 import yaml
 
+from bertserve.app import event_loop
 from bertserve.errors import ConfigError
 
 from .messages import describe
@@ -90,6 +91,7 @@ def _checked(settings: FileSettings, env: Mapping[str, str]) -> ServerConfig:
     if default and default not in names:
         raise ConfigError(f"server.default_model: {default!r} is not among the models {names}")
     server = settings.server.model_dump(exclude={"tls", "auth", "admin"})
+    event_loop.resolve(server["event_loop"])  # uvloop asked for where it is not installed: said now, not at start
     admin = settings.server.admin
     tls = settings.server.tls
     if tls is not None:

@@ -107,6 +107,7 @@ class ServerSettings(_Schema):
     log_level: Literal["debug", "info", "warning", "error"] = _SERVER["log_level"]
     log_format: Literal["text", "json"] = _SERVER["log_format"]
     access_log: StrictBool = _SERVER["access_log"]
+    event_loop: Literal["auto", "uvloop", "asyncio"] = _SERVER["event_loop"]
     metrics_port: Annotated[Whole, Field(ge=0, le=65535)] | None = _SERVER["metrics_port"]
     default_model: StrictStr = _SERVER["default_model"]
     grace_period_s: NonNegative = _SERVER["grace_period_s"]

@@ -61,6 +61,7 @@ class ServerConfig:
     log_level: str = "info"
     log_format: str = "text"  # text | json (one object per line)
     access_log: bool = True  # one line per call on the bertserve.access logger
+    event_loop: str = "auto"  # auto (uvloop where installed) | uvloop | asyncio
     metrics_port: int | None = None  # Prometheus /metrics over HTTP on this port (0: any free one); None: off
     default_model: str = ""
     grace_period_s: float = 10.0
