@@ -1,10 +1,11 @@
 """The asyncio event loop a server process runs on: uvloop where it is installed, or asyncio's own.
 
 A call's cost on the server is mostly the event loop's: gRPC's completions, the handler's task
-steps, the futures between the loop and the worker threads. uvloop (libuv, in Cython) runs that
-machinery in compiled code where asyncio's loop runs it in Python. Measured with
-`bench/frontend.py` on 2 cores: a bare grpc.aio server's CPU per call fell by about a quarter, and
-a front end with its engine's by about a tenth against the same bare floor (docs/performance.md).
+steps, the futures between the loop and the worker threads and the engine's link. uvloop (libuv,
+in Cython) runs that machinery in compiled code where asyncio's loop runs it in Python. Measured
+with `bench/frontend.py` on 2 cores (docs/performance.md): a front end with its engine took 11-15%
+less CPU per call on uvloop; one process, whose loop shares the interpreter lock with its device
+workers, measured no different.
 """
 
 from __future__ import annotations
