@@ -26,15 +26,12 @@ from bertserve.errors import BertserveError, ModelUnavailable
 from bertserve.observability import request_ids, telemetry
 from bertserve.ops import Completed, Op
 from bertserve.serving import engine_wire as wire
-from bertserve.serving.engine_socket import LoopSocket
+from bertserve.serving.engine_socket import Frames, LoopSocket
 from bertserve.serving.pass_reports import PassHealth
 
 __all__ = ["EngineLink", "EnginePasses"]
 
 log = logging.getLogger(__name__)
-
-#: Frames of a reply, as zmq hands them over: read in place.
-Frames = Sequence[bytes | memoryview]
 
 
 class EngineLink:

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 
 import zmq
 
-__all__ = ["BUNDLE", "LoopSocket", "Unsent"]
+__all__ = ["BUNDLE", "Frames", "LoopSocket", "Unsent"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ READ_BATCH = 256
 #: as native uint32, then their frames. No message of the link may start with it.
 BUNDLE = b"\x00bundle"
 
+#: A message's frames, as sent, or as zmq hands them over (read in place).
 Frames = Sequence[bytes | memoryview]
 #: Told why a posted message could not go (zmq.Again: no peer connected; ZMQError: the peer is gone).
 Unsent = Callable[[zmq.ZMQError], None]
