@@ -3,11 +3,12 @@
     python bench/link_bundles.py [--messages 60000] [--per-turn 1 3 8 32 128] [--rounds 2]
 
 An engine answers the calls of one forward pass in one turn of its event loop. This bench sends
---messages replies of a one-sentence Embed's size (four frames, as bertserve.serving.engine_wire
-makes them) from a ROUTER socket driven by bertserve's LoopSocket to a DEALER in another process,
---per-turn of them each turn of the loop, either each at once (send) or posted to go as one bundle
-at the turn's end (post), alternating the two in each round. Printed: the sending process's CPU
-microseconds per reply (its event loop and zmq's I/O thread), and the wall time per reply.
+--messages replies of a one-sentence Embed's size (a peer frame and three frames, as
+bertserve.serving.engine_wire makes them) from a ROUTER socket driven by bertserve's LoopSocket to a
+DEALER in another process, --per-turn of them each turn of the loop, either each at once (send:
+one zmq message each) or posted to go packed together at the turn's end (post: one zmq message a
+turn), alternating the two in each round. Printed: the sending process's CPU microseconds per
+reply (its event loop and zmq's I/O thread), and the wall time per reply.
 """
 
 from __future__ import annotations
@@ -23,20 +24,20 @@ from pathlib import Path
 
 import zmq
 
-from bertserve.serving.engine_socket import BUNDLE, LoopSocket
+from bertserve.serving.engine_socket import LoopSocket
 
 _READER = """
-import array, sys, zmq
+import sys, zmq
+from bertserve.serving.engine_socket import unpack
 context = zmq.Context()
 socket = context.socket(zmq.DEALER)
 socket.setsockopt(zmq.RCVHWM, 0)
 socket.setsockopt(zmq.IDENTITY, b"front-end")
 socket.connect(sys.argv[1])
 socket.send(b"hello")
-got, wanted, bundle = 0, int(sys.argv[2]), bytes.fromhex(sys.argv[3])
+got, wanted = 0, int(sys.argv[2])
 while got < wanted:
-    message = socket.recv_multipart(copy=False)
-    got += len(array.array("I", message[1].bytes)) if message[0].bytes == bundle else 1
+    got += len(unpack(socket.recv()))
 socket.send(b"done")
 """
 
@@ -54,7 +55,7 @@ def _measure(address: str, mode: str, per_turn: int, messages: int) -> tuple[flo
     router.setsockopt(zmq.SNDHWM, 0)  # as the engine's
     router.setsockopt(zmq.ROUTER_MANDATORY, 1)
     router.bind(address)
-    reader = subprocess.Popen([sys.executable, "-c", _READER, address, str(turns * per_turn), BUNDLE.hex()])
+    reader = subprocess.Popen([sys.executable, "-c", _READER, address, str(turns * per_turn)])
     try:
         router.recv_multipart()  # its hello: connected
         cpu, wall = asyncio.run(_send(router, mode, per_turn, turns))

@@ -9,10 +9,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import zmq
 
-from bertserve.serving.engine_socket import BUNDLE, LoopSocket
+from bertserve.serving.engine_socket import LoopSocket, is_packed, pack, unpack
 
 MESSAGES = 20_000
 _ADDRESSES = itertools.count()
@@ -35,6 +36,10 @@ def _pair(where: Path) -> tuple[zmq.Context[zmq.Socket[bytes]], zmq.Socket[bytes
     return context, a, b
 
 
+def _messages(frame: bytes) -> list[list[bytes]]:
+    return [[bytes(f) for f in message] for message in unpack(frame)]
+
+
 def _no_peer(where: Path) -> tuple[zmq.Context[zmq.Socket[bytes]], LoopSocket]:
     """A DEALER that connects where nobody listens, and queues nothing meanwhile (as the link's)."""
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -51,13 +56,13 @@ async def test_every_message_arrives_in_order_while_both_sides_send_and_answer(t
     asked: list[int] = []
     all_answered = asyncio.Event()
 
-    def take_answer(message: list[zmq.Frame]) -> None:
-        answers.append(int(message[0].bytes))
+    def take_answer(message: list[memoryview]) -> None:
+        answers.append(int(bytes(message[0])))
         if len(answers) == MESSAGES:
             all_answered.set()
 
-    def answer(message: list[zmq.Frame]) -> None:
-        n = int(message[0].bytes)
+    def answer(message: list[memoryview]) -> None:
+        n = int(bytes(message[0]))
         asked.append(n)
         side_b.send([str(n).encode()])  # sent from within a read: that must not swallow the next edge
 
@@ -84,8 +89,8 @@ async def test_a_message_that_came_before_a_send_is_read_though_the_send_took_it
     got: list[bytes] = []
     arrived = asyncio.Event()
 
-    def take(message: list[zmq.Frame]) -> None:
-        got.append(message[0].bytes)
+    def take(message: list[memoryview]) -> None:
+        got.append(bytes(message[0]))
         arrived.set()
 
     side_a = LoopSocket(a, take)
@@ -95,7 +100,7 @@ async def test_a_message_that_came_before_a_send_is_read_though_the_send_took_it
         side_a.send([b"question"])  # before the loop runs: this send takes the signal
         await asyncio.wait_for(arrived.wait(), 5)
         assert got == [b"answer"]
-        assert b.recv() == b"question"
+        assert _messages(b.recv()) == [[b"question"]]
     finally:
         side_a.close()
         context.destroy(linger=0)
@@ -108,8 +113,8 @@ async def test_a_message_that_cannot_be_handled_leaves_the_others_read(
     seen: list[int] = []
     last = asyncio.Event()
 
-    def take(message: list[zmq.Frame]) -> None:
-        n = int(message[0].bytes)
+    def take(message: list[memoryview]) -> None:
+        n = int(bytes(message[0]))
         if n == 3:
             raise ValueError("unreadable")
         seen.append(n)
@@ -144,8 +149,8 @@ async def test_messages_posted_in_one_turn_go_as_one_bundle_and_are_read_one_by_
     got: list[list[bytes]] = []
     all_read = asyncio.Event()
 
-    def take(message: list[zmq.Frame]) -> None:
-        got.append([frame.bytes for frame in message])
+    def take(message: list[memoryview]) -> None:
+        got.append([bytes(frame) for frame in message])
         if len(got) == 4:
             all_read.set()
 
@@ -169,7 +174,8 @@ async def test_messages_posted_in_one_turn_go_as_one_bundle_and_are_read_one_by_
             side_a.post([b"m", str(i).encode()])
         await asyncio.sleep(0)  # the turn ends: the bundle goes
         wire = await asyncio.to_thread(b.recv_multipart)
-        assert wire[0] == BUNDLE and len(wire) == 2 + 5 * 2
+        assert len(wire) == 1 and is_packed(wire[0])
+        assert _messages(wire[0]) == [[b"m", str(i).encode()] for i in range(5)]
         assert not b.poll(100)  # and nothing else
     finally:
         side_a.close()
@@ -192,15 +198,15 @@ async def test_a_router_bundles_per_peer_and_each_peer_reads_its_own_messages_in
     got: dict[bytes, list[bytes]] = {b"left": [], b"right": []}
     hellos, done = asyncio.Event(), asyncio.Event()
 
-    def router_took(message: list[zmq.Frame]) -> None:
-        heard.append([frame.bytes for frame in message])
+    def router_took(message: list[memoryview]) -> None:
+        heard.append([bytes(frame) for frame in message])
         if len(heard) == 4:
             hellos.set()
 
-    def dealer_took(name: bytes) -> Callable[[list[zmq.Frame]], None]:
-        def take(message: list[zmq.Frame]) -> None:
+    def dealer_took(name: bytes) -> Callable[[list[memoryview]], None]:
+        def take(message: list[memoryview]) -> None:
             assert len(message) == 2
-            got[name].append(message[0].bytes + message[1].bytes)
+            got[name].append(bytes(message[0]) + bytes(message[1]))
             if sum(map(len, got.values())) == 20:
                 done.set()
 
@@ -241,4 +247,55 @@ async def test_a_post_with_no_peer_is_told_it_was_not_sent(tmp_path: Path) -> No
         assert len(unsent) == 2 and all(isinstance(e, zmq.Again) for e in unsent)
     finally:
         side.close()
+        context.destroy(linger=0)
+
+
+def test_packed_messages_come_back_frame_for_frame_each_frame_aligned_for_its_arrays() -> None:
+    ids = np.arange(7, dtype=np.int32)
+    vector = np.linspace(-1, 1, 5, dtype=np.float64)
+    messages = [
+        [b"r", b"header", ids.data, memoryview(b"")],
+        [b"d"],
+        [b"", vector.data, b"x" * 13, b"\x00" * 9],
+        [],
+    ]
+    frame = pack(messages)
+    assert is_packed(frame) and not is_packed(b"r") and not is_packed(b"plain message, not packed")
+    back = unpack(frame)
+    assert [len(m) for m in back] == [4, 1, 4, 0]
+    assert [bytes(f) for f in back[0]] == [b"r", b"header", ids.tobytes(), b""]
+    assert [bytes(f) for f in back[1]] == [b"d"]
+    assert [bytes(f) for f in back[2]] == [b"", vector.tobytes(), b"x" * 13, b"\x00" * 9]
+    offsets = [
+        np.frombuffer(f, dtype=np.uint8).ctypes.data - np.frombuffer(frame, np.uint8).ctypes.data
+        for m in back
+        for f in m
+        if len(f)
+    ]
+    assert all(offset % 8 == 0 for offset in offsets)
+    assert np.array_equal(np.frombuffer(back[0][2], dtype=np.int32), ids)
+    assert np.array_equal(np.frombuffer(back[2][1], dtype=np.float64), vector)
+
+
+async def test_a_pack_cut_short_is_logged_and_the_messages_after_it_are_read(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    context, a, b = _pair(tmp_path)
+    got: list[list[bytes]] = []
+    last = asyncio.Event()
+
+    def take(message: list[memoryview]) -> None:
+        got.append([bytes(frame) for frame in message])
+        last.set()
+
+    side_b = LoopSocket(b, take)
+    try:
+        whole = pack([[b"d", b"header"], [b"d", b"more"]])
+        a.send(whole[:9])  # its header cut inside the frame counts
+        a.send(pack([[b"after"]]))
+        await asyncio.wait_for(last.wait(), 5)
+        assert got == [[b"after"]]
+        assert "an unreadable message" in caplog.text
+    finally:
+        side_b.close()
         context.destroy(linger=0)

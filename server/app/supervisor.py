@@ -199,6 +199,7 @@ class _EngineWatch:
         import zmq
 
         from bertserve.serving import engine_wire as wire
+        from bertserve.serving.engine_socket import is_packed, unpack
 
         assert self.process is not None
         if not self.process.is_alive():
@@ -211,10 +212,11 @@ class _EngineWatch:
         now = time.monotonic()
         oldest_pass_s = 0.0
         while self._socket.poll(0):
-            frames = self._socket.recv_multipart()
-            if frames[0] == wire.PONG:
-                self._unanswered_since = None
-                (oldest_pass_s,) = wire.decode_small(frames)
+            received = self._socket.recv_multipart()
+            for frames in unpack(received[0]) if is_packed(received[0]) else [received]:
+                if frames[0] == wire.PONG:
+                    self._unanswered_since = None
+                    (oldest_pass_s,) = wire.decode_small(frames)
         limit = self._config.engine_stall_timeout_s
         silent = 0.0 if self._unanswered_since is None else now - self._unanswered_since
         if silent > limit or oldest_pass_s > limit:

@@ -139,8 +139,8 @@ class EngineLink:
             if of == model and not future.done():
                 future.set_exception(error)
 
-    def _read(self, message: list[zmq.Frame]) -> None:
-        frames: list[bytes | memoryview] = [message[0].bytes, *(frame.buffer for frame in message[1:])]
+    def _read(self, message: list[memoryview]) -> None:
+        frames: list[bytes | memoryview] = [bytes(message[0]), *message[1:]]
         try:
             self._dispatch(frames)
         except Exception:  # a reply this side cannot read fails its call, never the link
@@ -182,8 +182,8 @@ class EngineLink:
                 with contextlib.suppress(zmq.ZMQError):
                     self._socket.send(wire.encode_small(wire.TABLE_SEEN, table.engine, table.version))
 
-    def _watch(self, message: list[zmq.Frame]) -> None:
-        event = parse_monitor_message([frame.bytes for frame in message])
+    def _watch(self, message: list[memoryview]) -> None:
+        event = parse_monitor_message([bytes(frame) for frame in message])
         if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self._connected = True
             self.connected_event.set()

@@ -118,9 +118,9 @@ class EngineService:
         assert self._socket is not None
         self._socket.post([peer, *frames], _reply_unsent)
 
-    def _read(self, message: list[zmq.Frame]) -> None:
-        peer, kind = message[0].bytes, message[1].bytes
-        frames: list[bytes | memoryview] = [kind, *(frame.buffer for frame in message[2:])]
+    def _read(self, message: list[memoryview]) -> None:
+        peer, kind = bytes(message[0]), bytes(message[1])
+        frames: list[bytes | memoryview] = [kind, *message[2:]]
         try:
             self._dispatch(peer, frames)
         except Exception:

@@ -7,13 +7,19 @@ sent without blocking (the link's sockets have no high-water mark, so a send onl
 peer is gone), and the socket's file descriptor wakes the loop to read every message that has
 come, in one turn.
 
-Messages posted in one turn of the loop go at its end as one zmq message per peer, a bundle: the
-engine posts its replies, and the replies of the calls that one forward pass answered wake in the
-same turn. A zmq send costs Python calls and a release of the interpreter lock per frame (pyzmq
-sends without it) and a wake-up of zmq's I/O thread, so a pass of 32 calls pays that once per
-front end instead of 32 times. The reading side splits a bundle and hands on each message in
-order, so handlers never see one. (A front end sends its calls at once: they start in turns of
-their own, so there is nothing to bundle there.)
+Every message goes as one zmq frame (after a ROUTER's peer frame), its frames packed into it: a
+zmq send costs Python calls and a release of the interpreter lock per frame (pyzmq sends without
+it), and while a device worker waits for the lock, each release hands it over and the loop then
+waits to take it back. The reading side unpacks a message into memoryviews of the frame it came
+in, so that arrays are read where zmq put them. A packed frame starts with a zero byte, which no
+message of the link starts with; anything else is read as zmq's own frames (the socket monitor's
+events, a plain message).
+
+Messages posted in one turn of the loop go at its end packed together, one zmq message per peer:
+the engine posts its replies, and the replies of the calls that one forward pass answered wake
+in the same turn, so that such a pass costs one send per front end instead of one per call. (A
+front end sends its calls at once: they start in turns of their own, so there is nothing to
+bundle there.)
 
 zmq's descriptor is edge-triggered: it signals once when the socket's events change, and any
 operation on the socket (a send too) can take that edge. So after every send and every read the
@@ -25,37 +31,82 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from array import array
 from collections.abc import Callable, Sequence
 
 import zmq
 
-__all__ = ["BUNDLE", "Frames", "LoopSocket", "Unsent"]
+__all__ = ["Frames", "LoopSocket", "Unsent", "is_packed", "pack", "unpack"]
 
 log = logging.getLogger(__name__)
 
 #: The most messages one turn of the loop reads before the loop runs its other work.
 READ_BATCH = 256
 
-#: The first frame of a bundle (after a ROUTER's peer frame): the messages' frame counts follow,
-#: as native uint32, then their frames. No message of the link may start with it.
-BUNDLE = b"\x00bundle"
+#: Each frame of a packed message starts at a multiple of this many bytes, so that arrays read in
+#: place are aligned for their dtype.
+_ALIGN = 8
+_PADDING = bytes(_ALIGN)
 
-#: A message's frames, as sent, or as zmq hands them over (read in place).
+#: A message's frames, as sent, or as read (memoryviews of the zmq frame they came in).
 Frames = Sequence[bytes | memoryview]
 #: Told why a posted message could not go (zmq.Again: no peer connected; ZMQError: the peer is gone).
 Unsent = Callable[[zmq.ZMQError], None]
 
 
+def pack(messages: Sequence[Frames]) -> bytes:
+    """messages as one frame: a header of uint32 (native order) -- 0, the number of messages, each
+    one's frame count, each frame's size -- then the frames, each at a multiple of 8 bytes."""
+    frames = [frame for message in messages for frame in message]
+    sizes = [len(frame) if type(frame) is bytes else frame.nbytes for frame in frames]  # type: ignore[union-attr]
+    head = array("I", [0, len(messages)])
+    head.extend([len(message) for message in messages])
+    head.extend(sizes)
+    parts: list[bytes | memoryview] = [head.tobytes(), _PADDING[: -len(head) * 4 % _ALIGN]]
+    for frame, size in zip(frames, sizes, strict=True):
+        parts += (frame, _PADDING[: -size % _ALIGN])
+    return b"".join(parts)
+
+
+def unpack(frame: bytes | memoryview) -> list[list[memoryview]]:
+    """The messages of a packed frame, their frames as memoryviews of it."""
+    view = memoryview(frame)
+    count = int.from_bytes(view[4:8], sys.byteorder)
+    counts, sizes = array("I"), array("I")
+    counts.frombytes(view[8 : 8 + 4 * count])
+    at = 8 + 4 * count
+    sizes.frombytes(view[at : at + 4 * sum(counts)])
+    at += 4 * len(sizes)
+    at += -at % _ALIGN
+    views: list[memoryview] = []
+    for size in sizes:
+        views.append(view[at : at + size])
+        at += size + -size % _ALIGN
+    if count == 1:
+        return [views]
+    messages, start = [], 0
+    for n in counts:
+        messages.append(views[start : start + n])
+        start += n
+    return messages
+
+
+def is_packed(frame: bytes | memoryview) -> bool:
+    """Whether frame (bytes, or a memoryview of bytes) is a packed one."""
+    return len(frame) >= 8 and frame[0] == 0
+
+
 class LoopSocket:
     """socket (a plain zmq socket, which this object drives from now on) on the running loop:
-    on_message is called with each message's frames (read in place), on the loop, in order."""
+    on_message is called with each message's frames (memoryviews, read in place), on the loop, in
+    order."""
 
     def __init__(
-        self, socket: zmq.Socket[bytes], on_message: Callable[[list[zmq.Frame]], None], *, routed: bool = False
+        self, socket: zmq.Socket[bytes], on_message: Callable[[list[memoryview]], None], *, routed: bool = False
     ) -> None:
-        """routed: a ROUTER socket, whose messages start with their peer's identity (bundles are
-        made per peer, and keep the peer frame first)."""
+        """routed: a ROUTER socket, whose messages start with their peer's identity (the peer
+        frame goes first, unpacked, and messages are bundled per peer)."""
         self.socket = socket
         self._on_message = on_message
         self._routed = routed
@@ -69,20 +120,25 @@ class LoopSocket:
 
     def send(self, frames: Frames) -> None:
         """Send now, after what was posted before; zmq.Again when the peer is not connected,
-        zmq.ZMQError when it is gone. Large frames go without a copy (pyzmq copies the small ones
-        itself, which is cheaper)."""
+        zmq.ZMQError when it is gone."""
         self._flush()
         try:
-            self.socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+            self._send_packed(frames[0] if self._routed else b"", [frames])
         finally:
             self._schedule_read()
 
     def post(self, frames: Frames, unsent: Unsent | None = None) -> None:
-        """Send at the end of this turn of the loop, bundled with the other messages posted to the
+        """Send at the end of this turn of the loop, packed with the other messages posted to the
         same peer meanwhile; unsent is told if it could not go."""
         if not self._outbox:
             self._loop.call_soon(self._flush)
         self._outbox.append((frames, unsent))
+
+    def _send_packed(self, peer: bytes | memoryview, messages: list[Frames]) -> None:
+        if self._routed:
+            self.socket.send_multipart([peer, pack([m[1:] for m in messages])], flags=zmq.NOBLOCK, copy=False)
+        else:
+            self.socket.send(pack(messages), flags=zmq.NOBLOCK, copy=False)
 
     def _flush(self) -> None:
         if not self._outbox or self._closed:
@@ -93,25 +149,15 @@ class LoopSocket:
         for posted in outbox:
             by_peer.setdefault(posted[0][0] if self._routed else b"", []).append(posted)
         try:
-            for peer, messages in by_peer.items():
-                frames = messages[0][0] if len(messages) == 1 else self._bundle(peer, [m for m, _ in messages])
+            for peer, posted_to_peer in by_peer.items():
                 try:
-                    self.socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                    self._send_packed(peer, [m for m, _ in posted_to_peer])
                 except zmq.ZMQError as e:
-                    for _, unsent in messages:
+                    for _, unsent in posted_to_peer:
                         if unsent is not None:
                             unsent(e)
         finally:
             self._schedule_read()
-
-    def _bundle(self, peer: bytes | memoryview, messages: list[Frames]) -> list[bytes | memoryview]:
-        skip = 1 if self._routed else 0  # a ROUTER's messages each start with the peer
-        counts = array("I", [len(m) - skip for m in messages])
-        frames: list[bytes | memoryview] = [peer] if self._routed else []
-        frames += [BUNDLE, counts.tobytes()]
-        for message in messages:
-            frames += message[skip:]
-        return frames
 
     def close(self) -> None:
         """Stop reading; the socket is its owner's to close."""
@@ -137,21 +183,23 @@ class LoopSocket:
             except zmq.ZMQError:  # the socket was closed under the loop
                 self.close()
                 return
-            for each in self._unbundled(message):
+            try:
+                messages = self._messages(message)
+            except Exception:  # a pack cut short: the others must still be read
+                log.exception("an unreadable message")
+                continue
+            for each in messages:
                 try:
                     self._on_message(each)
                 except Exception:  # one message this side cannot take must not leave the others unread
                     log.exception("a message could not be handled")
         self._schedule_read()  # more wait: the loop runs its other work first
 
-    def _unbundled(self, message: list[zmq.Frame]) -> list[list[zmq.Frame]]:
-        """The messages of a bundle, each with the bundle's peer frame first (routed); else message."""
+    def _messages(self, message: list[zmq.Frame]) -> list[list[memoryview]]:
+        """The messages a zmq message holds, each with its peer frame first (routed)."""
         skip = 1 if self._routed else 0
-        if len(message) < skip + 2 or message[skip].bytes != BUNDLE:
-            return [message]
-        head, counts = message[:skip], array("I", message[skip + 1].bytes)
-        messages, start = [], skip + 2
-        for count in counts:
-            messages.append(head + message[start : start + count])
-            start += count
-        return messages
+        frames = [frame.buffer for frame in message]
+        if len(frames) != skip + 1 or not is_packed(frames[skip]):
+            return [frames]
+        head = frames[:skip]
+        return [head + each for each in unpack(frames[skip])]

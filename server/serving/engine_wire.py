@@ -1,10 +1,10 @@
 """The messages between front ends and an engine: what goes on the wire, and nothing else.
 
-Every message is a zmq multipart message: a one-byte kind, a small msgpack header, and for the
-calls' data raw array frames. A call's token ids travel as one int32 frame (and its segment ids as
-one int8 frame) for all its sequences; its results come back as one frame per array, with the
-dtype and shape in the header. No Python object is pickled per call: numpy reads the frames
-where zmq put them (np.frombuffer), and zmq sends numpy's buffers without a copy.
+Every message is a list of frames: a one-byte kind, a small msgpack header, and for the calls'
+data raw array frames (bertserve.serving.engine_socket packs them into one zmq frame). A call's
+token ids travel as one int32 frame (and its segment ids as one int8 frame) for all its sequences;
+its results come back as one frame per array, with the dtype and shape in the header. No Python
+object is pickled per call: numpy reads the frames where zmq put them (np.frombuffer).
 
 The model table (what the engine serves, with each model's spec and info) and the admin changes
 are pickled: they are rare, and they go between processes of one server over a socket in a
