@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import torch
 
 from bertserve.api import Encoding
@@ -64,3 +65,24 @@ def test_every_sequence_sits_alone_in_its_place_of_a_packed_row() -> None:
         assert torch.equal(mask == 0, own & real)
         assert ((mask == 0) | (mask == low)).all()
         assert (ids[owner == -1] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_the_mask_holds_the_lowest_value_of_the_passes_dtype_where_a_place_is_not_attended_to(
+    dtype: torch.dtype,
+) -> None:
+    rng = random.Random(11)
+    batch = [_encoding(rng, n) for n in (5, 3, 9)]
+    packed = pack(
+        batch,
+        row_tokens=8,
+        pad_id=0,
+        position_offset=0,
+        with_token_types=False,
+        dtype=dtype,
+        device=torch.device("cpu"),
+    )
+    mask = packed.inputs["attention_mask"]
+    assert mask.dtype == dtype
+    assert set(mask.unique().tolist()) == {0.0, torch.finfo(dtype).min}
+    assert "token_type_ids" not in packed.inputs

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from itertools import chain
 
 import numpy as np
@@ -24,11 +25,12 @@ __all__ = ["PackedBatch", "pack"]
 @dataclass(frozen=True)
 class PackedBatch:
     inputs: dict[str, torch.Tensor]  # input_ids, position_ids, attention_mask [rows, 1, W, W], token_type_ids?
-    rows: torch.Tensor  # per sequence, in batch order: its row
-    starts: torch.Tensor  # ... its first position in that row
+    rows: np.ndarray  # per sequence, in batch order: its row
+    starts: np.ndarray  # ... its first position in that row
     lengths: list[int]  # ... its token count
-    places: torch.Tensor  # per token of the batch, laid end to end in batch order: its place in the flat [rows * W]
-    owners: torch.Tensor  # ... the index of its sequence in the batch
+    places: np.ndarray  # per token of the batch, laid end to end in batch order: its place in the flat [rows * W]
+    owners: np.ndarray  # ... the index of its sequence in the batch
+    firsts: np.ndarray  # per sequence: the index of its first token in places
 
 
 def pack(
@@ -44,7 +46,9 @@ def pack(
     """First-fit-decreasing packing into rows of max(row_tokens, longest) tokens.
 
     Only the placement (a few dozen sequences) is decided in Python; the arrays are filled with
-    one scatter each over the batch's tokens, laid end to end.
+    one scatter each over the batch's tokens, laid end to end. They are made in numpy and handed
+    to torch as they are: a torch call from a device worker releases the interpreter lock, and
+    under load each release waits to take it back from the event loop.
     """
     count = len(batch)
     lengths = np.fromiter((len(e) for e in batch), dtype=np.int64, count=count)
@@ -58,7 +62,7 @@ def pack(
             fill.append(0)
         rows[i], starts[i] = row, fill[row]
         fill[row] += n
-    width, total = max(fill), int(lengths.sum())
+    width, total, shape = max(fill), int(lengths.sum()), (len(fill), max(fill))
     # Each token's place in the [rows, width] arrays, in batch order, and its position in its sequence.
     firsts = np.cumsum(lengths) - lengths
     within = np.arange(total, dtype=np.int64) - np.repeat(firsts, lengths)
@@ -71,24 +75,25 @@ def pack(
     flat_owner = -1 - np.arange(len(fill) * width, dtype=np.int64)
     owners = np.repeat(np.arange(count, dtype=np.int64), lengths)
     flat_owner[where] = owners
-    owner = flat_owner.reshape(len(fill), width)
-    allowed = torch.from_numpy(owner[:, :, None] == owner[:, None, :]).unsqueeze(1)
-    mask = torch.zeros((len(fill), 1, width, width), dtype=dtype)
-    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    owner = flat_owner.reshape(shape)
+    allowed = owner[:, None, :, None] == owner[:, None, None, :]
+    mask = np.where(allowed, np.float32(0), np.float32(_lowest(dtype)))
     inputs = {
-        "input_ids": torch.from_numpy(ids.reshape(len(fill), width)),
-        "position_ids": torch.from_numpy(positions.reshape(len(fill), width)),
-        "attention_mask": mask,
+        "input_ids": torch.from_numpy(ids.reshape(shape)),
+        "position_ids": torch.from_numpy(positions.reshape(shape)),
+        "attention_mask": torch.from_numpy(mask) if dtype == torch.float32 else torch.from_numpy(mask).to(dtype),
     }
     if with_token_types:
         types = np.zeros(len(fill) * width, dtype=np.int64)
         types[where] = np.fromiter(chain.from_iterable(e.type_ids for e in batch), dtype=np.int64, count=total)
-        inputs["token_type_ids"] = torch.from_numpy(types.reshape(len(fill), width))
-    return PackedBatch(
-        inputs={k: v.to(device, non_blocking=True) for k, v in inputs.items()},
-        rows=torch.from_numpy(rows).to(device),
-        starts=torch.from_numpy(starts).to(device),
-        lengths=lengths.tolist(),
-        places=torch.from_numpy(where).to(device, non_blocking=True),
-        owners=torch.from_numpy(owners).to(device, non_blocking=True),
-    )
+        inputs["token_type_ids"] = torch.from_numpy(types.reshape(shape))
+    if device.type != "cpu":
+        inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+    return PackedBatch(inputs, rows, starts, lengths.tolist(), where, owners, firsts)
+
+
+@cache
+def _lowest(dtype: torch.dtype) -> float:
+    """The mask's value for a place not attended to: dtype's lowest, exact in float32 (bfloat16's
+    and float16's values all are)."""
+    return float(torch.finfo(dtype).min)
