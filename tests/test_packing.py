@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 import torch
 
-from bertserve.api import Encoding
-from bertserve.runtime.packed_inputs import pack
+from bertserve.api import Encoding, Pooling
+from bertserve.runtime.packed_inputs import pack, pooled_in_numpy, pooled_in_torch
 
 
 def _encoding(rng: random.Random, n: int) -> Encoding:
@@ -86,3 +87,37 @@ def test_the_mask_holds_the_lowest_value_of_the_passes_dtype_where_a_place_is_no
     assert mask.dtype == dtype
     assert set(mask.unique().tolist()) == {0.0, torch.finfo(dtype).min}
     assert "token_type_ids" not in packed.inputs
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("pooling", [Pooling.MEAN, Pooling.CLS])
+def test_pooling_in_numpy_gives_the_bits_of_pooling_in_torch_and_each_sequences_own_mean(
+    dtype: torch.dtype, pooling: Pooling
+) -> None:
+    """CPUs pool in numpy, other devices in torch: the same embeddings either way."""
+    rng = random.Random(5)
+    generator = torch.Generator().manual_seed(5)
+    for _ in range(100):
+        batch = [_encoding(rng, rng.randrange(1, 50)) for _ in range(rng.randrange(1, 30))]
+        packed = pack(
+            batch,
+            row_tokens=64,
+            pad_id=0,
+            position_offset=0,
+            with_token_types=False,
+            dtype=dtype,
+            device=torch.device("cpu"),
+        )
+        rows, width = packed.inputs["input_ids"].shape
+        hidden = torch.randn((rows, width, 24), generator=generator).to(dtype)
+        states = hidden.float().numpy()
+        in_numpy = pooled_in_numpy(states.reshape(-1, 24), packed, pooling)
+        in_torch = pooled_in_torch(hidden, packed, pooling).numpy()
+        assert in_numpy.dtype == in_torch.dtype == np.float32
+        assert np.array_equal(in_numpy, in_torch)
+        for i, (row, start, n) in enumerate(
+            zip(packed.rows.tolist(), packed.starts.tolist(), packed.lengths, strict=True)
+        ):
+            own = states[row, start : start + n]
+            expected = own[0] if pooling is Pooling.CLS else own.mean(axis=0)
+            np.testing.assert_allclose(in_numpy[i], expected, rtol=1e-5, atol=1e-6)

@@ -4,7 +4,8 @@ Sequences share a row back to back; a block-diagonal attention mask keeps each o
 only to itself, and position ids restart at every sequence, so each comes out as if run alone.
 Linear layers (most of an encoder's work) then see only real tokens, and one pass can take every
 pending sequence without paying for the longest one's width. Padding at the end of a row
-attends to itself alone, which keeps its softmax finite.
+attends to itself alone, which keeps its softmax finite. The pass's states are pooled back out of
+the rows by sequence (CLS or MEAN).
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from itertools import chain
 import numpy as np
 import torch
 
-from bertserve.api import Encoding
+from bertserve.api import Encoding, Pooling
 
-__all__ = ["PackedBatch", "pack"]
+__all__ = ["PackedBatch", "pack", "pooled_in_numpy", "pooled_in_torch"]
 
 
 @dataclass(frozen=True)
@@ -97,3 +98,33 @@ def _lowest(dtype: torch.dtype) -> float:
     """The mask's value for a place not attended to: dtype's lowest, exact in float32 (bfloat16's
     and float16's values all are)."""
     return float(torch.finfo(dtype).min)
+
+
+def pooled_in_torch(hidden: torch.Tensor, packed: PackedBatch, pooling: Pooling) -> torch.Tensor:
+    """CLS or MEAN pooling of a packed pass's states (hidden: [rows, width, hidden]) in torch, on
+    their device, as float32."""
+    device = hidden.device
+
+    def on_device(array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(array).to(device, non_blocking=True)
+
+    if pooling is Pooling.CLS:
+        return hidden[on_device(packed.rows), on_device(packed.starts)].float()
+    # MEAN: sum each sequence's positions (placed by the packing), then divide by its length
+    lengths = torch.tensor(packed.lengths, device=device)
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    sums = torch.zeros((len(packed.lengths), flat.shape[-1]), dtype=torch.float32, device=device)
+    sums.index_add_(0, on_device(packed.owners), flat[on_device(packed.places)].float())
+    return sums / lengths.unsqueeze(-1)
+
+
+def pooled_in_numpy(flat: np.ndarray, packed: PackedBatch, pooling: Pooling) -> np.ndarray:
+    """CLS or MEAN pooling of a packed pass's states (flat: [rows * width, hidden], float32), with
+    as few torch calls as may be: each one of a device worker releases the interpreter lock, and
+    under load waits to take it back. The sums are torch's index_add_, which adds faster than
+    numpy's reduceat over large passes; the results are those of pooling in torch, bit for bit."""
+    if pooling is Pooling.CLS:
+        return flat[packed.places[packed.firsts]]
+    sums = torch.zeros((len(packed.lengths), flat.shape[-1]), dtype=torch.float32)
+    sums.index_add_(0, torch.from_numpy(packed.owners), torch.from_numpy(flat[packed.places]))
+    return sums.numpy() / np.asarray(packed.lengths, dtype=np.float32)[:, None]

@@ -9,7 +9,7 @@ import torch
 
 from bertserve.api import EmbedOutput, Encoding, Pooling
 from bertserve.errors import CapabilityNotSupported
-from bertserve.runtime.packed_inputs import PackedBatch, pack
+from bertserve.runtime.packed_inputs import PackedBatch, pack, pooled_in_numpy, pooled_in_torch
 
 from .state import PluginState
 
@@ -79,9 +79,9 @@ class Passes(PluginState):
                 hidden = self._encoder(**packed.inputs).last_hidden_state
             if hidden.device.type == "cpu":
                 states = (hidden if hidden.dtype == torch.float32 else hidden.float()).numpy()
-                pooled_np = _pooled_on_cpu(states.reshape(-1, states.shape[-1]), packed, pooling)
+                pooled_np = pooled_in_numpy(states.reshape(-1, states.shape[-1]), packed, pooling)
             else:
-                pooled_np = self._pooled_on_device(hidden, packed, pooling).float().cpu().numpy()
+                pooled_np = pooled_in_torch(hidden, packed, pooling).cpu().numpy()
                 states = None
             token_states = None
             if with_token_states:
@@ -92,28 +92,3 @@ class Passes(PluginState):
                     for row, start, n in zip(packed.rows.tolist(), packed.starts.tolist(), packed.lengths, strict=True)
                 ]
         return EmbedOutput(pooled=pooled_np, token_states=token_states)
-
-    def _pooled_on_device(self, hidden: torch.Tensor, packed: PackedBatch, pooling: Pooling) -> torch.Tensor:
-        def on_device(array: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(array).to(self._device, non_blocking=True)
-
-        if pooling is Pooling.CLS:
-            return hidden[on_device(packed.rows), on_device(packed.starts)]
-        # MEAN: sum each sequence's positions (placed by the packing), then divide by its length
-        lengths = torch.tensor(packed.lengths, device=self._device)
-        flat = hidden.reshape(-1, hidden.shape[-1])
-        sums = torch.zeros((len(packed.lengths), flat.shape[-1]), dtype=torch.float32, device=self._device)
-        sums.index_add_(0, on_device(packed.owners), flat[on_device(packed.places)].float())
-        return sums / lengths.unsqueeze(-1)
-
-
-def _pooled_on_cpu(flat: np.ndarray, packed: PackedBatch, pooling: Pooling) -> np.ndarray:
-    """CLS or MEAN pooling of a packed pass's states (flat: [rows * width, hidden], float32), with
-    as few torch calls as may be: each one of a device worker releases the interpreter lock, and
-    under load waits to take it back. The sums are torch's index_add_, which adds faster than
-    numpy's reduceat over large passes; the results are those of pooling in torch, bit for bit."""
-    if pooling is Pooling.CLS:
-        return flat[packed.places[packed.firsts]]
-    sums = torch.zeros((len(packed.lengths), flat.shape[-1]), dtype=torch.float32)
-    sums.index_add_(0, torch.from_numpy(packed.owners), torch.from_numpy(flat[packed.places]))
-    return sums.numpy() / np.asarray(packed.lengths, dtype=np.float32)[:, None]
