@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bertserve.api import Encoding, Pooling
-from bertserve.runtime.packed_inputs import pack, pooled_in_numpy, pooled_in_torch
+from bertserve.runtime.packed_inputs import PackedBatch, pack, pooled_in_numpy, pooled_in_torch
 
 
 def _encoding(rng: random.Random, n: int) -> Encoding:
@@ -23,6 +23,18 @@ def _encoding(rng: random.Random, n: int) -> Encoding:
         sequence_ids=[0] * n,
         word_ids=[0] * n,
         full_length=n,
+    )
+
+
+def _packed_on_cpu(batch: list[Encoding], *, row_tokens: int, dtype: torch.dtype) -> PackedBatch:
+    return pack(
+        batch,
+        row_tokens=row_tokens,
+        pad_id=0,
+        position_offset=0,
+        with_token_types=False,
+        dtype=dtype,
+        device=torch.device("cpu"),
     )
 
 
@@ -74,15 +86,7 @@ def test_the_mask_holds_the_lowest_value_of_the_passes_dtype_where_a_place_is_no
 ) -> None:
     rng = random.Random(11)
     batch = [_encoding(rng, n) for n in (5, 3, 9)]
-    packed = pack(
-        batch,
-        row_tokens=8,
-        pad_id=0,
-        position_offset=0,
-        with_token_types=False,
-        dtype=dtype,
-        device=torch.device("cpu"),
-    )
+    packed = _packed_on_cpu(batch, row_tokens=8, dtype=dtype)
     mask = packed.inputs["attention_mask"]
     assert mask.dtype == dtype
     assert set(mask.unique().tolist()) == {0.0, torch.finfo(dtype).min}
@@ -99,15 +103,7 @@ def test_pooling_in_numpy_gives_the_bits_of_pooling_in_torch_and_each_sequences_
     generator = torch.Generator().manual_seed(5)
     for _ in range(100):
         batch = [_encoding(rng, rng.randrange(1, 50)) for _ in range(rng.randrange(1, 30))]
-        packed = pack(
-            batch,
-            row_tokens=64,
-            pad_id=0,
-            position_offset=0,
-            with_token_types=False,
-            dtype=dtype,
-            device=torch.device("cpu"),
-        )
+        packed = _packed_on_cpu(batch, row_tokens=64, dtype=dtype)
         rows, width = packed.inputs["input_ids"].shape
         hidden = torch.randn((rows, width, 24), generator=generator).to(dtype)
         states = hidden.float().numpy()
