@@ -199,7 +199,7 @@ class _EngineWatch:
         import zmq
 
         from bertserve.serving import engine_wire as wire
-        from bertserve.serving.engine_socket import is_packed, unpack
+        from bertserve.serving.engine_socket import messages_in
 
         assert self.process is not None
         if not self.process.is_alive():
@@ -213,7 +213,7 @@ class _EngineWatch:
         oldest_pass_s = 0.0
         while self._socket.poll(0):
             received = self._socket.recv_multipart()
-            for frames in unpack(received[0]) if is_packed(received[0]) else [received]:
+            for frames in messages_in([memoryview(frame) for frame in received]):
                 if frames[0] == wire.PONG:
                     self._unanswered_since = None
                     (oldest_pass_s,) = wire.decode_small(frames)

@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 
 import zmq
 
-__all__ = ["Frames", "LoopSocket", "Unsent", "is_packed", "pack", "unpack"]
+__all__ = ["Frames", "LoopSocket", "Unsent", "is_packed", "messages_in", "pack", "unpack"]
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,16 @@ def unpack(frame: bytes | memoryview) -> list[list[memoryview]]:
 def is_packed(frame: bytes | memoryview) -> bool:
     """Whether frame (bytes, or a memoryview of bytes) is a packed one."""
     return len(frame) >= 8 and frame[0] == 0
+
+
+def messages_in(frames: list[memoryview], *, routed: bool = False) -> list[list[memoryview]]:
+    """The messages one zmq message holds: those of its pack, each with the peer frame first
+    (routed: a ROUTER's message), or the message itself where it is plain."""
+    skip = 1 if routed else 0
+    if len(frames) != skip + 1 or not is_packed(frames[skip]):
+        return [frames]
+    head = frames[:skip]
+    return [head + each for each in unpack(frames[skip])]
 
 
 class LoopSocket:
@@ -184,7 +194,7 @@ class LoopSocket:
                 self.close()
                 return
             try:
-                messages = self._messages(message)
+                messages = messages_in([frame.buffer for frame in message], routed=self._routed)
             except Exception:  # a pack cut short: the others must still be read
                 log.exception("an unreadable message")
                 continue
@@ -194,12 +204,3 @@ class LoopSocket:
                 except Exception:  # one message this side cannot take must not leave the others unread
                     log.exception("a message could not be handled")
         self._schedule_read()  # more wait: the loop runs its other work first
-
-    def _messages(self, message: list[zmq.Frame]) -> list[list[memoryview]]:
-        """The messages a zmq message holds, each with its peer frame first (routed)."""
-        skip = 1 if self._routed else 0
-        frames = [frame.buffer for frame in message]
-        if len(frames) != skip + 1 or not is_packed(frames[skip]):
-            return [frames]
-        head = frames[:skip]
-        return [head + each for each in unpack(frames[skip])]
