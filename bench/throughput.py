@@ -34,7 +34,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -179,40 +178,34 @@ def _timed(name: str, batches: Iterable[list[str]], run: Callable[[list[str]], i
 
 
 class Server:
-    """bertserve in a child process, as production runs it."""
+    """bertserve in a child process, as production runs it.
+
+    Its log goes to a file next to its configuration, as a container runtime collects it, and is
+    read only until the server is ready: under load the server writes a line per call, and a
+    reader of a pipe here would take the interpreter lock of the process that drives the calls,
+    slowing the callers and not the server."""
 
     def __init__(self, config: Path, expect_ready: int, command: Sequence[str] | None = None) -> None:
         """command: what runs bertserve's command line (default: python -m bertserve.app.cli)."""
-        self.log: list[str] = []
         command = list(command or [sys.executable, "-m", "bertserve.app.cli"])
-        self.process = subprocess.Popen(
-            [*command, "serve", "--config", str(config), "--log-level", "info"],
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        ready = threading.Event()
+        self.log_file = config.with_suffix(".log")
+        with self.log_file.open("w") as log:
+            self.process = subprocess.Popen(
+                [*command, "serve", "--config", str(config), "--log-level", "info"],
+                stderr=log,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
         self.port = 0
-
-        def read() -> None:
-            # Under load the server writes a line per call: once it is ready, lines are read and
-            # dropped, so that this thread costs the machine next to nothing while it is measured.
-            assert self.process.stderr is not None
-            readies = 0
-            for line in self.process.stderr:
-                if ready.is_set():
-                    continue
-                self.log.append(line)
-                if match := re.search(r"\(port (\d+)\)", line):
-                    self.port = int(match.group(1))
-                readies += "ready in" in line
-                if readies >= expect_ready:
-                    ready.set()
-            ready.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        if not ready.wait(300) or self.process.poll() is not None:
-            raise RuntimeError("server did not start:\n" + "".join(self.log))
+        deadline = time.monotonic() + 300
+        while True:
+            self.log = self.log_file.read_text().splitlines(keepends=True)
+            if match := next((m for line in self.log if (m := re.search(r"\(port (\d+)\)", line))), None):
+                self.port = int(match.group(1))
+            if sum("ready in" in line for line in self.log) >= expect_ready:
+                break
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("server did not start:\n" + "".join(self.log))
+            time.sleep(0.1)
 
     def stop(self) -> None:
         self.process.terminate()
