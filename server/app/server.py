@@ -29,7 +29,7 @@ from bertserve.edge.access_log import AccessLog
 from bertserve.edge.auth import ADMIN, ANY_SCOPE, INFERENCE, AuthInterceptor, LocalAdminOnly, Principal, TokenTable
 from bertserve.edge.drain import CallGate
 from bertserve.edge.grpc_logs import quiet_grpc_logs
-from bertserve.edge.parsing import add_servicer
+from bertserve.edge.parsing import add_generic_only, add_servicer
 from bertserve.edge.reflection import METHODS as REFLECTION_METHODS
 from bertserve.edge.reflection import enable_reflection
 from bertserve.edge.servicers import EncoderServicer, ModelServicer
@@ -179,7 +179,7 @@ class BertServer:
             server,
             max_request_bytes=config.max_input_bytes,
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        add_generic_only(health_pb2_grpc.add_HealthServicer_to_server, self.health, server)
         enable_reflection((*_SERVICES, health.SERVICE_NAME), server)
         try:
             if self._tls is not None:

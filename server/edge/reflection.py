@@ -13,7 +13,9 @@ from collections.abc import Sequence
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
-from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+
+from bertserve.edge.parsing import add_generic_only
 
 __all__ = ["METHODS", "SERVICE_NAMES", "enable_reflection"]
 
@@ -52,7 +54,7 @@ def enable_reflection(service_names: Sequence[str], server: grpc.aio.Server) -> 
     _add_v1_file()
     names = (*service_names, *SERVICE_NAMES)
     servicer = reflection.aio.ReflectionServicer(names)
-    reflection.enable_server_reflection(names, server)
+    add_generic_only(reflection_pb2_grpc.add_ServerReflectionServicer_to_server, servicer, server)
     handler = grpc.stream_stream_rpc_method_handler(
         servicer.ServerReflectionInfo,
         request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
