@@ -84,6 +84,11 @@ async def test_texts_tokenized_together_equal_the_tokenizers_own_call_on_each(
         # Each over the limit of the loop's own tokenization: these go to the pool.
         calls += [{"inputs": [f"{text} {TEXTS[7]}"], "truncate": truncate, "max_length": max_length} for text in TEXTS]
         calls += [{"inputs": TEXTS, "pairs": PAIRS, "truncate": truncate, "max_length": max_length}]
+        # One pair a call: most within the loop's limit, the long one over it.
+        calls += [
+            {"inputs": [text], "pairs": [pair], "truncate": truncate, "max_length": max_length}
+            for text, pair in zip(TEXTS, PAIRS, strict=True)
+        ]
         calls += [{"inputs": TEXTS * 3, "truncate": truncate, "max_length": max_length}]  # over several slices
     answers = await _at_once(client, model, calls)
     jobs = server.router.get(model).shared_tokenization.jobs - jobs_before
