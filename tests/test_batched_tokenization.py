@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from bertserve.app.server import BertServer
+from bertserve.serving.model_host import INLINE_TOKENIZE_TEXTS
 from bertserve.serving.shared_tokenization import SLICE_TEXTS
 from bertserve_client import AsyncClient, Tokenization
 
@@ -90,10 +91,17 @@ async def test_texts_tokenized_together_equal_the_tokenizers_own_call_on_each(
             for text, pair in zip(TEXTS, PAIRS, strict=True)
         ]
         calls += [{"inputs": TEXTS * 3, "truncate": truncate, "max_length": max_length}]  # over several slices
+        # Few characters, but too many texts for the loop.
+        calls += [{"inputs": ["x", "é", "🙂", "中"] * 5, "truncate": truncate, "max_length": max_length}]
     answers = await _at_once(client, model, calls)
     jobs = server.router.get(model).shared_tokenization.jobs - jobs_before
     # A call of a sentence or two is tokenized on the loop; the others meet in the pool's jobs.
-    pooled = [c for c in calls if sum(map(len, c["inputs"])) + sum(map(len, c.get("pairs") or ())) > inline]
+    pooled = [
+        c
+        for c in calls
+        if sum(map(len, c["inputs"])) + sum(map(len, c.get("pairs") or ())) > inline
+        or len(c["inputs"]) > INLINE_TOKENIZE_TEXTS
+    ]
     assert 0 < len(pooled) < len(calls)
     slices = sum(-(-len(c["inputs"]) // SLICE_TEXTS) for c in pooled)  # what the pool takes one job each alone
     assert 0 < jobs < slices, f"{slices} slices took {jobs} jobs: none were tokenized together"
@@ -120,3 +128,20 @@ async def test_a_huge_input_among_small_ones_is_cut_as_the_tokenizer_cuts_it(
         for text, pair, each in zip(call["inputs"], pairs, got, strict=True):
             assert _got(each) == _expected(tokenizer, text, pair, call.get("max_length", limit))
     assert all(got[1].truncated for got in answers[:3]) and answers[3][0].truncated
+
+
+async def test_a_call_of_many_tiny_texts_goes_to_the_pool_and_a_short_one_stays_on_the_loop(
+    server: BertServer, client: AsyncClient
+) -> None:
+    """However few their characters, many texts cost the Rust tokenizer about 20 us each: more than
+    the hop to the pool, so they are not tokenized on the event loop."""
+    inline = await inline_tokenize_limit(server, "bert")
+    host = server.router.get("bert")
+    tiny = ["x"] * (INLINE_TOKENIZE_TEXTS + 1)
+    assert sum(map(len, tiny)) <= inline
+    before = host.shared_tokenization.jobs
+    await client.tokenize(["x"] * INLINE_TOKENIZE_TEXTS, model="bert")
+    assert host.shared_tokenization.jobs == before
+    got = await client.tokenize(tiny, model="bert")
+    assert host.shared_tokenization.jobs == before + 1
+    assert [t.tokens for t in got] == [["[CLS]", "x", "[SEP]"]] * len(tiny)

@@ -27,6 +27,9 @@ _PREFIX_MARGIN = 16
 #: hop to a tokenizer thread and back costs a call about 250 us of CPU: so a call of a sentence or
 #: two is cheaper tokenized where it is, and the loop is never held much longer than by a hop.
 INLINE_TOKENIZE_CHARS = 160
+#: The most texts encoded one by one, holding the interpreter lock (see Tokenization._encode): as
+#: many as the server tokenizes on its loop, where a job of many texts runs on a pool thread.
+_ONE_BY_ONE_TEXTS = 4
 
 
 class Tokenization(PluginState):
@@ -101,12 +104,13 @@ class Tokenization(PluginState):
         """One encode_batch of the Rust tokenizer, set as transformers' own call sets it (see
         _backend_for): the same encodings, without the Python wrapper's per-call work.
 
-        A few short texts (a call tokenized on the event loop) are encoded one by one instead:
-        encode_batch lets go of the interpreter lock, and under load the loop then waits to take
-        it back from the device workers, longer than the encoding itself takes (measured beside
-        two busy torch threads: 50-67 us a sentence against 37-49 us)."""
+        A few short texts (a call tokenized on the event loop) are encoded one by one instead, the
+        same encodings: encode_batch lets go of the interpreter lock, and on a loaded server a
+        device worker takes it there and starts its next pass with the few calls batched so far,
+        while the loop waits to take it back (see docs/performance.md: passes of 3 sequences
+        where they held 9)."""
         backend = self._backend_for(truncate_to)
-        if sum(map(len, texts)) + (sum(map(len, pairs)) if pairs is not None else 0) <= INLINE_TOKENIZE_CHARS:
+        if len(texts) <= _ONE_BY_ONE_TEXTS and _chars(texts, pairs) <= INLINE_TOKENIZE_CHARS:
             pieces = pairs if pairs is not None else [None] * len(texts)
             return [
                 self._encoding_of(backend.encode(text, pair, add_special_tokens=add_special_tokens))
@@ -222,3 +226,7 @@ class Tokenization(PluginState):
 
     def tokens_to_string(self, tokens: Sequence[str]) -> str:
         return str(self._tokenize_with().convert_tokens_to_string(list(tokens)))
+
+
+def _chars(texts: Sequence[str], pairs: Sequence[str] | None) -> int:
+    return sum(map(len, texts)) + (sum(map(len, pairs)) if pairs is not None else 0)
