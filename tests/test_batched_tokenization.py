@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from bertserve.api import INLINE_TOKENIZE_TEXTS
 from bertserve.app.server import BertServer
-from bertserve.serving.model_host import INLINE_TOKENIZE_TEXTS
 from bertserve.serving.shared_tokenization import SLICE_TEXTS
 from bertserve_client import AsyncClient, Tokenization
 

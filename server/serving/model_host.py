@@ -13,7 +13,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from bertserve.api import Capability, EncoderPlugin, Encoding, ModelInfo, ModelSpec
+from bertserve.api import INLINE_TOKENIZE_TEXTS, Capability, EncoderPlugin, Encoding, ModelInfo, ModelSpec
 from bertserve.capabilities import check_plugin, missing_message
 from bertserve.errors import (
     BertserveError,
@@ -405,12 +405,6 @@ _AFTER_ABANDON_S = 1.0
 RETRY_FIRST_S = 1.0
 #: The default cap on that pause (ModelHost.retry_max_s).
 RETRY_MAX_S = 60.0
-
-
-#: The most texts of one call tokenized on the event loop, however short: each text costs the Rust
-#: tokenizer about 20 us whatever its length (160 one-letter texts: 3.5 ms, where the hop to the
-#: tokenizer pool costs about 250 us).
-INLINE_TOKENIZE_TEXTS = 4
 
 
 def _chars(texts: Sequence[str], pairs: Sequence[str] | None, limit: int) -> int:

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
-from bertserve.api import Encoding
+from bertserve.api import INLINE_TOKENIZE_TEXTS, Encoding
 from bertserve.errors import InvalidRequest
 
 from .state import PluginState
@@ -27,9 +27,6 @@ _PREFIX_MARGIN = 16
 #: hop to a tokenizer thread and back costs a call about 250 us of CPU: so a call of a sentence or
 #: two is cheaper tokenized where it is, and the loop is never held much longer than by a hop.
 INLINE_TOKENIZE_CHARS = 160
-#: The most texts encoded one by one, holding the interpreter lock (see Tokenization._encode): as
-#: many as the server tokenizes on its loop, where a job of many texts runs on a pool thread.
-_ONE_BY_ONE_TEXTS = 4
 
 
 class Tokenization(PluginState):
@@ -110,7 +107,7 @@ class Tokenization(PluginState):
         while the loop waits to take it back (see docs/performance.md: passes of 3 sequences
         where they held 9)."""
         backend = self._backend_for(truncate_to)
-        if len(texts) <= _ONE_BY_ONE_TEXTS and _chars(texts, pairs) <= INLINE_TOKENIZE_CHARS:
+        if len(texts) <= INLINE_TOKENIZE_TEXTS and _chars(texts, pairs) <= INLINE_TOKENIZE_CHARS:
             pieces = pairs if pairs is not None else [None] * len(texts)
             return [
                 self._encoding_of(backend.encode(text, pair, add_special_tokens=add_special_tokens))
