@@ -150,6 +150,21 @@ async def test_front_ends_answer_exactly_as_one_process_does(engine_served: Serv
     engine_served.wait_for(r"\[2/2\] bertserve\.access")
 
 
+def test_only_the_engine_maps_torch(engine_served: Served) -> None:
+    """The front ends and the supervisor run no model: with bertserve's own plugins alone, they
+    leave torch out (bertserve.app.front_end_imports), a few hundred MiB each; the engine has it.
+    The test above ran every head's tokenization and post-processing through both front ends."""
+    engine = _engine_pid(engine_served)
+    front = [pid for pid in engine_served.servers() if pid != engine]
+    assert len(front) == 2
+
+    def maps_torch(pid: int) -> bool:
+        return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+
+    assert maps_torch(engine)
+    assert [pid for pid in [engine_served.process.pid, *front] if maps_torch(pid)] == []
+
+
 async def test_metrics_are_summed_over_the_processes(engine_served: Served) -> None:
     [line] = engine_served.wait_for(r"Prometheus metrics on")
     url = re.findall(r"(http://\S+/metrics)", line)[0]

@@ -192,8 +192,8 @@ def _count_or_auto(text: str) -> int | str:
 def _serve(args: argparse.Namespace) -> int:
     from bertserve.app.config import check_options, load_config
     from bertserve.app.discovery import discover_plugins
+    from bertserve.app.front_end_imports import keep_torch_out
     from bertserve.app.process_plan import plan_processes
-    from bertserve.app.server import serve_one_process
     from bertserve.errors import ConfigError
     from bertserve.observability.logs import configure_logging
     from bertserve.observability.telemetry import configure_tracing
@@ -213,9 +213,11 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"bertserve: {e}", file=sys.stderr)
         return 2
     configure_logging(config.log_level, config.log_format)
-    registry = discover_plugins()
     cores = cpu_cores()
     plan = plan_processes(config.processes, config.engine, cores)
+    if plan.supervised:
+        keep_torch_out()  # the supervisor runs no model: it reads the plugins' options, nothing more
+    registry = discover_plugins()
     if config.processes == "auto":
         logging.getLogger("bertserve.app.process_plan").info(
             "processes: auto chose %s for %d cores", plan.describe(), cores
@@ -232,6 +234,8 @@ def _serve(args: argparse.Namespace) -> int:
             from bertserve.app.supervisor import serve_processes
 
             return serve_processes(config, plan, cores)
+        from bertserve.app.server import serve_one_process
+
         serve_one_process(config, cores, registry)
     except OSError as e:
         print(f"bertserve: {e}", file=sys.stderr)

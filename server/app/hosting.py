@@ -44,7 +44,10 @@ class Hosting:
         self.loaders = ThreadPoolExecutor(max(2, len(config.models)), thread_name_prefix="fetch")
 
     def host(self, spec: ModelSpec, published: bool = True) -> ModelHost:
-        """An unstarted host of spec (failed at once when its plugin is missing)."""
+        """An unstarted host of spec (failed at once when its plugin is missing), its workers
+        made concrete for this process's cores when left automatic (a run-time entry's)."""
+        if not spec.workers:
+            spec = replace(spec, workers=model_workers(spec, self.config.torch_threads, cpu_cores()))
         pools = (self.tokenizer_pool, self.device_workers.for_model(spec), self.loaders)
         try:
             factory = self.registry.get(spec.plugin)
@@ -64,7 +67,8 @@ class Hosting:
 
     def parse_entry(self, text: str) -> ModelSpec:
         """A model entry sent to LoadModel or ReloadModel; InvalidRequest naming what is wrong, and
-        PermissionDenied for what the server's admin settings do not allow a run-time entry."""
+        PermissionDenied for what the server's admin settings do not allow a run-time entry. Its
+        workers stay as written: the process that runs its passes (see host) settles them."""
         admin = self.config.admin
         try:
             spec = parse_model_entry(text, self.registry.plugins, max_bytes=admin.max_entry_bytes)
@@ -83,7 +87,7 @@ class Hosting:
                 f"entry.source: {quoted(spec.source)} is not among the sources this server allows run-time entries "
                 "to load (server.admin.allowed_sources)"
             )
-        return replace(spec, workers=model_workers(spec, self.config.torch_threads, cpu_cores()))
+        return spec
 
     def shutdown(self) -> None:
         self.tokenizer_pool.shutdown(wait=False, cancel_futures=True)

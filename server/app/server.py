@@ -81,8 +81,10 @@ class BertServer:
         engines: this process is a front end of those engines (one per device), which load and
         run the models; this process tokenizes and post-processes (see bertserve.app.engine).
         """
-        # Workers left automatic become concrete here when the caller did not (tests, embedders).
-        config = share_cores(config, cpu_cores()) if any(not spec.workers for spec in config.models) else config
+        # Workers left automatic become concrete here when the caller did not (tests, embedders); a
+        # front end runs no passes (and may run without torch, which placing a model asks).
+        if not engines and any(not spec.workers for spec in config.models):
+            config = share_cores(config, cpu_cores())
         self.config = config
         self._share_port = share_port
         self._hosting = Hosting(config, registry or discover_plugins())
@@ -380,7 +382,8 @@ def serve_one_process(
 ) -> None:
     """Run one server process until it is stopped: its threads shared out over cores, the runtime
     set up, then the server (the command's one process, or one of the supervisor's)."""
-    config = share_cores(config, cores)
-    configure_runtime(config)
+    if not engines:
+        config = share_cores(config, cores)
+    configure_runtime(config, runs_passes=not engines)
     server = BertServer(config, registry, share_port=share_port, engines=engines)
     event_loop.run(server.serve_forever(on_listening=on_listening), config.event_loop)

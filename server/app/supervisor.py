@@ -321,12 +321,16 @@ def _serve_one(
     """One server process, or front end of the engines at engines' (address, device) (spawned):
     its own logging, thread settings and event loop."""
     _end_with(supervisor)
-    from bertserve.app.hosting import EngineAddress
-    from bertserve.app.server import serve_one_process
+    from bertserve.app.front_end_imports import keep_torch_out
     from bertserve.observability.logs import configure_logging
-    from bertserve.observability.telemetry import configure_tracing
 
     configure_logging(config.log_level, config.log_format, process=f"[{index}/{total}] ")
+    if engines:
+        keep_torch_out()  # before the imports below bring in transformers
+    from bertserve.app.hosting import EngineAddress
+    from bertserve.app.server import serve_one_process
+    from bertserve.observability.telemetry import configure_tracing
+
     configure_tracing()
     links = [EngineAddress(address, f"front-end-{index}", device) for address, device in engines]
     serve_one_process(config, cores, share_port=True, engines=links, on_listening=listening.set)

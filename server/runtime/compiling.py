@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
+from bertserve.runtime.lazy_torch import torch
 
 __all__ = ["compiled"]
 

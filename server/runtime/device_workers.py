@@ -23,23 +23,33 @@ class DeviceWorkers:
     """Executors by device; a device's pool has as many threads as its most demanding model's workers."""
 
     def __init__(self, specs: Iterable[ModelSpec]) -> None:
-        sizes: dict[str, int] = {}
-        for spec in specs:
-            key = _device_key(spec.device)
-            sizes[key] = max(sizes.get(key, 1), spec.workers)
-        self._pools = {
-            key: ThreadPoolExecutor(max_workers=size, thread_name_prefix=f"device-{key}") for key, size in sizes.items()
-        }
+        self._specs = list(specs)
+        self._pools: dict[str, ThreadPoolExecutor] | None = None
 
     def for_model(self, spec: ModelSpec) -> ThreadPoolExecutor:
         """The pool of spec's device; made for a model loaded at run time on a device new to this server."""
+        pools = self._made()
         key = _device_key(spec.device)
-        if key not in self._pools:
-            self._pools[key] = ThreadPoolExecutor(max_workers=spec.workers, thread_name_prefix=f"device-{key}")
-        return self._pools[key]
+        if key not in pools:
+            pools[key] = ThreadPoolExecutor(max_workers=spec.workers, thread_name_prefix=f"device-{key}")
+        return pools[key]
+
+    def _made(self) -> dict[str, ThreadPoolExecutor]:
+        """The pools of the configured models, made at the first model's placement: resolving a
+        device asks torch, which a front end (it places no model) never imports."""
+        if self._pools is None:
+            sizes: dict[str, int] = {}
+            for spec in self._specs:
+                key = _device_key(spec.device)
+                sizes[key] = max(sizes.get(key, 1), spec.workers)
+            self._pools = {
+                key: ThreadPoolExecutor(max_workers=size, thread_name_prefix=f"device-{key}")
+                for key, size in sizes.items()
+            }
+        return self._pools
 
     def shutdown(self) -> None:
-        for pool in self._pools.values():
+        for pool in (self._pools or {}).values():
             pool.shutdown(wait=False, cancel_futures=True)
 
 

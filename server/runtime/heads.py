@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from transformers import (
     AutoModel,
     AutoModelForMaskedLM,
@@ -24,6 +23,7 @@ from transformers import (
 )
 
 from bertserve.api import Capability
+from bertserve.runtime.lazy_torch import torch
 
 __all__ = ["CheckpointHead", "head_of", "head_weights_present", "mlm_head"]
 

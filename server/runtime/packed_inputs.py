@@ -16,9 +16,9 @@ from functools import cache
 from itertools import chain
 
 import numpy as np
-import torch
 
 from bertserve.api import Encoding, Pooling
+from bertserve.runtime.lazy_torch import torch
 
 __all__ = ["PackedBatch", "pack", "pooled_in_numpy", "pooled_in_torch"]
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import re
 
-import torch
-
 from bertserve.errors import ConfigError
+from bertserve.runtime.lazy_torch import torch
 
 __all__ = ["resolve_device", "resolve_dtype", "without_per_shape_attention_plans"]
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_DTYPES = ("float32", "float16", "bfloat16")  # torch's names of the dtypes a model may run in
 _CUDA = re.compile(r"^cuda(?::(\d+))?$")
 
 
@@ -47,10 +46,10 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
         if device.type != "cuda":
             return torch.float32
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    try:
-        return _DTYPES[dtype]
-    except KeyError:
-        raise ConfigError(f"dtype {dtype!r} is not one of auto, {', '.join(_DTYPES)}") from None
+    if dtype not in _DTYPES:
+        raise ConfigError(f"dtype {dtype!r} is not one of auto, {', '.join(_DTYPES)}")
+    resolved: torch.dtype = getattr(torch, dtype)
+    return resolved
 
 
 def dtype_name(dtype: torch.dtype) -> str:

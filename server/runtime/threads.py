@@ -68,18 +68,22 @@ def _on_cpu(spec: ModelSpec) -> bool:
         return False
 
 
-def configure_runtime(config: ThreadSettings) -> None:
-    """Apply the thread settings before any model loads.
+def configure_runtime(config: ThreadSettings, *, runs_passes: bool = True) -> None:
+    """Apply the thread settings before any model loads; runs_passes: False in a front end,
+    whose engine runs the passes (and which may keep torch out, see bertserve.app.front_end_imports).
 
     Tokenizers' own Rust thread pool would compete with torch's intra-op threads on small
     machines; bertserve already tokenizes on its own pool, so that inner parallelism is off
     unless the environment says otherwise.
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import torch
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # per-model progress bars would interleave in server logs
+    if not runs_passes:
+        log.info("threads: passes run in the engine; tokenizers parallelism %s", os.environ["TOKENIZERS_PARALLELISM"])
+        return
+    import torch
 
     if config.torch_threads > 0:
         torch.set_num_threads(config.torch_threads)

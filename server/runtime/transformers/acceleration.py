@@ -8,10 +8,10 @@ import logging
 import time
 
 import numpy as np
-import torch
 
 from bertserve.api import EmbedOutput, Pooling
-from bertserve.runtime import compiling, onednn_linear, tracing
+from bertserve.runtime import compiling
+from bertserve.runtime.lazy_torch import torch
 
 from .passes import Passes
 from .tokenization import Tokenization
@@ -34,6 +34,8 @@ class Acceleration(Tokenization, Passes):
         """On CPU in float32 or bfloat16, move the linear layers to oneDNN, if the model's outputs
         stay within tolerance of torch's; return how many moved. Options: onednn_linear: false
         keeps torch's."""
+        from bertserve.runtime import onednn_linear  # its layers are torch modules: imported only to load
+
         on_cpu = self._device.type == "cpu"
         if not (self.options.onednn_linear and on_cpu and self._dtype in onednn_linear.packable_dtypes()):
             return 0
@@ -113,6 +115,8 @@ class Acceleration(Tokenization, Passes):
             self.tokenize([long_text], max_length=long),
             self.tokenize(["A check of the traced encoder.", "Short one.", long_text], max_length=long // 2),
         ]
+        from bertserve.runtime import tracing  # its graph wraps a torch module: imported only to load
+
         started = time.monotonic()
         eager = [self._embed_packed(s, pooling=Pooling.MEAN, with_token_states=True) for s in samples]
         try:

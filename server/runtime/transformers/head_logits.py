@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 from bertserve.api import Encoding, Head
+from bertserve.runtime.lazy_torch import torch
 
 from .passes import Passes
 

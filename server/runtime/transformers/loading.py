@@ -6,13 +6,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import torch
 from huggingface_hub import snapshot_download
 from transformers import AutoConfig, AutoTokenizer
 
 from bertserve.api import ModelSpec
 from bertserve.errors import ConfigError
 from bertserve.runtime.heads import CheckpointHead
+from bertserve.runtime.lazy_torch import torch
 from bertserve.runtime.sources import resolve_source
 
 __all__ = ["checkpoint_config", "fast_tokenizer", "local_source", "pretrained_model"]

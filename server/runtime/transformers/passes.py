@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 from bertserve.api import EmbedOutput, Encoding, Pooling
 from bertserve.errors import CapabilityNotSupported
+from bertserve.runtime.lazy_torch import torch
 from bertserve.runtime.packed_inputs import PackedBatch, pack, pooled_in_numpy, pooled_in_torch
 
 from .state import PluginState

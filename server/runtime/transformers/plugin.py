@@ -10,11 +10,10 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-import torch
-
 from bertserve.api import Capability, ModelInfo, Pooling
 from bertserve.errors import ConfigError
 from bertserve.runtime import heads
+from bertserve.runtime.lazy_torch import torch
 from bertserve.runtime.placement import dtype_name, resolve_device, resolve_dtype, without_per_shape_attention_plans
 from bertserve.runtime.thread_tokenizers import ThreadTokenizers
 
@@ -159,7 +158,8 @@ class TransformersPlugin(Acceleration, HeadLogits):
     # -- lifecycle ---------------------------------------------------------------------------
 
     def unload(self) -> None:
+        on_gpu = self._model is not None and self._device.type == "cuda"
         self._model = self._encoder = None
         self._tokenizers = None  # and with it every thread's copy
-        if self._device.type == "cuda":
+        if on_gpu:
             torch.cuda.empty_cache()

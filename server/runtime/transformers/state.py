@@ -6,17 +6,19 @@ is composed of (tokenization, passes, acceleration, head logits): it sets up the
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
-import torch
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from bertserve.api import EncoderPlugin, ModelSpec
 from bertserve.errors import CapabilityNotSupported
-from bertserve.runtime import tracing
 from bertserve.runtime.thread_tokenizers import ThreadTokenizers
 from bertserve.validation import parse_options
 
 from .options import TransformersOptions
+
+if TYPE_CHECKING:
+    import torch
+
+    from bertserve.runtime import tracing
 
 __all__ = ["PluginState"]
 
@@ -31,6 +33,10 @@ class PluginState(EncoderPlugin):
     #: Positions the model reserves before the first token (RoBERTa offsets by padding_idx + 1).
     position_offset: ClassVar[int] = 0
     options_schema: ClassVar[type[TransformersOptions]] = TransformersOptions
+    #: Where the model runs and in what precision: set by load(), so that a front end, which loads
+    #: the tokenizer alone, never imports torch.
+    _device: torch.device
+    _dtype: torch.dtype
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)
@@ -39,14 +45,12 @@ class PluginState(EncoderPlugin):
         self._model: Any = None  # the full model: a base encoder or a ...ForQuestionAnswering
         self._encoder: Any = None  # the base encoder inside it
         self._source: str | None = None  # the local directory fetch() resolved
-        self._device = torch.device("cpu")
         self._uses_token_types = False
         self._qa_head = False  # the model has a question-answering head (so Answer's windows are made)
         self._pair_specials = 0  # special tokens the tokenizer adds to a pair
         self._single_specials = 0  # ... and to a text alone
         self._max_tokens = 0
         self._pad_id = 0
-        self._dtype = torch.float32
         self._packs = False  # run CLS and MEAN embeddings as packed rows (see bertserve.runtime.packed_inputs)
         self._onednn_layers = 0  # linear layers running on oneDNN (see bertserve.runtime.onednn_linear)
         self._compiled = False  # the encoder runs under torch.compile (see bertserve.runtime.compiling)
