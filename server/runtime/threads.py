@@ -108,4 +108,5 @@ def freeze_loaded_heap() -> None:
     """
     gc.collect()
     gc.freeze()
-    log.debug("garbage collector: %d objects frozen after loading", gc.get_freeze_count())
+    if log.isEnabledFor(logging.DEBUG):  # counting walks every frozen object
+        log.debug("garbage collector: %d objects frozen after loading", gc.get_freeze_count())
