@@ -34,6 +34,7 @@ __all__ = [
     "ModelSpec",
     "Pooling",
     "QAWindowLogits",
+    "tokenized_inline",
 ]
 
 
@@ -60,6 +61,14 @@ class Head(enum.Enum):
 #: whatever its length (160 one-letter texts: 3.5 ms, where the hop to a tokenizer thread costs
 #: about 250 us).
 INLINE_TOKENIZE_TEXTS = 4
+
+
+def tokenized_inline(texts: Sequence[str], pairs: Sequence[str] | None, max_chars: int) -> bool:
+    """Whether a call is one the server tokenizes on its event loop: at most INLINE_TOKENIZE_TEXTS
+    texts, of at most max_chars characters with their pairs (the plugin's inline_tokenize_chars)."""
+    if len(texts) > INLINE_TOKENIZE_TEXTS:
+        return False
+    return sum(map(len, texts)) + (sum(map(len, pairs)) if pairs is not None else 0) <= max_chars
 
 
 #: The method of each head in the older plugin contract, which head_logits replaces.

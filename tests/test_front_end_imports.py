@@ -21,9 +21,8 @@ try:
     importable = True
 except ModuleNotFoundError:
     importable = False
-from bertserve.api import ModelInfo, Pooling
+from bertserve.api import ModelInfo, ModelSpec, Pooling
 from bertserve.app.discovery import discover_plugins
-from bertserve.api import ModelSpec
 registry = discover_plugins()
 tokens = {}
 for plugin, source in json.loads(sys.argv[1]).items():

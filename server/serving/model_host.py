@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -13,7 +12,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from bertserve.api import INLINE_TOKENIZE_TEXTS, Capability, EncoderPlugin, Encoding, ModelInfo, ModelSpec
+from bertserve.api import Capability, EncoderPlugin, Encoding, ModelInfo, ModelSpec, tokenized_inline
 from bertserve.capabilities import check_plugin, missing_message
 from bertserve.errors import (
     BertserveError,
@@ -307,7 +306,7 @@ class ModelHost:
         loop: less work than the hop to the pool."""
         plugin = self.plugin
         inline = plugin.inline_tokenize_chars()
-        if inline and len(texts) <= INLINE_TOKENIZE_TEXTS and _chars(texts, pairs, inline) <= inline:
+        if inline and tokenized_inline(texts, pairs, inline):
             return plugin.tokenize(texts, pairs=pairs, add_special_tokens=add_special_tokens, max_length=max_length)
         encodings: list[Encoding] = []
         for start in range(0, len(texts), SLICE_TEXTS):
@@ -405,16 +404,6 @@ _AFTER_ABANDON_S = 1.0
 RETRY_FIRST_S = 1.0
 #: The default cap on that pause (ModelHost.retry_max_s).
 RETRY_MAX_S = 60.0
-
-
-def _chars(texts: Sequence[str], pairs: Sequence[str] | None, limit: int) -> int:
-    """The characters of texts and pairs together, counted up to just past limit."""
-    total = 0
-    for text in itertools.chain(texts, pairs or ()):  # not copied: a call may hold a million texts
-        total += len(text)
-        if total > limit:
-            break
-    return total
 
 
 def _retry_delay(attempts: int, cap: float) -> float | None:

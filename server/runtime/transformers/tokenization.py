@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
-from bertserve.api import INLINE_TOKENIZE_TEXTS, Encoding
+from bertserve.api import Encoding, tokenized_inline
 from bertserve.errors import InvalidRequest
 
 from .state import PluginState
@@ -107,7 +107,7 @@ class Tokenization(PluginState):
         while the loop waits to take it back (see docs/performance.md: passes of 3 sequences
         where they held 9)."""
         backend = self._backend_for(truncate_to)
-        if len(texts) <= INLINE_TOKENIZE_TEXTS and _chars(texts, pairs) <= INLINE_TOKENIZE_CHARS:
+        if tokenized_inline(texts, pairs, INLINE_TOKENIZE_CHARS):
             pieces = pairs if pairs is not None else [None] * len(texts)
             return [
                 self._encoding_of(backend.encode(text, pair, add_special_tokens=add_special_tokens))
@@ -223,7 +223,3 @@ class Tokenization(PluginState):
 
     def tokens_to_string(self, tokens: Sequence[str]) -> str:
         return str(self._tokenize_with().convert_tokens_to_string(list(tokens)))
-
-
-def _chars(texts: Sequence[str], pairs: Sequence[str] | None) -> int:
-    return sum(map(len, texts)) + (sum(map(len, pairs)) if pairs is not None else 0)
