@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -159,3 +160,24 @@ async def test_a_trace_option_that_is_not_a_boolean_fails_that_model_alone(serve
             "false, got 'yes'"
         )
         assert (await client.embed(["x"], model="bert")).embeddings.shape[0] == 1
+
+
+async def test_a_reloaded_traced_model_holds_its_own_weights_and_leaves_no_graph_behind(served: BertServer) -> None:
+    """A trace registers its graphs in torch's global compilation unit, where they would outlive the
+    model; a traced model's graph is its own, and runs on the eager model's own tensors (no copy)."""
+    global_unit = torch.jit._state._python_cu
+    functions_of: Any = global_unit.get_functions  # (typed as returning None in torch's stubs)
+    functions = len(functions_of())
+    async with AsyncClient(f"127.0.0.1:{served.port}") as client:
+        for _ in range(3):
+            await client.reload_model("bert")
+            plugin = _plugin(served, "bert")
+            assert plugin.traced
+            graph = plugin._traced._graph  # type: ignore[union-attr]
+            assert global_unit.get_class(graph._c._type().qualified_name()) is None
+            eager = dict(chain(plugin._encoder.named_parameters(), plugin._encoder.named_buffers()))
+            traced = dict(chain(graph.encoder.named_parameters(), graph.encoder.named_buffers()))
+            assert traced.keys() == eager.keys()
+            assert all(traced[name] is eager[name] for name in eager)
+        assert len(functions_of()) == functions
+        await _assert_same_embeddings(client, "bert", "bert-eager", atol=1e-4)
