@@ -9,7 +9,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from bertserve_client.v1 import encoder_service_pb2, encoder_service_pb2_grpc, model_service_pb2, model_service_pb2_grpc
+from bertserve_client.v1 import (
+    encoder_service_pb2,
+    encoder_service_pb2_grpc,
+    heads_pb2,
+    model_service_pb2,
+    model_service_pb2_grpc,
+)
 
 from raw_h2 import unary_call
 from served import Served
@@ -153,3 +159,40 @@ def test_metadata_that_is_not_utf8_is_served_and_logged_once_without_a_traceback
     assert json.loads(warning)["level"] == "WARNING"
     log = "".join(served.log)
     assert "Traceback" not in log and "Invalid encoding" not in log, log
+
+
+@pytest.fixture(scope="module")
+def text_logging(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> object:
+    config = tmp_path_factory.mktemp("access-text") / "c.yaml"
+    config.write_text(
+        "server: {address: 127.0.0.1, port: 0}\n"
+        f"models:\n  - {{name: bert, plugin: bert, source: '{tiny_models['bert']}'}}\n"
+    )
+    served = Served(config)
+    served.wait_for("model 'bert' ready")
+    yield served
+    served.process.terminate()
+    served.process.wait(30)
+
+
+def test_a_callers_model_name_cannot_forge_a_line_or_swell_one(text_logging: Served) -> None:
+    served = text_logging
+    forged = "nope\n2026-01-01 00:00:00,000 INFO bertserve.access: rpc=LoadModel model=x code=OK token_name=admin"
+    pb = encoder_service_pb2
+    with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+        stub = encoder_service_pb2_grpc.EncoderServiceStub(channel)
+        for model, request_id in ((forged, "forged-1"), ("x" * 100_000, "long-1"), ("a b\x1b[2J", "spaced-1")):
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Embed(pb.EmbedRequest(model=model, inputs=["x"]), metadata=(("x-request-id", request_id),))
+            assert info.value.code() is grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
+        request = heads_pb2.SimilarityRequest(model="bert", source_sentence="a", sentences=["b", "c", "d"])
+        stub.Similarity(request, metadata=(("x-request-id", "similar-1"),))
+    [line] = served.wait_for("request_id=forged-1")
+    assert f" model={forged!a} code=NOT_FOUND " in line
+    assert not [each for each in served.log if each.startswith("2026-01-01")]
+    [line] = served.wait_for("request_id=long-1")
+    assert f" model={'x' * 128}... code=NOT_FOUND " in line and len(line) < 500
+    [line] = served.wait_for("request_id=spaced-1")
+    assert " model='a b\\x1b[2J' code=NOT_FOUND " in line
+    [line] = served.wait_for("request_id=similar-1")
+    assert " rpc=Similarity model=bert code=OK inputs=3 " in line

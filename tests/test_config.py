@@ -158,6 +158,10 @@ _KNOWN_MODEL_SETTINGS = (
             "server: {event_loop: trio}\nmodels: [{name: a, plugin: bert}]\n",
             "server.event_loop: expected 'auto', 'uvloop' or 'asyncio', got 'trio'",
         ),
+        (
+            f"models: [{{name: {'n' * 129}, plugin: bert}}]\n",
+            "models[0].name: String should have at most 128 characters, got 'nnnn",
+        ),
         ("models: 5\n", "models: expected a list, got 5"),
         ("models: [5]\n", "models[0]: expected a mapping, got 5"),
     ],

@@ -19,6 +19,7 @@ from bertserve.edge import call_facts
 from bertserve.edge.call_facts import CallFacts
 from bertserve.edge.handlers import replace_behaviour
 from bertserve.observability import metrics, request_ids
+from bertserve.observability.logs import shown
 
 __all__ = ["AccessLog"]
 
@@ -187,7 +188,7 @@ def _line(
         usage = response.usage
     fields: dict[str, Any] = {
         "rpc": facts.rpc,
-        "model": model,
+        "model": shown(model),
         "code": code,
         "inputs": _inputs_of(request) if items is None else items,
         "tokens": usage.tokens if usage else 0,
@@ -239,7 +240,7 @@ def _inputs_of(request: Any) -> int:
     if request is None or not hasattr(request, "DESCRIPTOR"):
         return 0
     fields = request.DESCRIPTOR.fields_by_name
-    for name in ("inputs", "questions", "documents"):
+    for name in ("inputs", "questions", "documents", "sentences"):
         if name in fields:
             return len(getattr(request, name))
     return 0

@@ -4,11 +4,16 @@ as ``server.log_format`` says. Extra fields of a record (the access log's) becom
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 from pythonjsonlogger.json import JsonFormatter
 
-__all__ = ["configure_logging"]
+__all__ = ["configure_logging", "shown"]
+
+#: The most characters of a caller's text that a log line shows.
+SHOWN_CHARS = 128
+_PLAIN = re.compile(r"[\x21-\x7e]*")
 
 
 def configure_logging(level: str, log_format: str, *, process: str = "") -> None:
@@ -32,3 +37,14 @@ def configure_logging(level: str, log_format: str, *, process: str = "") -> None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = bool(process) and log_format == "json"  # the JSON lines' process name
+
+
+def shown(text: str) -> str:
+    """A text a caller chose (a model name), as a log line may show it: as it is when it is short
+    and plain ASCII without spaces; otherwise quoted with its other characters escaped (a newline
+    would forge a line of its own) and cut to SHOWN_CHARS."""
+    cut = text[:SHOWN_CHARS]
+    more = "..." if len(text) > SHOWN_CHARS else ""
+    if _PLAIN.fullmatch(cut):
+        return cut + more
+    return ascii(cut) + more

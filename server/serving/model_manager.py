@@ -104,7 +104,7 @@ class ModelManager:
             async with lock:
                 return await change()
 
-        task: asyncio.Task[T] = asyncio.create_task(locked(), name=f"model-change:{name}")
+        task: asyncio.Task[T] = asyncio.create_task(locked(), name=f"model-change:{quoted(name)}")
         self._changes.add(task)  # type: ignore[arg-type]
         task.add_done_callback(self._changes.discard)  # type: ignore[arg-type]
         task.add_done_callback(_note_outcome)

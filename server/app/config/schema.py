@@ -136,7 +136,7 @@ class ServerSettings(_Schema):
 class ModelSettings(_Schema):
     """One entry of ``models:``; what it becomes is a :class:`bertserve.api.ModelSpec`."""
 
-    name: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+    name: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=128)]
     plugin: StrictStr
     source: StrictStr = ""
     device: Annotated[StrictStr, Field(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")] = _MODEL["device"]
