@@ -255,6 +255,56 @@ async def test_model_changes_reach_every_front_end_before_they_answer(
     assert await traffic == []
 
 
+async def test_an_unload_waits_for_the_calls_in_flight_on_every_front_end(
+    engine_served: Served, tiny_models: dict[str, Path]
+) -> None:
+    """Calls admitted before UnloadModel finish (their passes served by the model leaving), and the
+    unload answers once they have, counting them, as in one process."""
+    port = engine_served.port
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=NO_RETRIES) as admin:
+        models = mod_rpc.ModelServiceStub(admin)
+        entry = f"{{name: leaving, plugin: spanbert, source: '{tiny_models['spanbert-qa']}', device: cpu}}"
+        await models.LoadModel(mod.LoadModelRequest(entry=entry), timeout=120)
+        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTION) for _ in range(4)]
+        context = "the quick brown fox came to the river and drank. " * 400  # tens of windows: a long call
+        ended: list[tuple[str, float]] = []
+
+        async def one(i: int) -> None:
+            stub = enc_rpc.EncoderServiceStub(channels[i % len(channels)])
+            try:
+                if i % 2:
+                    question = enc.Question(question="who came to the river?", context=context)
+                    await stub.Answer(enc.AnswerRequest(model="leaving", questions=[question]), timeout=120)
+                else:
+                    await stub.Embed(
+                        enc.EmbedRequest(model="leaving", inputs=[f"text {i} " * 100] * 4, truncate=True), timeout=120
+                    )
+                status = "OK"
+            except grpc.aio.AioRpcError as e:
+                status = f"{e.code().name}: {e.details()}"
+            ended.append((status, time.monotonic()))
+
+        calls = [asyncio.create_task(one(i)) for i in range(16)]
+        await asyncio.sleep(0.3)
+        in_flight = sum(not call.done() for call in calls)
+        reply = await models.UnloadModel(mod.UnloadModelRequest(name="leaving"), timeout=120)
+        answered = time.monotonic()
+        await asyncio.gather(*calls)
+        for channel in channels:
+            await channel.close()
+        assert [status for status, _ in ended] == ["OK"] * len(calls)
+        assert max(at for _, at in ended) <= answered
+        assert in_flight > 0 and reply.drained_calls >= in_flight and reply.abandoned_calls == 0
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await models.UnloadModel(mod.UnloadModelRequest(name=""), timeout=60)
+        assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.details() == "name is empty: name the model to unload"
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await models.ReloadModel(mod.ReloadModelRequest(name="", entry=entry), timeout=60)
+        assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.details() == "the entry is named 'leaving', not 'minilm': a reload keeps the name"
+
+
 async def _health(port: int) -> str:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTION) as channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(

@@ -111,6 +111,7 @@ class BertServer:
                 published=lambda host: host.publish(self._publish_health),
                 removed=self._forget,
                 device_of=lambda spec: engine_device(spec.device, gpu_present()),
+                grace_period_s=config.grace_period_s,
             )
             for engine in engines:
                 self._links[engine.device] = EngineLink(

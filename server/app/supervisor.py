@@ -203,7 +203,12 @@ class _EngineWatch:
 
         assert self.process is not None
         if not self.process.is_alive():
-            log.error("the %s exited (exit status %s); restarting it", self.label, self.process.exitcode)
+            log.error(
+                "the %s exited (exit status %s); restarting it with the configuration's models (models loaded, "
+                "unloaded or reloaded at run time are not carried over)",
+                self.label,
+                self.process.exitcode,
+            )
             _forget_samples_of(self.process)
             time.sleep(_RESTART_DELAY_S)
             if not self.start(stopping) and not stopping():

@@ -42,10 +42,11 @@ class EngineLink:
         address: str,
         identity: str,
         *,
-        on_table: Callable[[wire.Table], Awaitable[None]],
+        on_table: Callable[[wire.Table], Awaitable[dict[str, tuple[int, int]]]],
         on_lost: Callable[[], None],
     ) -> None:
-        """on_table applies a model table (the link acknowledges it once that returns); on_lost is
+        """on_table applies a model table (the link acknowledges it once that returns, with what it
+        returns: the calls on the models that left, finished and abandoned, by name); on_lost is
         told when the engine went away."""
         self.address = address
         self._identity = identity.encode()
@@ -174,13 +175,14 @@ class EngineLink:
         acknowledged once applied, so that an admin change answers after every front end has it."""
         while True:
             table = await self._tables.get()
+            departed: dict[str, tuple[int, int]] = {}
             try:
-                await self._on_table(table)
+                departed = await self._on_table(table)
             except Exception:
                 log.exception("the engine's model table %d could not be applied", table.version)
             if self._socket is not None:
                 with contextlib.suppress(zmq.ZMQError):
-                    self._socket.send(wire.encode_small(wire.TABLE_SEEN, table.engine, table.version))
+                    self._socket.send(wire.encode_small(wire.TABLE_SEEN, table.engine, table.version, departed))
 
     def _watch(self, message: list[memoryview]) -> None:
         event = parse_monitor_message([bytes(frame) for frame in message])

@@ -11,10 +11,11 @@ loaded, as within one process. A model the table no longer lists is gone here to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
 from bertserve.api import ModelSpec
-from bertserve.errors import InvalidRequest, ModelExists, ModelNotFound, PreconditionFailed
+from bertserve.errors import InvalidRequest, ModelExists, ModelNotFound, PreconditionFailed, quoted
 from bertserve.serving.engine_link import EngineLink
 from bertserve.serving.engine_wire import ModelEntry, Table
 from bertserve.serving.front_host import FrontEndHost
@@ -37,27 +38,36 @@ class EngineModels:
         published: Callable[[ModelHost], None],
         removed: Callable[[str], None],
         device_of: Callable[[ModelSpec], str],
+        grace_period_s: float,
     ) -> None:
         """new_host(entry, engine, device) makes the host of an instance; device_of says which
-        engine's device a model entry belongs on."""
+        engine's device a model entry belongs on; grace_period_s bounds the wait for the calls on
+        an unloaded model."""
         self._router = router
         self._new_host = new_host
         self._parse_entry = parse_entry
         self._published = published
         self._removed = removed
         self._device_of = device_of
+        self._grace_period_s = grace_period_s
         self.links: dict[str, EngineLink] = {}  # by device; set once made: the links call apply and lost
         self._stopping: set[asyncio.Task[None]] = set()
 
     # -- the engine's table -----------------------------------------------------------------
 
-    async def apply(self, device: str, table: Table) -> None:
+    async def apply(self, device: str, table: Table) -> dict[str, tuple[int, int]]:
         """Make the router's models of device's engine what its table says: new instances get
-        hosts (their tokenizers loaded before they take over from a ready one), gone models leave."""
+        hosts (their tokenizers loaded before they take over from a ready one), gone models leave.
+
+        Returns once the calls on the models that left have ended (or the grace period ran out):
+        for each, the calls that finished and those still running. The engine's unload waits for
+        that, and serves those calls' passes meanwhile."""
         listed = {entry.spec.name for entry in table.models}
+        gone: list[tuple[FrontEndHost, int]] = []
         for host in list(self._router):
             if isinstance(host, FrontEndHost) and host.device == device and host.name not in listed:
                 self._router.remove(host.name)
+                gone.append((host, host.calls))
                 self._retire(host)
                 self._removed(host.name)
         loads = []
@@ -78,6 +88,11 @@ class EngineModels:
                 if entry.state == ModelState.READY.value:
                     loads.append(new.load(retry=False))
         await asyncio.gather(*loads)
+        if gone:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._grace_period_s):
+                    await asyncio.gather(*(host.idle() for host, _ in gone))
+        return {host.name: (held - host.calls, host.calls) for host, held in gone}
 
     def lost(self, device: str) -> None:
         """device's engine went away: its models wait for it."""
@@ -132,10 +147,15 @@ class EngineModels:
         return host
 
     async def unload(self, name: str) -> Drained:
+        if not name:
+            raise InvalidRequest("name is empty: name the model to unload")
         drained: Drained = await self._engine_of(name).admin("unload", name)
         return drained
 
     async def reload(self, name: str, spec: ModelSpec | None = None) -> ModelHost:
+        name = name or self._router.default_model
+        if spec is not None and spec.name != name:
+            raise InvalidRequest(f"the entry is named {quoted(spec.name)}, not {quoted(name)}: a reload keeps the name")
         link = self._engine_of(name)
         if spec is not None and self._engine_for(spec) is not link:
             raise PreconditionFailed(

@@ -26,7 +26,7 @@ from bertserve.errors import BertserveError, InternalFailure, ModelUnavailable
 from bertserve.observability import request_ids, telemetry
 from bertserve.serving import engine_wire as wire
 from bertserve.serving.engine_socket import LoopSocket
-from bertserve.serving.model_host import ModelHost
+from bertserve.serving.model_host import Drained, ModelHost
 from bertserve.serving.model_manager import ModelManager
 from bertserve.serving.router import Router
 
@@ -50,6 +50,8 @@ class EngineService:
         self._on_stop = on_stop
         self._router = router
         self._manager = manager
+        manager.settle = self._settle
+        self._departed: dict[str, list[int]] = {}  # unloaded models' calls the front ends saw end: finished, abandoned
         self._token = secrets.token_hex(8)  # this engine's start: the front ends' hosts of an earlier one are stale
         self._version = 0
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -142,9 +144,13 @@ class EngineService:
             self._peers[peer] = 0
             self._send(peer, wire.encode_pickled(wire.TABLE, self._table()))
         elif kind == wire.TABLE_SEEN:
-            engine, version = wire.decode_small(frames)
+            engine, version, departed = wire.decode_small(frames)
             if engine == self._token:
                 self._peers[peer] = max(self._peers.get(peer, 0), version)
+                for name, (finished, abandoned) in departed.items():
+                    if (counts := self._departed.get(name)) is not None:
+                        counts[0] += finished
+                        counts[1] += abandoned
                 self._keep(asyncio.create_task(self._notify_seen()))
         elif kind == wire.ADMIN:
             call, action, args = wire.decode_pickled(frames)
@@ -161,7 +167,8 @@ class EngineService:
     async def _run(self, peer: bytes, request: wire.RunRequest) -> None:
         request_ids.current.set(request.request_id)
         try:
-            with telemetry.attached(request.trace), self._router.use(request.model) as host:
+            host = self._host_of(request.model)
+            with telemetry.attached(request.trace), host.held():
                 results = await host.run(request.op, request.encodings, deadline=request.deadline)
             reply = wire.encode_results(
                 request.call, results, tokens_per_s=host.tokens_per_s, retry_after_s=host.retry_after_s()
@@ -181,6 +188,22 @@ class EngineService:
             error = InternalFailure(f"internal error in the engine (request id {request.request_id})")
             reply = wire.encode_error(request.call, error)
         self._post(peer, reply)
+
+    def _host_of(self, name: str) -> ModelHost:
+        """The model a call names: one of the router's, or one being unloaded, which the calls that
+        the front ends admitted before it left still reach."""
+        leaving = self._manager.leaving.get(name) if name and name not in self._router else None
+        return leaving if leaving is not None else self._router.get(name)
+
+    async def _settle(self, name: str) -> Drained:
+        """Once model name has left the router: every front end applies the table without it, and
+        acknowledges it once its own calls on it have ended or its grace period ran out."""
+        self._departed[name] = [0, 0]
+        try:
+            await self._table_seen_by_all(self._manager.grace_period_s + TABLE_SEEN_WAIT_S)
+            return Drained(*self._departed[name])
+        finally:
+            del self._departed[name]
 
     async def _admin(self, peer: bytes, call: int, action: str, args: tuple[Any, ...]) -> None:
         failure: tuple[str, str, float | None] | None = None
@@ -206,14 +229,14 @@ class EngineService:
             return await self._manager.unload(args[0])
         raise ValueError(f"unknown change {action!r}")
 
-    async def _table_seen_by_all(self) -> None:
-        """Wait until every front end connected now has applied the table as it is now."""
+    async def _table_seen_by_all(self, wait_s: float = TABLE_SEEN_WAIT_S) -> None:
+        """Wait until every front end connected now has applied the table as it is now (at most wait_s)."""
         self.models_changed()
         await asyncio.sleep(0)  # the broadcast runs, and fixes the version to wait for
         version = self._version
         waiting = set(self._peers)
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(TABLE_SEEN_WAIT_S), self._seen:
+            async with asyncio.timeout(wait_s), self._seen:
                 await self._seen.wait_for(lambda: all(self._peers.get(p, version) >= version for p in waiting))
 
     async def _notify_seen(self) -> None:

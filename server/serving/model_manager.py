@@ -60,7 +60,12 @@ class ModelManager:
         self._parse_entry = parse_entry
         self._published = published
         self._removed = removed
-        self._grace_period_s = grace_period_s
+        self.grace_period_s = grace_period_s
+        #: Where calls on a model are also held elsewhere (an engine's front ends): called once an
+        #: unloaded model has left the router, it returns when those calls have ended, and how.
+        self.settle: Callable[[str], Awaitable[Drained]] | None = None
+        #: Models unloaded and still draining, by name: the calls that hold them may still need them.
+        self.leaving: dict[str, ModelHost] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._changes: set[asyncio.Task[object]] = set()
 
@@ -129,7 +134,14 @@ class ModelManager:
         self._router.remove(host.name)
         host.unpublish()
         self._removed(host.name)
-        drained = await self._retire(host, "unloaded")
+        self.leaving[host.name] = host
+        try:
+            elsewhere = await self.settle(host.name) if self.settle is not None else None
+            drained = await self._retire(host, "unloaded")
+        finally:
+            self.leaving.pop(host.name, None)
+        # Where the calls are held elsewhere, the passes here were theirs: the calls are counted there.
+        drained = elsewhere or drained
         log.info(
             "model %r unloaded: %d calls in flight finished, %d abandoned", name, drained.finished, drained.abandoned
         )
@@ -171,7 +183,7 @@ class ModelManager:
     async def _retire(self, host: ModelHost, what: str) -> Drained:
         """Drain a host that no call can reach any more, then free its model."""
         host.retire()
-        grace = self._grace_period_s
+        grace = self.grace_period_s
 
         def late() -> ModelUnavailable:
             return ModelUnavailable(
