@@ -4,6 +4,7 @@ log and error messages together."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -21,8 +22,17 @@ from raw_h2 import unary_call
 from served import Served
 
 
+def _serving(config: Path) -> Iterator[Served]:
+    """The server of config, once its model is ready; stopped after."""
+    served = Served(config)
+    served.wait_for("model 'bert' ready")
+    yield served
+    served.process.terminate()
+    served.process.wait(30)
+
+
 @pytest.fixture(scope="module")
-def json_logging(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> object:
+def json_logging(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp("access")
     (tmp / "tokens.yaml").write_text("- {name: app, token: an-access-log-token-0123}\n")
     config = tmp / "c.yaml"
@@ -31,11 +41,7 @@ def json_logging(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPath
         f"  auth: {{tokens_file: '{tmp / 'tokens.yaml'}'}}\n"
         f"models:\n  - {{name: bert, plugin: bert, source: '{tiny_models['bert']}'}}\n"
     )
-    served = Served(config)
-    served.wait_for("model 'bert' ready")
-    yield served
-    served.process.terminate()
-    served.process.wait(30)
+    yield from _serving(config)
 
 
 def _access_lines(served: Served, request_id: str) -> list[dict[str, object]]:
@@ -162,17 +168,13 @@ def test_metadata_that_is_not_utf8_is_served_and_logged_once_without_a_traceback
 
 
 @pytest.fixture(scope="module")
-def text_logging(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> object:
+def text_logging(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     config = tmp_path_factory.mktemp("access-text") / "c.yaml"
     config.write_text(
         "server: {address: 127.0.0.1, port: 0}\n"
         f"models:\n  - {{name: bert, plugin: bert, source: '{tiny_models['bert']}'}}\n"
     )
-    served = Served(config)
-    served.wait_for("model 'bert' ready")
-    yield served
-    served.process.terminate()
-    served.process.wait(30)
+    yield from _serving(config)
 
 
 def test_a_callers_model_name_cannot_forge_a_line_or_swell_one(text_logging: Served) -> None:
