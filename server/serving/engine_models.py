@@ -15,11 +15,12 @@ import contextlib
 from collections.abc import Callable
 
 from bertserve.api import ModelSpec
-from bertserve.errors import InvalidRequest, ModelExists, ModelNotFound, PreconditionFailed, quoted
+from bertserve.errors import InvalidRequest, ModelExists, ModelNotFound, PreconditionFailed
 from bertserve.serving.engine_link import EngineLink
 from bertserve.serving.engine_wire import ModelEntry, Table
 from bertserve.serving.front_host import FrontEndHost
 from bertserve.serving.model_host import Drained, ModelHost, ModelState
+from bertserve.serving.model_manager import reloaded_name, unloaded_name
 from bertserve.serving.router import Router
 
 __all__ = ["EngineModels"]
@@ -147,15 +148,12 @@ class EngineModels:
         return host
 
     async def unload(self, name: str) -> Drained:
-        if not name:
-            raise InvalidRequest("name is empty: name the model to unload")
+        name = unloaded_name(name)
         drained: Drained = await self._engine_of(name).admin("unload", name)
         return drained
 
     async def reload(self, name: str, spec: ModelSpec | None = None) -> ModelHost:
-        name = name or self._router.default_model
-        if spec is not None and spec.name != name:
-            raise InvalidRequest(f"the entry is named {quoted(spec.name)}, not {quoted(name)}: a reload keeps the name")
+        name = reloaded_name(name, spec, self._router.default_model)
         link = self._engine_of(name)
         if spec is not None and self._engine_for(spec) is not link:
             raise PreconditionFailed(

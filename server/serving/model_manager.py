@@ -19,7 +19,7 @@ from bertserve.errors import InvalidRequest, ModelExists, ModelFailed, ModelUnav
 from bertserve.serving.model_host import Drained, ModelHost, ModelState
 from bertserve.serving.router import Router
 
-__all__ = ["ModelChanges", "ModelManager"]
+__all__ = ["ModelChanges", "ModelManager", "reloaded_name", "unloaded_name"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,22 @@ class ModelChanges(Protocol):
     async def unload(self, name: str) -> Drained: ...
     async def reload(self, name: str, spec: ModelSpec | None = None) -> ModelHost: ...
     async def stop(self) -> None: ...
+
+
+def unloaded_name(name: str) -> str:
+    """The model an UnloadModel names: InvalidRequest when it names none."""
+    if not name:
+        raise InvalidRequest("name is empty: name the model to unload")
+    return name
+
+
+def reloaded_name(name: str, spec: ModelSpec | None, default_model: str) -> str:
+    """The model a ReloadModel names (empty: the default model); InvalidRequest when its new entry
+    names another."""
+    name = name or default_model
+    if spec is not None and spec.name != name:
+        raise InvalidRequest(f"the entry is named {quoted(spec.name)}, not {quoted(name)}: a reload keeps the name")
+    return name
 
 
 class ModelManager:
@@ -82,15 +98,12 @@ class ModelManager:
         return host
 
     async def unload(self, name: str) -> Drained:
-        if not name:
-            raise InvalidRequest("name is empty: name the model to unload")
+        name = unloaded_name(name)
         return await self._change(name, lambda: self._unload(name))
 
     async def reload(self, name: str, spec: ModelSpec | None = None) -> ModelHost:
         """Load name again (as spec says, when given); the old instance serves until the new one is ready."""
-        name = name or self._router.default_model
-        if spec is not None and spec.name != name:
-            raise InvalidRequest(f"the entry is named {quoted(spec.name)}, not {quoted(name)}: a reload keeps the name")
+        name = reloaded_name(name, spec, self._router.default_model)
         host = await self._change(name, lambda: self._reload(name, spec))
         host.ready()
         return host
