@@ -363,9 +363,35 @@ def _engine_gone(status: str) -> bool:
     return (status.startswith("UNAVAILABLE: ") and "the engine that runs" in status) or "its engine" in status
 
 
-async def test_an_engine_killed_fails_its_calls_at_once_and_comes_back(engine_served: Served) -> None:
+async def _run_time_changes(port: int, tiny_models: dict[str, Path]) -> None:
+    """A model loaded, one reloaded with a new entry, and one loaded and unloaded again."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=NO_RETRIES) as admin:
+        models = mod_rpc.ModelServiceStub(admin)
+        kept = f"{{name: kept, plugin: bert, source: '{tiny_models['bert']}', device: cpu}}"
+        await models.LoadModel(mod.LoadModelRequest(entry=kept), timeout=120)
+        source = tiny_models["albert"]
+        albert = f"{{name: albert, plugin: albert, source: '{source}', device: cpu, max_input_tokens: 40}}"
+        await models.ReloadModel(mod.ReloadModelRequest(name="albert", entry=albert), timeout=120)
+        dropped = kept.replace("kept", "dropped")
+        await models.LoadModel(mod.LoadModelRequest(entry=dropped), timeout=120)
+        await models.UnloadModel(mod.UnloadModelRequest(name="dropped"), timeout=120)
+
+
+async def _served_models(port: int) -> dict[str, mod.Model]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTION) as channel:
+        reply = await mod_rpc.ModelServiceStub(channel).ListModels(mod.ListModelsRequest(), timeout=10)
+    return {model.name: model for model in reply.models}
+
+
+async def test_an_engine_killed_fails_its_calls_at_once_and_comes_back(
+    engine_served: Served, tiny_models: dict[str, Path]
+) -> None:
+    """... with the models it served: those loaded, reloaded and unloaded at run time too."""
     port = engine_served.port
     await _until_serving(port)
+    await _run_time_changes(port, tiny_models)
+    before = await _served_models(port)
+    assert "kept" in before and "dropped" not in before and before["albert"].max_input_tokens == 40
     engine = _engine_pid(engine_served)
     tokenizers = len(engine_served.wait_for(_MINILM_TOKENIZER_READY))
     outcomes = await _calls_while(port, lambda: os.kill(engine, signal.SIGKILL))
@@ -375,15 +401,27 @@ async def test_an_engine_killed_fails_its_calls_at_once_and_comes_back(engine_se
         assert status.startswith("UNAVAILABLE: "), status
         assert "engine" in status, status
         assert took < 5, (status, took)  # at once, not at the deadline (60 s)
-    engine_served.wait_for(r"the engine exited \(exit status -9\); restarting it")
+    engine_served.wait_for(r"the engine exited \(exit status -9\); restarting it with the models it served")
     # Back by itself: the new engine loaded the model, and each front end its tokenizer again (a
     # health check reaches one front end only, and the call below may land on the other).
     await asyncio.to_thread(engine_served.wait_for, _MINILM_TOKENIZER_READY, tokenizers + 2)
+    engine_served.wait_for(rf"\[engine\] .*starting with the {len(before)} models the engine before this one served")
     await _until_serving(port)
     assert _engine_pid(engine_served) != engine
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTION) as channel:
-        reply = await _call(channel, "Embed", enc.EmbedRequest(model="minilm", inputs=["back"]))
-    assert reply.model == "minilm"  # type: ignore[attr-defined]
+    # On every front end (each connection may land on either): the run-time changes, as they were.
+    await asyncio.to_thread(engine_served.wait_for, r"'kept': tokenizer ready", 4)
+    for _ in range(4):
+        after = await _served_models(port)
+        assert sorted(after) == sorted(before)
+        assert after["albert"].max_input_tokens == 40
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTION) as channel:
+            for model in ("minilm", "kept"):
+                reply = await _call(channel, "Embed", enc.EmbedRequest(model=model, inputs=["back"]))
+                assert reply.model == model  # type: ignore[attr-defined]
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await _call(channel, "Embed", enc.EmbedRequest(model="dropped", inputs=["gone"]))
+            assert info.value.code() is grpc.StatusCode.NOT_FOUND
+            assert info.value.details().startswith("no model named 'dropped'; models: ")
 
 
 async def test_a_wedged_engine_is_found_killed_and_restarted(engine_served: Served) -> None:

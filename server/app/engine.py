@@ -14,12 +14,15 @@ import logging
 import os
 import signal
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 
 from bertserve.api import ModelSpec
 from bertserve.app import event_loop
 from bertserve.app.config import ServerConfig
 from bertserve.app.discovery import PluginRegistry, discover_plugins
 from bertserve.app.hosting import Hosting
+from bertserve.app.saved_models import read_models, write_models
 from bertserve.observability import telemetry
 from bertserve.runtime.threads import configure_runtime, freeze_loaded_heap, share_cores
 from bertserve.serving.engine_service import EngineService
@@ -41,10 +44,18 @@ class Engine:
         address: str,
         registry: PluginRegistry | None = None,
         supervisor: int | None = None,
+        models_file: Path | None = None,
     ) -> None:
         """supervisor: the pid of the process that started this one and stops it once the front
         ends have drained; while it lives, SIGTERM and SIGINT sent to the whole process group (a
-        terminal's Ctrl-C) leave the engine serving the front ends' drain."""
+        terminal's Ctrl-C) leave the engine serving the front ends' drain.
+
+        models_file: where the engine keeps its models after each run-time change, and where an
+        engine started again after one that died finds them (see bertserve.app.saved_models)."""
+        self._models_file = models_file
+        if models_file is not None and (saved := read_models(models_file)) is not None:
+            log.info("starting with the %d models the engine before this one served", len(saved))
+            config = replace(config, models=saved)
         self.config = config
         self._supervisor = supervisor
         self._stop = asyncio.Event()
@@ -59,6 +70,7 @@ class Engine:
             published=lambda host: host.publish(self.service.models_changed),
             removed=lambda name: self.service.models_changed(),
             grace_period_s=config.grace_period_s,
+            ended=self._keep_models,
         )
         self.service = EngineService(address, self.router, self.models, on_stop=self._stop.set)
 
@@ -66,6 +78,11 @@ class Engine:
         host = self._hosting.host(spec, published)
         host.generation = next(self._generations)
         return host
+
+    def _keep_models(self) -> None:
+        """Write the models served now for an engine that may have to replace this one."""
+        if self._models_file is not None:
+            write_models(self._models_file, (host.spec for host in self.router))
 
     async def serve_forever(self, on_ready: Callable[[], None] = lambda: None) -> None:
         """Bind, load every model, and serve until SIGTERM or SIGINT."""
@@ -116,12 +133,13 @@ def serve_engine(
     address: str,
     on_ready: Callable[[], None] = lambda: None,
     supervisor: int | None = None,
+    models_file: Path | None = None,
 ) -> None:
     """Run the engine process until it is stopped: its threads shared out over cores."""
     config = share_cores(config, cores)
     configure_runtime(config)
 
     async def run() -> None:
-        await Engine(config, address, supervisor=supervisor).serve_forever(on_ready)
+        await Engine(config, address, supervisor=supervisor, models_file=models_file).serve_forever(on_ready)
 
     event_loop.run(run(), config.event_loop)

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -67,11 +68,11 @@ def serve_processes(config: ServerConfig, plan: ProcessPlan, all_cores: int) -> 
     if runtime is not None:
         groups = engine_models(config.models, gpu_present())
         for device, specs in groups.items():
-            address = f"ipc://{runtime}/engine-{device.replace(':', '-')}"
+            stem = f"{runtime}/engine-{device.replace(':', '-')}"
             default = config.default_model if config.default_model in {spec.name for spec in specs} else specs[0].name
             engine_config = replace(child_config, models=specs, default_model=default)
             label = "engine" if len(groups) == 1 else f"engine {device}"
-            engines.append(_EngineWatch(context, engine_config, all_cores, address, device, label))
+            engines.append(_EngineWatch(context, engine_config, all_cores, stem, device, label))
     links = [(e.address, e.device) for e in engines]
     stopping = False
     children: list[tuple[BaseProcess, Event]] = []
@@ -152,17 +153,21 @@ class _EngineWatch:
     Each watch() sends a ping and reads the answers to earlier ones. An engine that has not
     answered for engine_stall_timeout_s, or whose oldest pass in flight has run that long, is
     wedged: it is killed, which its front ends see at once (their calls in flight fail with
-    UNAVAILABLE), and started again; its models load again and the front ends follow.
+    UNAVAILABLE), and started again; the models it served (run-time changes included) load again,
+    and the front ends follow.
     """
 
-    def __init__(self, context: Any, config: ServerConfig, cores: int, address: str, device: str, label: str) -> None:
-        """label: how the log names it (and its lines' prefix): engine, or engine cuda:1 among several."""
+    def __init__(self, context: Any, config: ServerConfig, cores: int, stem: str, device: str, label: str) -> None:
+        """stem: the run directory's path for this engine's socket and the models it keeps for a
+        restart (bertserve.app.saved_models); label: how the log names it (and its lines' prefix):
+        engine, or engine cuda:1 among several."""
         import zmq
 
         self._context = context
         self._config = config
         self._cores = cores
-        self.address = address
+        self.address = f"ipc://{stem}"
+        self._models_file = Path(f"{stem}.models")
         self.device = device
         self.label = label
         self.process: BaseProcess | None = None
@@ -171,7 +176,7 @@ class _EngineWatch:
         self._socket.setsockopt(zmq.IDENTITY, b"supervisor")
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.IMMEDIATE, 1)
-        self._socket.connect(address)
+        self._socket.connect(self.address)
         self._unanswered_since: float | None = None  # when the oldest ping not yet answered went out
 
     @property
@@ -187,7 +192,7 @@ class _EngineWatch:
         ready = self._context.Event()
         self.process = self._context.Process(
             target=_serve_engine,
-            args=(self._config, self._cores, self.address, ready, os.getpid(), self.label),
+            args=(self._config, self._cores, self.address, ready, os.getpid(), self.label, self._models_file),
             name=self.label.replace(" ", "-"),
         )
         self.process.start()
@@ -204,8 +209,7 @@ class _EngineWatch:
         assert self.process is not None
         if not self.process.is_alive():
             log.error(
-                "the %s exited (exit status %s); restarting it with the configuration's models (models loaded, "
-                "unloaded or reloaded at run time are not carried over)",
+                "the %s exited (exit status %s); restarting it with the models it served",
                 self.label,
                 self.process.exitcode,
             )
@@ -341,7 +345,9 @@ def _serve_one(
     serve_one_process(config, cores, share_port=True, engines=links, on_listening=listening.set)
 
 
-def _serve_engine(config: ServerConfig, cores: int, address: str, ready: Event, supervisor: int, label: str) -> None:
+def _serve_engine(
+    config: ServerConfig, cores: int, address: str, ready: Event, supervisor: int, label: str, models_file: Path
+) -> None:
     """An engine process (spawned)."""
     _end_with(supervisor)
     from bertserve.app.engine import serve_engine
@@ -350,7 +356,7 @@ def _serve_engine(config: ServerConfig, cores: int, address: str, ready: Event, 
 
     configure_logging(config.log_level, config.log_format, process=f"[{label}] ")
     configure_tracing()
-    serve_engine(config, cores, address, on_ready=ready.set, supervisor=supervisor)
+    serve_engine(config, cores, address, on_ready=ready.set, supervisor=supervisor, models_file=models_file)
 
 
 def _end_with(supervisor: int) -> None:

@@ -58,7 +58,8 @@ class ModelManager:
 
     new_host makes an unstarted host of a spec (published says whether its state shows at once);
     parse_entry turns an entry's text into a spec, raising InvalidRequest; published is called with
-    each host that starts answering for its name, removed with each name that no longer has one.
+    each host that starts answering for its name, removed with each name that no longer has one;
+    ended is called each time a change has ended, whether it succeeded, failed or was called off.
     """
 
     def __init__(
@@ -70,12 +71,14 @@ class ModelManager:
         published: Callable[[ModelHost], None],
         removed: Callable[[str], None],
         grace_period_s: float,
+        ended: Callable[[], None] = lambda: None,
     ) -> None:
         self._router = router
         self._new_host = new_host
         self._parse_entry = parse_entry
         self._published = published
         self._removed = removed
+        self._ended = ended
         self.grace_period_s = grace_period_s
         #: Where calls on a model are also held elsewhere (an engine's front ends): called once an
         #: unloaded model has left the router, it returns when those calls have ended, and how.
@@ -126,6 +129,7 @@ class ModelManager:
         self._changes.add(task)  # type: ignore[arg-type]
         task.add_done_callback(self._changes.discard)  # type: ignore[arg-type]
         task.add_done_callback(_note_outcome)
+        task.add_done_callback(lambda _: self._ended())
         return await asyncio.shield(task)
 
     async def _load(self, spec: ModelSpec) -> ModelHost:
