@@ -134,7 +134,9 @@ async def _call(channel: grpc.aio.Channel, rpc: str, request: Any) -> Message:
 async def test_front_ends_answer_exactly_as_one_process_does(engine_served: Served, one_process: str) -> None:
     """Every head, on several connections (both front ends), equals one process's answer."""
     port = engine_served.port
-    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTION) for _ in range(8)]
+    # The kernel spreads connections over the front ends at random: 16 miss one of the two once in
+    # 30,000 runs (8 did once in 128).
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTION) for _ in range(16)]
     async with grpc.aio.insecure_channel(one_process) as reference:
         for rpc, request in _CALLS:
             expected = await _call(reference, rpc, request)
