@@ -8,6 +8,7 @@ typed from the call that submits to the flow that reads them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from bertserve.api import Head, Pooling
 
-__all__ = ["Completed", "EmbedOp", "Embedded", "HeadOp", "Op"]
+__all__ = ["Completed", "DevicePass", "EmbedOp", "Embedded", "HeadOp", "Op"]
 
 R = TypeVar("R")
 
@@ -57,3 +58,19 @@ class Completed(Generic[R]):
     queue_ns: int  # from submit to the start of its forward pass
     pass_id: int  # which forward pass carried it (passes are shared between requests)
     pass_ns: int  # how long that whole pass took
+
+
+@dataclass(frozen=True)
+class DevicePass(Generic[R]):
+    """A forward pass as a batcher hands it to its device's workers: called on a worker thread.
+
+    uncontended: no other call has wanted the model lately (a lone caller) and the pass holds all
+    the work there is, so it may take the cores that the device's other workers leave idle (see
+    bertserve.runtime.device_workers).
+    """
+
+    run: Callable[[], R]
+    uncontended: bool
+
+    def __call__(self) -> R:
+        return self.run()

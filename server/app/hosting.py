@@ -40,7 +40,7 @@ class Hosting:
         self.config = config
         self.registry = registry
         self.tokenizer_pool = ThreadPoolExecutor(config.tokenizer_threads, thread_name_prefix="tokenize")
-        self.device_workers = DeviceWorkers(config.models)
+        self.device_workers = DeviceWorkers(config.models, config.torch_threads)
         self.loaders = ThreadPoolExecutor(max(2, len(config.models)), thread_name_prefix="fetch")
 
     def host(self, spec: ModelSpec, published: bool = True) -> ModelHost:

@@ -29,7 +29,7 @@ from typing import Any, Generic, TypeVar
 
 from bertserve.errors import BertserveError, InternalFailure, InvalidRequest, ModelUnavailable, Overloaded
 from bertserve.observability import metrics, request_ids, telemetry
-from bertserve.ops import Completed, Op
+from bertserve.ops import Completed, DevicePass, Op
 from bertserve.serving.pass_reports import FAILURES_BEFORE_UNHEALTHY, PassHealth, observe_pass, trace_pass
 from bertserve.serving.scheduling import choose_batch, computed_tokens, pass_ms
 
@@ -285,8 +285,13 @@ class Batcher:
             self._started_ns[key] = time.monotonic_ns()
             return self._run_batch(op, items)
 
+        # A lone caller's pass holding all the work there is (no part of it left for another worker)
+        # may take the cores the device's other workers leave idle.
+        uncontended = not self._pending and time.monotonic_ns() - self._contended_ns >= CONTENTION_MEMORY_NS
         try:
-            results = await asyncio.get_running_loop().run_in_executor(self._executor, on_worker)
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._executor, DevicePass(on_worker, uncontended)
+            )
             if len(results) != len(batch):
                 raise RuntimeError(f"the model returned {len(results)} results for a batch of {len(batch)}")
         except BertserveError as e:  # the callers' to hear as it is (a device out of memory, say)

@@ -102,6 +102,7 @@ class ModelHost:
         self._factory = plugin_factory
         self._plugin: EncoderPlugin | None = None
         self._tokenizer_pool = tokenizer_pool
+        self.device_worker = device_worker  # the device's pool: this model's loads and passes
         self._worker = device_worker
         self._loader = loader  # downloads: slow, and never on the device worker
         #: Calls' texts, tokenized together (see bertserve.serving.shared_tokenization).
