@@ -103,7 +103,6 @@ class ModelHost:
         self._plugin: EncoderPlugin | None = None
         self._tokenizer_pool = tokenizer_pool
         self.device_worker = device_worker  # the device's pool: this model's loads and passes
-        self._worker = device_worker
         self._loader = loader  # downloads: slow, and never on the device worker
         #: Calls' texts, tokenized together (see bertserve.serving.shared_tokenization).
         self.shared_tokenization = SharedTokenization(
@@ -114,7 +113,7 @@ class ModelHost:
         self.batcher: Passes = Batcher(
             spec.name,
             self._run_batch,
-            self._worker,
+            self.device_worker,
             BatchLimits(
                 max_batch_tokens=spec.max_batch_tokens,
                 max_batch_size=spec.max_batch_size,
@@ -233,11 +232,11 @@ class ModelHost:
         try:
             self._plugin = self._factory(self.spec)  # type: ignore[misc]
             await loop.run_in_executor(self._loader, self._plugin.fetch)
-            info: ModelInfo = await loop.run_in_executor(self._worker, self._plugin.load)
+            info: ModelInfo = await loop.run_in_executor(self.device_worker, self._plugin.load)
             try:
                 check_plugin(self._plugin, info.capabilities)
             except PluginContractError:
-                await loop.run_in_executor(self._worker, self._plugin.unload)
+                await loop.run_in_executor(self.device_worker, self._plugin.unload)
                 raise
         except Exception as e:
             self.state = ModelState.FAILED
@@ -248,7 +247,7 @@ class ModelHost:
             return not _is_transient(e)
         else:
             if self._retired:  # unloaded or replaced while it loaded: free it at once
-                await loop.run_in_executor(self._worker, self._plugin.unload)
+                await loop.run_in_executor(self.device_worker, self._plugin.unload)
                 self._plugin = None
                 return True
             self.info = info
@@ -386,7 +385,7 @@ class ModelHost:
         if self.state is ModelState.READY:
             await self.batcher.stop()
             plugin = self.plugin
-            await asyncio.get_running_loop().run_in_executor(self._worker, plugin.unload)
+            await asyncio.get_running_loop().run_in_executor(self.device_worker, plugin.unload)
 
 
 @dataclass(frozen=True)
