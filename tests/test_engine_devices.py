@@ -141,3 +141,42 @@ async def test_model_changes_go_to_the_engine_of_the_entrys_device(
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await models.UnloadModel(mod.UnloadModelRequest(name="extra"), timeout=60)
         assert info.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+async def test_two_loads_of_one_name_on_two_engines_let_one_win(served: Served, tiny_models: dict[str, Path]) -> None:
+    """Loads of one name that race for two devices: one loads it, the other is told it exists (as
+    in one process), and the name stays on one engine, which an unload then frees for good."""
+    entry = f"{{name: twin, plugin: bert, source: '{tiny_models['bert']}', device: DEVICE}}"
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{served.port}", options=NO_RETRIES) for _ in range(4)]
+    try:
+        for _ in range(3):
+            loads = [
+                mod_rpc.ModelServiceStub(channel).LoadModel(
+                    mod.LoadModelRequest(entry=entry.replace("DEVICE", device)), timeout=120
+                )
+                for channel, device in zip(channels, ["cpu", "'cuda:0'", "cpu", "'cuda:0'"], strict=True)
+            ]
+            outcomes = await asyncio.gather(*loads, return_exceptions=True)
+            models = mod_rpc.ModelServiceStub(channels[0])
+            listed = (await models.ListModels(mod.ListModelsRequest(), timeout=10)).models
+            [twin] = [m for m in listed if m.name == "twin"]
+            won = [o for o in outcomes if isinstance(o, mod.LoadModelResponse)]
+            refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+            exists = "a model named 'twin' is already loaded; ReloadModel replaces it"
+            if twin.failure_reason:  # the cuda:0 load came first: it failed, and holds the name
+                assert twin.failure_reason == NO_GPU and won == []
+                failed = [e for e in refused if e.code() is grpc.StatusCode.FAILED_PRECONDITION]
+                assert [e.details() for e in failed] == [f"model 'twin' failed to load: {NO_GPU}"]
+            else:  # a cpu load came first
+                assert [w.model.name for w in won] == ["twin"]
+                failed = []
+            others = [(e.code(), e.details()) for e in refused if e not in failed]
+            assert others == [(grpc.StatusCode.ALREADY_EXISTS, exists)] * 3
+            await models.UnloadModel(mod.UnloadModelRequest(name="twin"), timeout=60)
+            await asyncio.sleep(0.5)  # any other engine's table would have come by now
+            for channel in channels:
+                listed = await mod_rpc.ModelServiceStub(channel).ListModels(mod.ListModelsRequest(), timeout=10)
+                assert "twin" not in {m.name for m in listed.models}
+    finally:
+        for channel in channels:
+            await channel.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from bertserve.api import ModelSpec
 from bertserve.app.config import ServerConfig, parse_model_entry
@@ -31,6 +32,11 @@ class EngineAddress:
     address: str  # a zmq endpoint: ipc://<a private directory>/engine-<device>
     identity: str  # front-end-<index>
     device: str = "cpu"  # the device the engine runs its models on: cpu, or cuda:N
+
+    @property
+    def run_directory(self) -> Path:
+        """The server's private directory that holds the engine's socket."""
+        return Path(self.address.removeprefix("ipc://")).parent
 
 
 class Hosting:

@@ -42,6 +42,7 @@ from bertserve.serving.engine_link import EngineLink
 from bertserve.serving.engine_models import EngineModels
 from bertserve.serving.model_host import ModelHost
 from bertserve.serving.model_manager import ModelChanges, ModelManager
+from bertserve.serving.name_locks import NameLocks
 from bertserve.serving.router import Router
 from bertserve_client.v1 import encoder_service_pb2, encoder_service_pb2_grpc, model_service_pb2, model_service_pb2_grpc
 
@@ -112,6 +113,7 @@ class BertServer:
                 removed=self._forget,
                 device_of=lambda spec: engine_device(spec.device, gpu_present()),
                 grace_period_s=config.grace_period_s,
+                names=NameLocks(engines[0].run_directory),
             )
             for engine in engines:
                 self._links[engine.device] = EngineLink(

@@ -15,12 +15,13 @@ import contextlib
 from collections.abc import Callable
 
 from bertserve.api import ModelSpec
-from bertserve.errors import InvalidRequest, ModelExists, ModelNotFound, PreconditionFailed
+from bertserve.errors import InvalidRequest, ModelExists, ModelNotFound, PreconditionFailed, quoted
 from bertserve.serving.engine_link import EngineLink
 from bertserve.serving.engine_wire import ModelEntry, Table
 from bertserve.serving.front_host import FrontEndHost
 from bertserve.serving.model_host import Drained, ModelHost, ModelState
-from bertserve.serving.model_manager import reloaded_name, unloaded_name
+from bertserve.serving.model_manager import note_outcome, reloaded_name, unloaded_name
+from bertserve.serving.name_locks import NameLocks
 from bertserve.serving.router import Router
 
 __all__ = ["EngineModels"]
@@ -40,10 +41,11 @@ class EngineModels:
         removed: Callable[[str], None],
         device_of: Callable[[ModelSpec], str],
         grace_period_s: float,
+        names: NameLocks,
     ) -> None:
         """new_host(entry, engine, device) makes the host of an instance; device_of says which
         engine's device a model entry belongs on; grace_period_s bounds the wait for the calls on
-        an unloaded model."""
+        an unloaded model; names holds a name across the front ends while a load of it is decided."""
         self._router = router
         self._new_host = new_host
         self._parse_entry = parse_entry
@@ -51,6 +53,8 @@ class EngineModels:
         self._removed = removed
         self._device_of = device_of
         self._grace_period_s = grace_period_s
+        self._names = names
+        self._loads: set[asyncio.Task[str]] = set()
         self.links: dict[str, EngineLink] = {}  # by device; set once made: the links call apply and lost
         self._stopping: set[asyncio.Task[None]] = set()
 
@@ -75,7 +79,7 @@ class EngineModels:
         for entry in table.models:
             current = self._current(entry.spec.name)
             if current is not None and current.device != device:
-                continue  # the same name on another engine (two loads raced): the first one keeps it
+                continue  # the same name on another engine (loads hold the name: should not be): the first keeps it
             if current is not None and current.is_instance(table.engine, entry):
                 current.follow(entry)
                 if entry.state == ModelState.READY.value and current.state is not ModelState.READY:
@@ -140,9 +144,22 @@ class EngineModels:
         return self._parse_entry(entry)
 
     async def load(self, spec: ModelSpec) -> ModelHost:
-        if spec.name in self._router:  # perhaps on another engine than the one this entry's device picks
-            raise ModelExists(f"a model named {spec.name!r} is already loaded; ReloadModel replaces it")
-        name = await self._engine_for(spec).admin("load", spec)
+        """As ModelManager.load. The name is held across the front ends until the engine has
+        answered (see bertserve.serving.name_locks), however the call ends: a caller gone while its
+        engine loads must not let a load of the same name go to another engine meanwhile."""
+
+        async def decided() -> str:
+            async with self._names.held(spec.name):
+                if spec.name in self._router:  # perhaps on another engine than the one this entry's device picks
+                    raise ModelExists(f"a model named {spec.name!r} is already loaded; ReloadModel replaces it")
+                name: str = await self._engine_for(spec).admin("load", spec)
+                return name
+
+        task = asyncio.create_task(decided(), name=f"model-change:{quoted(spec.name)}")
+        self._loads.add(task)
+        task.add_done_callback(self._loads.discard)
+        task.add_done_callback(note_outcome)
+        name = await asyncio.shield(task)
         host = self._router.get(name)
         host.ready()
         return host
@@ -166,7 +183,10 @@ class EngineModels:
         return host
 
     async def stop(self) -> None:
-        """Nothing to call off here: the changes under way are the engine's."""
+        """Stop waiting for the engines' answers to loads (the changes themselves are the engines')."""
+        for task in self._loads:
+            task.cancel()
+        await asyncio.gather(*self._loads, return_exceptions=True)
 
     def _engine_for(self, spec: ModelSpec) -> EngineLink:
         """The link to the engine of the device spec puts the model on."""

@@ -19,7 +19,7 @@ from bertserve.errors import InvalidRequest, ModelExists, ModelFailed, ModelUnav
 from bertserve.serving.model_host import Drained, ModelHost, ModelState
 from bertserve.serving.router import Router
 
-__all__ = ["ModelChanges", "ModelManager", "reloaded_name", "unloaded_name"]
+__all__ = ["ModelChanges", "ModelManager", "note_outcome", "reloaded_name", "unloaded_name"]
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ class ModelManager:
         task: asyncio.Task[T] = asyncio.create_task(locked(), name=f"model-change:{quoted(name)}")
         self._changes.add(task)  # type: ignore[arg-type]
         task.add_done_callback(self._changes.discard)  # type: ignore[arg-type]
-        task.add_done_callback(_note_outcome)
+        task.add_done_callback(note_outcome)
         task.add_done_callback(lambda _: self._ended())
         return await asyncio.shield(task)
 
@@ -213,7 +213,7 @@ class ModelManager:
         return drained
 
 
-def _note_outcome(task: asyncio.Task[object]) -> None:
+def note_outcome(task: asyncio.Task[object]) -> None:
     """Take a change's error (its caller may have left: a cancelled call does not wait for the
     change it started), so that it is logged as what it is, not as an unretrieved task's."""
     if task.cancelled() or (error := task.exception()) is None:
