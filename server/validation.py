@@ -21,6 +21,7 @@ _PHRASES = {
     "int_type": "expected a whole number",
     "int_from_float": "expected a whole number",
     "float_type": "expected a number",
+    "finite_number": "expected a finite number",
     "bool_type": "expected true or false",
     "string_type": "expected a string",
     "dict_type": "expected a mapping",

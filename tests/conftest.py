@@ -108,7 +108,7 @@ def server_config(tiny_models: dict[str, Path], tmp: Path, extra: str = "") -> P
     lines.append(f"  - {{name: minilm-torch-linear, {minilm}, options: {{onednn_linear: false}}}}")
     bf16 = f"plugin: bert, source: '{tiny_models['bert']}', dtype: bfloat16"
     lines.append(f"  - {{name: bert-bf16-torch-linear, {bf16}, options: {{onednn_linear: false}}}}")
-    lines.append(f"  - {{name: minilm-linger, {minilm}, max_batch_size: 2, max_wait_ms: 3000, workers: 1}}")
+    lines.append(f"  - {{name: minilm-linger, {minilm}, max_batch_size: 2, max_wait_ms: 1000, workers: 1}}")
     # Answer's context limit, small enough to test without megabytes on the wire.
     qa = f"plugin: spanbert, source: '{tiny_models['spanbert-qa']}', device: cpu"
     lines.append(f"  - {{name: spanbert-qa-short-context, {qa}, max_context_bytes: 1000}}")

@@ -215,7 +215,7 @@ async def test_stream_keeps_at_most_its_bound_in_flight(tiny_models: dict, tmp_p
 async def test_work_that_waited_for_a_pass_lingers_for_company(client: AsyncClient, server: BertServer) -> None:
     """With one worker, max_wait_ms holds work that queued behind a pass until a batch-mate comes
     (or the wait ends); a request that finds the model idle goes straight through."""
-    host = server.router.get("minilm-linger")  # max_batch_size 2, max_wait_ms 3000
+    host = server.router.get("minilm-linger")  # max_batch_size 2, max_wait_ms 1000
     stats = host.batcher.stats
     alone = await client.embed("an idle model answers at once", model="minilm-linger")
     assert alone.usage.queue_time_ns < 1_000_000_000
@@ -229,6 +229,16 @@ async def test_work_that_waited_for_a_pass_lingers_for_company(client: AsyncClie
     await client.embed("the batch-mate", model="minilm-linger")
     await queued
     assert stats.forward_passes - passes == 2
+
+
+async def test_a_request_that_found_the_model_idle_never_lingers(client: AsyncClient, server: BertServer) -> None:
+    """Three inputs on an idle model whose passes take two: the third waits for the first pass, not
+    for a batch-mate besides (the lingering is for work that came while others' passes ran)."""
+    stats = server.router.get("minilm-linger").batcher.stats  # max_batch_size 2, max_wait_ms 1000
+    passes = stats.forward_passes
+    reply = await client.embed(["one", "two", "three"], model="minilm-linger")
+    assert len(reply.embeddings) == 3 and stats.forward_passes - passes == 2
+    assert reply.usage.queue_time_ns < 500_000_000  # a linger would be 1,000 ms
 
 
 async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:

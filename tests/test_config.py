@@ -121,6 +121,23 @@ _KNOWN_MODEL_SETTINGS = (
         ),
         # Wrong types, from the file: each names its path, the problem and the value.
         ("models: [{name: a, plugin: bert, max_wait_ms: '5'}]\n", "models[0].max_wait_ms: expected a number, got '5'"),
+        # A wait or a grace period that never ends, and a linger of more than a second.
+        (
+            "models: [{name: a, plugin: bert, max_wait_ms: .inf}]\n",
+            "models[0].max_wait_ms: expected a finite number, got inf",
+        ),
+        (
+            "models: [{name: a, plugin: bert, max_pass_ms: .nan}]\n",
+            "models[0].max_pass_ms: expected a finite number, got nan",
+        ),
+        (
+            "models: [{name: a, plugin: bert, max_wait_ms: 1001}]\n",
+            "models[0].max_wait_ms: must be at most 1000.0, got 1001",
+        ),
+        (
+            "server: {grace_period_s: .inf}\nmodels: [{name: a, plugin: bert}]\n",
+            "server.grace_period_s: expected a finite number, got inf",
+        ),
         (
             "server: {port: '50053'}\nmodels: [{name: a, plugin: bert}]\n",
             "server.port: expected a whole number, got '50053'",

@@ -91,6 +91,7 @@ class _Pending(Generic[T]):
     request: int  # which submit() it came with: passes take turns between requests
     request_id: str  # the call's, for its error message and the log
     trace_context: Any  # the call's OpenTelemetry context, where tracing is on
+    found_idle: bool  # whether its request came to a model with nothing queued or running: it never lingers
     enqueued_ns: int = field(default_factory=time.monotonic_ns)
 
 
@@ -203,11 +204,12 @@ class Batcher:
             )
         loop = asyncio.get_running_loop()
         request = self._requests = self._requests + 1
-        if self._pending or self._running:
+        found_idle = not (self._pending or self._running)
+        if not found_idle:
             self._contended_ns = time.monotonic_ns()
         call_id, trace_context = request_ids.current.get(), telemetry.capture()
         pending = [
-            _Pending(op, item, cost, loop.create_future(), deadline, request, call_id, trace_context)
+            _Pending(op, item, cost, loop.create_future(), deadline, request, call_id, trace_context, found_idle)
             for item, cost in zip(items, costs, strict=True)
         ]
         self._pending.extend(pending)
@@ -353,8 +355,10 @@ class Batcher:
         return self.health.healthy
 
     def _under_load(self, in_flight: set[asyncio.Task[None]]) -> bool:
-        """Whether the device is busy, or the oldest pending work had to wait for it to finish a pass."""
-        return bool(in_flight) or self._pending[0].enqueued_ns < self._last_pass_end_ns
+        """Whether the device is busy, or the oldest pending work had to wait for it to finish a pass;
+        never for work whose request found the model idle (its own first pass keeps a worker busy)."""
+        oldest = self._pending[0]
+        return not oldest.found_idle and (bool(in_flight) or oldest.enqueued_ns < self._last_pass_end_ns)
 
     async def _linger(self) -> None:
         """Wait up to max_wait_ms for a full batch's worth of pending sequences."""

@@ -38,7 +38,12 @@ _ADMIN: dict[str, Any] = {f.name: f.default for f in fields(AdminConfig)}
 
 Whole = StrictInt
 AtLeastOne = Annotated[StrictInt, Field(ge=1)]
-NonNegative = Annotated[StrictFloat, Field(ge=0)]
+#: The longest a model's batcher lingers for a fuller pass under load: a linger is for a few
+#: milliseconds, and a longer one would hold the calls that come seldom.
+MAX_WAIT_MS = 1000.0
+
+# Finite: an infinite wait or grace period is a call or a shutdown that never ends.
+NonNegative = Annotated[StrictFloat, Field(ge=0, allow_inf_nan=False)]
 
 
 def _count_or_auto(value: Any) -> int | str:
@@ -149,7 +154,7 @@ class ModelSettings(_Schema):
     max_batch_size: AtLeastOne = _MODEL["max_batch_size"]
     max_queue_tokens: AtLeastOne = _MODEL["max_queue_tokens"]
     max_queue_requests: AtLeastOne = _MODEL["max_queue_requests"]
-    max_wait_ms: NonNegative = _MODEL["max_wait_ms"]
+    max_wait_ms: Annotated[NonNegative, Field(le=MAX_WAIT_MS)] = _MODEL["max_wait_ms"]
     pass_overhead_tokens: NonNegative = _MODEL["pass_overhead_tokens"]
     workers: Annotated[Whole, Field(ge=0)] = _MODEL["workers"]
     max_pass_ms: NonNegative = _MODEL["max_pass_ms"]
