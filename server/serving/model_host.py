@@ -18,6 +18,7 @@ from bertserve.errors import (
     BertserveError,
     CapabilityNotSupported,
     InputTooLong,
+    InvalidRequest,
     ModelFailed,
     ModelUnavailable,
     Overloaded,
@@ -325,6 +326,12 @@ class ModelHost:
         """Inputs as the model takes them, cut at its token limit either way: a longer input is
         told, never tokenized whole. Without truncate, one over the limit is InputTooLong."""
         limit = self.ready().max_input_tokens
+        queue = self.spec.max_queue_requests
+        if len(texts) > queue:  # each text is a sequence at least: refused before any is tokenized
+            raise InvalidRequest(
+                f"the request needs {len(texts)} sequences, more than model {self.name!r} ever queues "
+                f"(limits {queue} / {self.spec.max_queue_tokens}); split it"
+            )
         encodings = await self.tokenize(texts, pairs=pairs, max_length=limit)
         if not truncate:
             for i, encoding in enumerate(encodings):
