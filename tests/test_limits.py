@@ -12,8 +12,12 @@ import grpc
 import numpy as np
 import pytest
 
+from bertserve.api import Encoding
 from bertserve.app.config import load_config
 from bertserve.app.server import BertServer
+from bertserve.domain import TokenizeResult
+from bertserve.edge import codecs
+from bertserve.edge.codecs.codec import OFF_LOOP_PARTS
 from bertserve.serving.batcher import MAX_RETRY_AFTER_S
 from bertserve_client import AsyncClient, BertserveError
 
@@ -200,3 +204,24 @@ async def test_the_passes_of_two_workers_are_planned_to_end_apart_not_together(t
     # tenth under 3 ms without the staggering). A plan falls short of its target where a call's
     # first sequence goes in whole or the last did not fit, so the bound is an eighth of a pass.
     assert gaps_ms[len(gaps_ms) // 10] >= 100 / 8, gaps_ms
+
+
+async def test_a_large_reply_is_built_off_the_loop_and_equals_one_built_on_it(client: AsyncClient) -> None:
+    """A reply of more than OFF_LOOP_PARTS messages (a Tokenize of tens of thousands of tokens) is
+    built on a thread, so that the loop serves other calls meanwhile; it is the same reply."""
+    texts = [" ".join(["word"] * 6_000), " ".join(["word"] * 5_000)]  # two tokens a word
+    together = await client.tokenize(texts, model="bert")
+    alone = [(await client.tokenize(text, model="bert"))[0] for text in texts]
+    assert together == alone
+    sizes = [len(t.ids) for t in together]
+    assert max(sizes) <= OFF_LOOP_PARTS < sum(sizes), sizes
+
+    def result(*lengths: int) -> TokenizeResult:
+        return TokenizeResult("bert", [_encoding_of_length(n) for n in lengths])
+
+    assert codecs.TOKENIZE.encoded_off_loop(result(*sizes))  # together: built on a thread
+    assert not any(codecs.TOKENIZE.encoded_off_loop(result(n)) for n in sizes)  # each alone: on the loop
+
+
+def _encoding_of_length(n: int) -> Encoding:
+    return Encoding([0] * n, [""] * n, [0] * n, [0] * n, [(0, 0)] * n, [0] * n, [0] * n, n)

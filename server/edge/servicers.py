@@ -178,7 +178,10 @@ def _unary_method(name: str, rpc: Unary[Any, Any, Any, Any]) -> Callable[..., Aw
     async def method(self: EncoderServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
         with self._slot(request.model):
             call = Call(deadline_of(context), self._limits.max_reply_bytes)
-            return rpc.codec.encode(await run_flow(self._router, rpc.flow, rpc.codec.decode(request), call))
+            result = await run_flow(self._router, rpc.flow, rpc.codec.decode(request), call)
+            if rpc.codec.encoded_off_loop(result):
+                return await asyncio.to_thread(rpc.codec.encode, result)
+            return rpc.codec.encode(result)
 
     method.__name__ = method.__qualname__ = name
     return grpc_errors(method)

@@ -110,5 +110,5 @@ def answer_response(result: AnswerResult) -> encoder_service_pb2.AnswerResponse:
 
 
 EMBED = Codec(embed_query, embed_response)
-TOKENIZE = Codec(tokenize_query, tokenize_response)
+TOKENIZE = Codec(tokenize_query, tokenize_response, lambda result: sum(map(len, result.encodings)))
 ANSWER = Codec(answer_query, answer_response)

@@ -182,5 +182,9 @@ def classify_tokens_response(result: ClassifyTokensResult) -> heads_pb2.Classify
 CLASSIFY = Codec(classify_query, classify_response)
 RERANK = Codec(rerank_query, rerank_response)
 FILL_MASK = Codec(fill_mask_query, fill_mask_response)
-DETECT_REPLACED_TOKENS = Codec(detect_replaced_tokens_query, detect_replaced_tokens_response)
-CLASSIFY_TOKENS = Codec(classify_tokens_query, classify_tokens_response)
+DETECT_REPLACED_TOKENS = Codec(
+    detect_replaced_tokens_query,
+    detect_replaced_tokens_response,
+    lambda result: sum(len(r.tokens) + len(r.words) for r in result.results),
+)
+CLASSIFY_TOKENS = Codec(classify_tokens_query, classify_tokens_response, lambda result: sum(map(len, result.entities)))
