@@ -122,6 +122,19 @@ async def test_a_reply_that_would_not_fit_is_refused_before_the_model_runs(limit
         assert info.hidden_size == parts[0].embeddings.shape[1]
 
 
+async def test_an_input_whose_reply_alone_would_not_fit_is_told_to_be_shorter(limited: str) -> None:
+    """Where one input's reply is over the limit by itself, fewer inputs per call would not help."""
+    long_text = " ".join(["word"] * 5_000)
+    async with AsyncClient(limited) as client:
+        for texts, advice in (([long_text], "a shorter input"), ([long_text, long_text], "shorter inputs")):
+            err = await _error(client.tokenize(texts, model="bert"))
+            assert err.code is grpc.StatusCode.INVALID_ARGUMENT
+            assert err.message.startswith("the reply would hold about ")
+            assert err.message.endswith(
+                f" bytes, over the server's limit of 65536 bytes per reply (max_send_message_bytes); send {advice}"
+            )
+
+
 async def test_calls_past_the_limit_get_resource_exhausted_with_a_bounded_hint(limited: str) -> None:
     async with AsyncClient(limited, timeout=60, options=NO_RETRIES) as client:
         calls = [client.embed([f"call {i} sentence {k}" for k in range(2)], model="slow") for i in range(12)]
