@@ -147,6 +147,25 @@ async def test_allow_pickle_in_an_entry_needs_the_servers_consent(
     assert "pickled" in strict_server.router
 
 
+async def test_a_token_limit_that_the_special_tokens_fill_fails_the_load_naming_the_setting(
+    default_server: BertServer, tiny_models: dict[str, Path]
+) -> None:
+    entry = f"{{name: no-room, plugin: bert, source: '{tiny_models['bert']}', max_input_tokens: 3}}"
+    assert await _load(default_server, entry) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "model 'no-room' failed to load: ConfigError: max_input_tokens 3 leaves no room for text: the tokenizer of "
+        "model 'no-room' adds 2 special tokens to a text and 3 to a pair; set at least 4",
+    )
+    room = f"{{name: room, plugin: bert, source: '{tiny_models['bert']}', max_input_tokens: 4}}"
+    assert await _load(default_server, room) == (grpc.StatusCode.OK, "")
+    assert default_server.router.get("room").ready().max_input_tokens == 4
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{default_server.port}", options=NO_RETRIES) as channel:
+        stub = encoder_service_pb2_grpc.EncoderServiceStub(channel)
+        request = encoder_service_pb2.EmbedRequest(model="room", inputs=["more words than four tokens"], truncate=True)
+        reply = await stub.Embed(request, timeout=30)
+        assert reply.usage.tokens == 4
+
+
 async def test_a_source_outside_the_allowed_list_is_refused(
     strict_server: BertServer, tiny_models: dict[str, Path], trusted: Path
 ) -> None:

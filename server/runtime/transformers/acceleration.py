@@ -109,11 +109,12 @@ class Acceleration(Tokenization, Passes):
         """Run packed passes as a trace of the encoder if it gives what eager passes give for
         shapes other than the one traced: a lone short sequence, a lone long one, a batch."""
         long = min(self._max_tokens, 200)  # wider than any row of short sequences, cheap to check
+        half = max(long // 2, min(long, self._single_specials + 1))  # a tiny token limit leaves room for one
         long_text = " ".join(["word"] * long)
         samples = [
             self.tokenize(["Short one."]),
             self.tokenize([long_text], max_length=long),
-            self.tokenize(["A check of the traced encoder.", "Short one.", long_text], max_length=long // 2),
+            self.tokenize(["A check of the traced encoder.", "Short one.", long_text], max_length=half),
         ]
         from bertserve.runtime import tracing  # its graph wraps a torch module: imported only to load
 

@@ -59,6 +59,7 @@ class TransformersPlugin(Acceleration, HeadLogits):
 
         config = checkpoint_config(source, common, model_types=self.model_types, variant=self.variant)
         tokenizer = self._load_tokenizer(source, common)
+        self._check_room_for_text()
 
         head = heads.head_of(config)
         model, loading = pretrained_model(
@@ -144,6 +145,16 @@ class TransformersPlugin(Acceleration, HeadLogits):
         if types is None:
             return "token_type_ids" in self._tokenizer.model_input_names
         return int(types) > 1
+
+    def _check_room_for_text(self) -> None:
+        """A max_input_tokens that the special tokens fill is refused before the weights are read."""
+        limit = self.spec.max_input_tokens
+        if limit and limit <= self._pair_specials:
+            raise ConfigError(
+                f"max_input_tokens {limit} leaves no room for text: the tokenizer of model {self.spec.name!r} adds "
+                f"{self._single_specials} special tokens to a text and {self._pair_specials} to a pair; set at "
+                f"least {self._pair_specials + 1}"
+            )
 
     def _token_limit(self, config: Any, checkpoint_limit: int | None) -> int:
         limits = [int(config.max_position_embeddings) - self.position_offset]
