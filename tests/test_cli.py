@@ -88,3 +88,40 @@ async def test_a_closed_pipe_ends_the_command_quietly(target: str) -> None:
     assert len(run.stdout) == 100
     assert run.stderr == ""
     assert run.returncode == 141  # as any writer that SIGPIPE ends
+
+
+async def test_input_that_cannot_be_sent_is_a_usage_error_without_a_traceback(target: str, tmp_path: Path) -> None:
+    """Numbers out of a request field's range, a context file that cannot be read, and text that
+    is not UTF-8 exit 2 with one line saying why, before any call."""
+    not_utf8 = tmp_path / "latin1.txt"
+    not_utf8.write_bytes("caf\xe9".encode("latin-1"))
+    cases = [
+        (
+            ["tokenize", "--truncate", "--max-length", "-5", "hi"],
+            "argument --max-length: expected a whole number from 0 to 4294967295, got -5",
+        ),
+        (["tokenize", "--truncate", "--max-length", "99999999999", "hi"], "got 99999999999"),
+        (
+            ["answer", "--question", "q", "--context", "c", "--top-k", "-1"],
+            "argument --top-k: expected a whole number from 0 to 4294967295, got -1",
+        ),
+        (["fill-mask", "--top-k", "x", "a [MASK]"], "argument --top-k: expected a whole number, got 'x'"),
+        (["embed", "--timeout", "nan", "hi"], "argument --timeout: expected a number of seconds above 0, got nan"),
+        (["embed", "--timeout", "0", "hi"], "argument --timeout: expected a number of seconds above 0, got 0"),
+        (["answer", "--question", "q", "--context-file", str(tmp_path / "absent.txt")], "No such file or directory"),
+        (["answer", "--question", "q", "--context-file", str(tmp_path)], "Is a directory"),
+        (["answer", "--question", "q", "--context-file", str(not_utf8)], "bertserve: the input is not UTF-8 text"),
+        (["tokenize", "\udcff\udcfe"], "bertserve: the input is not UTF-8 text"),
+    ]
+    for args, said in cases:
+        run = await bertserve(target, *args)
+        assert run.returncode == 2, (args, run.stderr)
+        assert said in run.stderr and "Traceback" not in run.stderr, (args, run.stderr)
+
+
+async def test_health_of_an_unknown_name_says_so(target: str) -> None:
+    run = await bertserve(target, "health", "--service", "nope")
+    assert run.returncode == 1
+    assert run.stderr == "bertserve: NOT_FOUND: the server serves no model or service named 'nope'\n"
+    run = await bertserve(target, "health", "--service", "minilm")
+    assert (run.returncode, run.stdout) == (0, "SERVING\n")

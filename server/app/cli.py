@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -24,6 +25,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args))
     except KeyboardInterrupt:
         return 130
+
+
+def _count(text: str) -> int:
+    """A whole number a request field holds (uint32): argparse's usage error, not protobuf's ValueError."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {2**32 - 1}, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """A deadline: a finite number of seconds above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (0 < value < math.inf):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--target", default=os.environ.get("BERTSERVE_TARGET", "localhost:50051"))
         if model:
             sub.add_argument("--model", default="", help="model name (default: the server's default model)")
-        sub.add_argument("--timeout", type=float, default=timeout, help=f"deadline in seconds (default {timeout:g})")
+        sub.add_argument("--timeout", type=_seconds, default=timeout, help=f"deadline in seconds (default {timeout:g})")
         tls = sub.add_argument_group("TLS and auth")
         tls.add_argument("--tls", action="store_true", help="TLS with the system's CA certificates")
         tls.add_argument("--tls-ca", metavar="FILE", help="TLS, trusting the CA certificate in FILE")
@@ -70,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     tokenize.add_argument("--pair", action="append", help="second segment, once per text")
     tokenize.add_argument("--no-special-tokens", action="store_true")
     tokenize.add_argument("--truncate", action="store_true", help="cut to --max-length (default: the model's limit)")
-    tokenize.add_argument("--max-length", type=int, help="with --truncate: the most tokens, special tokens included")
+    tokenize.add_argument("--max-length", type=_count, help="with --truncate: the most tokens, special tokens included")
     tokenize.set_defaults(run=client_commands.tokenize)
 
     answer = client_command("answer", help="answer a question from a context and print the answers as JSON")
@@ -78,10 +101,10 @@ def _parser() -> argparse.ArgumentParser:
     source = answer.add_mutually_exclusive_group(required=True)
     source.add_argument("--context", help="the context text")
     source.add_argument("--context-file", type=Path, help="a UTF-8 file holding the context ('-' for stdin)")
-    answer.add_argument("--top-k", type=int)
+    answer.add_argument("--top-k", type=_count)
     answer.add_argument("--handle-impossible-answer", action="store_true", default=None)
-    answer.add_argument("--max-seq-len", type=int)
-    answer.add_argument("--doc-stride", type=int)
+    answer.add_argument("--max-seq-len", type=_count)
+    answer.add_argument("--doc-stride", type=_count)
     answer.add_argument(
         "--no-merge-same-text",
         dest="merge_same_text",
@@ -94,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     classify = client_command("classify", help="classify texts (or text pairs) and print their labels as JSON")
     classify.add_argument("texts", nargs="+")
     classify.add_argument("--pair", action="append", help="second segment, once per text")
-    classify.add_argument("--top-k", type=int, help="labels per text (default 1; 0 for all)")
+    classify.add_argument("--top-k", type=_count, help="labels per text (default 1; 0 for all)")
     classify.add_argument(
         "--function", choices=("softmax", "sigmoid", "none"), help="logits to scores (default: as the model says)"
     )
@@ -134,7 +157,7 @@ def _parser() -> argparse.ArgumentParser:
 
     fill = client_command("fill-mask", help="predict the tokens at each [MASK] of texts and print them as JSON")
     fill.add_argument("texts", nargs="+", help="texts with [MASK] (or the model's own mask token) in them")
-    fill.add_argument("--top-k", type=int, help="candidates per mask (default 5)")
+    fill.add_argument("--top-k", type=_count, help="candidates per mask (default 5)")
     # (--target is the server's address, as in every client command)
     fill.add_argument(
         "--candidate",

@@ -4,6 +4,7 @@ client and prints its answer as JSON (see bertserve.app.cli for their arguments)
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import signal
@@ -31,6 +32,23 @@ __all__ = [
 
 
 T = TypeVar("T")
+
+
+def _command(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A command whose input cannot be sent (a file that cannot be read, text that is not UTF-8)
+    says so in one line and exits 2, as a usage error does, with no traceback."""
+
+    @functools.wraps(run)
+    def checked(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except UnicodeError as e:
+            print(f"bertserve: the input is not UTF-8 text ({e})", file=sys.stderr)
+        except (OSError, ValueError) as e:
+            print(f"bertserve: {e}", file=sys.stderr)
+        return 2
+
+    return checked
 
 
 def _client(args: argparse.Namespace) -> Any:
@@ -69,6 +87,7 @@ def _call(args: argparse.Namespace, ask: Callable[[Any], T], show: Callable[[T],
         return 1
 
 
+@_command
 def embed(args: argparse.Namespace) -> int:
     return _call(
         args,
@@ -84,6 +103,7 @@ def embed(args: argparse.Namespace) -> int:
     )
 
 
+@_command
 def tokenize(args: argparse.Namespace) -> int:
     return _call(
         args,
@@ -99,6 +119,7 @@ def tokenize(args: argparse.Namespace) -> int:
     )
 
 
+@_command
 def answer(args: argparse.Namespace) -> int:
     if args.context_file is not None:
         context = sys.stdin.read() if str(args.context_file) == "-" else args.context_file.read_text(encoding="utf-8")
@@ -119,6 +140,7 @@ def answer(args: argparse.Namespace) -> int:
     )
 
 
+@_command
 def classify(args: argparse.Namespace) -> int:
     return _call(
         args,
@@ -134,6 +156,7 @@ def classify(args: argparse.Namespace) -> int:
     )
 
 
+@_command
 def rerank(args: argparse.Namespace) -> int:
     return _call(
         args,
@@ -145,6 +168,7 @@ def rerank(args: argparse.Namespace) -> int:
     )
 
 
+@_command
 def similarity(args: argparse.Namespace) -> int:
     return _call(
         args,
@@ -153,6 +177,7 @@ def similarity(args: argparse.Namespace) -> int:
     )
 
 
+@_command
 def classify_tokens(args: argparse.Namespace) -> int:
     return _call(
         args,
@@ -167,6 +192,7 @@ def classify_tokens(args: argparse.Namespace) -> int:
     )
 
 
+@_command
 def fill_mask(args: argparse.Namespace) -> int:
     return _call(
         args,
@@ -177,6 +203,7 @@ def fill_mask(args: argparse.Namespace) -> int:
     )
 
 
+@_command
 def detect_replaced(args: argparse.Namespace) -> int:
     return _call(
         args,
@@ -187,10 +214,12 @@ def detect_replaced(args: argparse.Namespace) -> int:
     )
 
 
+@_command
 def models(args: argparse.Namespace) -> int:
     return _call(args, lambda c: c.models(), lambda found: [asdict(m) for m in found])
 
 
+@_command
 def health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -202,7 +231,10 @@ def health(args: argparse.Namespace) -> int:
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout, metadata=client.metadata
             )
         except grpc.RpcError as e:
-            print(f"bertserve: {e.code().name}: {e.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+            code, details = e.code(), e.details()  # type: ignore[attr-defined]
+            if code is grpc.StatusCode.NOT_FOUND and not details:  # what grpc's health service says of a name
+                details = f"the server serves no model or service named {args.service!r}"
+            print(f"bertserve: {code.name}: {details}", file=sys.stderr)
             return 1
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     print(status)
@@ -213,13 +245,16 @@ def _entry(text: str) -> str:
     return sys.stdin.read() if text == "-" else text
 
 
+@_command
 def load(args: argparse.Namespace) -> int:
     return _call(args, lambda c: c.load_model(_entry(args.entry)), asdict)
 
 
+@_command
 def unload(args: argparse.Namespace) -> int:
     return _call(args, lambda c: c.unload_model(args.name), asdict)
 
 
+@_command
 def reload(args: argparse.Namespace) -> int:
     return _call(args, lambda c: c.reload_model(args.name, _entry(args.entry) if args.entry else None), asdict)
