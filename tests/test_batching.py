@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from bertserve.app.config import load_config
 from bertserve.app.server import BertServer
 from bertserve.ops import EmbedOp
 from bertserve.serving.batcher import Batcher, BatchLimits
-from bertserve_client import AsyncClient, BertserveError, EmbedResult
+from bertserve_client import AsyncClient, BertserveError, Client, EmbedResult
 
 from conftest import EMBED_MODELS, NO_RETRIES, inline_tokenize_limit
 
@@ -190,6 +190,37 @@ async def test_stream_survives_a_client_that_cancels_midway(client: AsyncClient,
     assert result.embeddings.shape == (1, 384)
     again = [r async for r in client.embed_stream(["a", "b"], model="minilm")]
     assert all(isinstance(r, EmbedResult) for r in again)
+
+
+async def test_a_stream_whose_items_fail_raises_their_exception_in_either_client(
+    client: AsyncClient, server: BertServer
+) -> None:
+    """grpc ends a stream whose request iterator raised as a cancellation (asyncio) or as UNKNOWN
+    (threads): the caller gets its own exception, not a cancellation it never asked for."""
+
+    class BrokenSource(Exception):
+        pass
+
+    async def failing() -> AsyncIterator[str]:
+        yield "first"
+        raise BrokenSource("the items ran out of road")
+
+    seen: list[object] = []
+    with pytest.raises(BrokenSource, match="the items ran out of road"):
+        async for result in client.embed_stream(failing(), model="bert"):
+            seen.append(result)
+    assert all(isinstance(r, EmbedResult) for r in seen)
+
+    def failing_sync() -> Iterator[str]:
+        yield "first"
+        raise BrokenSource("the items ran out of road")
+
+    def in_a_thread() -> None:
+        with Client(f"127.0.0.1:{server.port}") as sync, pytest.raises(BrokenSource, match="ran out of road"):
+            list(sync.embed_stream(failing_sync(), model="bert"))
+
+    await asyncio.to_thread(in_a_thread)
+    assert isinstance(await client.embed("still serving", model="bert"), EmbedResult)
 
 
 async def test_stream_keeps_at_most_its_bound_in_flight(tiny_models: dict, tmp_path: Path) -> None:

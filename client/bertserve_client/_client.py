@@ -9,6 +9,7 @@ is written here once for each. Both turn grpc.RpcError into BertserveError.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import os
@@ -249,9 +250,15 @@ class Client(_Base[grpc.Channel]):
         request = functools.partial(
             _calls.stream_request, model=model, pooling=pooling, normalize=normalize, truncate=truncate
         )
-        requests = (request(item) for item in items)
-        with self._stub("EmbedStream") as stub:
-            responses = stub(requests, **self._call_options(timeout))
+        failed = _InputFailure()
+
+        def requests() -> Iterator[encoder_service_pb2.EmbedStreamRequest]:
+            with failed.kept():
+                for item in items:
+                    yield request(item)
+
+        with failed.raised(), self._stub("EmbedStream") as stub:
+            responses = stub(requests(), **self._call_options(timeout))
             try:
                 yield from map(parse_stream_item, responses)
             finally:
@@ -320,15 +327,18 @@ class AsyncClient(_Base[grpc.aio.Channel]):
             _calls.stream_request, model=model, pooling=pooling, normalize=normalize, truncate=truncate
         )
 
-        async def requests() -> AsyncIterator[encoder_service_pb2.EmbedStreamRequest]:
-            if isinstance(items, AsyncIterable):
-                async for item in items:
-                    yield request(item)
-            else:
-                for item in items:
-                    yield request(item)
+        failed = _InputFailure()
 
-        with self._stub("EmbedStream") as stub:
+        async def requests() -> AsyncIterator[encoder_service_pb2.EmbedStreamRequest]:
+            with failed.kept():
+                if isinstance(items, AsyncIterable):
+                    async for item in items:
+                        yield request(item)
+                else:
+                    for item in items:
+                        yield request(item)
+
+        with failed.raised(), self._stub("EmbedStream") as stub:
             call = stub(requests(), **self._call_options(timeout))
             try:
                 async for response in call:
@@ -349,6 +359,34 @@ class AsyncClient(_Base[grpc.aio.Channel]):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+
+class _InputFailure:
+    """What the caller's own items raised while a stream sent them. grpc ends the call then, and
+    says so as a cancellation (asyncio) or as UNKNOWN "Exception iterating requests!" (threads):
+    the caller gets its own exception instead."""
+
+    def __init__(self) -> None:
+        self.error: Exception | None = None
+
+    @contextmanager
+    def kept(self) -> Iterator[None]:
+        """Around the iteration of the caller's items."""
+        try:
+            yield
+        except Exception as e:
+            self.error = e
+            raise
+
+    @contextmanager
+    def raised(self) -> Iterator[None]:
+        """Around the call: what ends it after the items failed is their exception."""
+        try:
+            yield
+        except (BertserveError, asyncio.CancelledError):
+            if self.error is None:
+                raise
+            raise self.error from None
 
 
 def tls_credentials(
