@@ -15,10 +15,13 @@ from pathlib import Path
 import grpc
 import pytest
 from certs import Pki, make_pki, subject_of
+from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
+from bertserve.app.config import load_config
 from bertserve.app.server import BertServer
+from bertserve.errors import ConfigError
 from bertserve_client import AsyncClient, BertserveError, Client, tls_credentials
 from bertserve_client.v1 import encoder_service_pb2, encoder_service_pb2_grpc, model_service_pb2, model_service_pb2_grpc
 
@@ -158,6 +161,82 @@ def test_a_certificate_rotated_by_sighup_is_served_to_new_connections(
             assert info.value.code is grpc.StatusCode.UNAVAILABLE
         served.wait_for("TLS certificates re-read from")
         assert subject_of(cert.read_bytes()) == "rotated server"
+    finally:
+        served.process.terminate()
+        served.process.wait(30)
+
+
+def test_tls_files_that_cannot_serve_fail_the_start_naming_the_file(pki: Pki, tmp_path: Path) -> None:
+    """gRPC would say only that it could not bind; the configuration says which file is wrong."""
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(
+        serialization.load_pem_private_key(pki.server.key.read_bytes(), None).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"passphrase"),
+        )
+    )
+    cases = [
+        (garbage, pki.server.key, None, f"cert_file '{garbage}' holds no PEM certificate"),
+        (pki.server.cert, garbage, None, f"key_file '{garbage}' holds no unencrypted PEM private key"),
+        (pki.server.cert, encrypted, None, f"key_file '{encrypted}' holds no unencrypted PEM private key"),
+        (
+            pki.server.cert,
+            pki.client.key,
+            None,
+            f"key_file '{pki.client.key}' is not the key of the certificate in '{pki.server.cert}'",
+        ),
+        (pki.server.cert, pki.server.key, garbage, f"client_ca_file '{garbage}' holds no PEM certificate"),
+    ]
+    for cert, key, ca, problem in cases:
+        config = tmp_path / "c.yaml"
+        ca_line = f", client_ca_file: '{ca}'" if ca else ""
+        config.write_text(
+            f"server: {{port: 0, tls: {{cert_file: '{cert}', key_file: '{key}'{ca_line}}}}}\n"
+            "models:\n  - {name: m, plugin: bert, source: ./m}\n"
+        )
+        with pytest.raises(ConfigError) as info:
+            load_config(config)
+        assert str(info.value) == f"server.tls: {problem}"
+    run = subprocess.run(
+        [sys.executable, "-m", "bertserve.app.cli", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2
+    assert run.stderr.strip().endswith(f"server.tls: client_ca_file '{garbage}' holds no PEM certificate")
+
+
+def test_a_rotation_to_files_that_cannot_serve_is_refused_and_said(
+    pki: Pki, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    live = tmp_path / "live"
+    live.mkdir()
+    cert, key = live / "server.pem", live / "server.key"
+    shutil.copy(pki.server.cert, cert)
+    shutil.copy(pki.server.key, key)
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"server: {{address: 127.0.0.1, port: 0, tls: {{cert_file: '{cert}', key_file: '{key}'}}}}\n"
+        f"models:\n  - {{name: bert, plugin: bert, source: '{tiny_models['bert']}'}}\n"
+    )
+    served = Served(config)
+    try:
+        served.wait_for("model 'bert' ready")
+        shutil.copy(pki.client.key, live / "next.key")  # a key that is not the certificate's
+        (live / "next.key").replace(key)
+        served.process.send_signal(signal.SIGHUP)
+        with Client(f"127.0.0.1:{served.port}", credentials=_tls(pki), timeout=10) as client:
+            assert client.embed("served on the certificate in use", model="bert").embeddings.shape[0] == 1
+        [refused] = served.wait_for("the new TLS files are refused")
+        assert refused.rstrip().endswith(
+            f"the new TLS files are refused: key_file '{key}' is not the key of the certificate in '{cert}'; the "
+            "certificates in use stay"
+        )
+        assert not [line for line in served.log if "TLS certificates re-read from" in line]
     finally:
         served.process.terminate()
         served.process.wait(30)

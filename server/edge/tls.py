@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
-__all__ = ["CertificateFiles", "RotatingCredentials"]
+__all__ = ["CertificateFiles", "RotatingCredentials", "certificate_problem"]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,33 @@ class CertificateFiles:
     @property
     def paths(self) -> tuple[Path, ...]:
         return (self.cert_file, self.key_file) + ((self.client_ca_file,) if self.client_ca_file else ())
+
+
+def certificate_problem(files: CertificateFiles) -> str | None:
+    """What is wrong with the files, as OpenSSL reads them (Python's ssl): a certificate file
+    without a certificate, a key that is not an unencrypted PEM key, a key that is not the
+    certificate's, a client CA file without a certificate; None when they serve. gRPC itself says
+    only that it could not bind, or refuses a rotation in its own log alone."""
+
+    def has_certificates(path: Path) -> bool:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=str(path))
+        except ssl.SSLError:
+            return False
+        return True
+
+    if not has_certificates(files.cert_file):
+        return f"cert_file {str(files.cert_file)!r} holds no PEM certificate"
+    try:
+        # No passphrase: gRPC cannot use an encrypted key (and OpenSSL must not prompt for one).
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(files.cert_file, files.key_file, password=b"")
+    except ssl.SSLError as e:
+        if e.reason == "KEY_VALUES_MISMATCH":
+            return f"key_file {str(files.key_file)!r} is not the key of the certificate in {str(files.cert_file)!r}"
+        return f"key_file {str(files.key_file)!r} holds no unencrypted PEM private key"
+    if files.client_ca_file is not None and not has_certificates(files.client_ca_file):
+        return f"client_ca_file {str(files.client_ca_file)!r} holds no PEM certificate"
+    return None
 
 
 class RotatingCredentials:
@@ -76,11 +104,15 @@ class RotatingCredentials:
                 stamp = self._stamp_of_files()
                 if stamp == self._stamp and not self._reload_requested:
                     return None
-                config = self._read()
+                problem = certificate_problem(self._files)
+                config = None if problem else self._read()
             except OSError as e:  # half-written or missing files: keep serving the certificates in use
                 log.error("cannot re-read the TLS files (%s); the certificates in use stay", e)
                 self._reload_requested = False
                 return None
-            self._stamp, self._reload_requested = stamp, False
+            self._stamp, self._reload_requested = stamp, False  # refused files are told of once, not per handshake
+            if problem:
+                log.error("the new TLS files are refused: %s; the certificates in use stay", problem)
+                return None
         log.info("TLS certificates re-read from %s", ", ".join(str(p) for p in self._files.paths))
         return config

@@ -14,6 +14,7 @@ import pydantic
 import yaml
 
 from bertserve.app import event_loop
+from bertserve.edge.tls import CertificateFiles, certificate_problem
 from bertserve.errors import ConfigError
 
 from .messages import describe
@@ -98,6 +99,9 @@ def _checked(settings: FileSettings, env: Mapping[str, str]) -> ServerConfig:
         for key, path in tls.model_dump().items():
             if path is not None:
                 _readable(f"server.tls.{key}", path)
+        ca = Path(tls.client_ca_file) if tls.client_ca_file else None
+        if problem := certificate_problem(CertificateFiles(Path(tls.cert_file), Path(tls.key_file), ca)):
+            raise ConfigError(f"server.tls: {problem}")
     return ServerConfig(
         **{**server, "default_model": default or names[0]},
         tls=TlsConfig(**tls.model_dump()) if tls else None,
