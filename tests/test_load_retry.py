@@ -72,3 +72,33 @@ async def test_a_source_that_appears_later_loads_on_its_own(tiny_models: dict[st
         assert (await _models(address))["never"].load_attempts == 1
     finally:
         await server.stop(grace=1)
+
+
+async def test_a_checkpoint_whose_config_is_broken_fails_once_for_good(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """transformers raises OSError for a config.json that is not JSON, as for files not there yet:
+    that one is a broken checkpoint, final, not retried for ever."""
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_models["bert"], broken)
+    (broken / "config.json").write_text("{not json\n")
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "server: {address: 127.0.0.1, port: 0, load_retry_max_s: 1}\nmodels:\n"
+        f"  - {{name: broken, plugin: bert, source: '{broken}'}}\n"
+    )
+    server = await start_server(config)
+    try:
+        await asyncio.sleep(2.5)  # retries would be due after 1 s and 2 s
+        model = (await _models(f"127.0.0.1:{server.port}"))["broken"]
+        assert (model.state, model.load_attempts, model.HasField("next_attempt_time")) == (
+            model_service_pb2.MODEL_STATE_FAILED,
+            1,
+            False,
+        )
+        assert model.failure_reason == (
+            f"ConfigError: checkpoint '{broken}': its config.json is not valid JSON (Expecting property name "
+            "enclosed in double quotes: line 1 column 2 (char 1))"
+        )
+    finally:
+        await server.stop(grace=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,15 @@ def local_source(spec: ModelSpec, default_source: str) -> str:
 
 
 def checkpoint_config(source: str, common: dict[str, Any], *, model_types: frozenset[str], variant: str) -> Any:
-    """The checkpoint's config; ConfigError unless its model type is one the variant serves."""
+    """The checkpoint's config; ConfigError unless its model type is one the variant serves, or
+    where its config.json is there but broken (transformers raises OSError for it, which reads as a
+    file not there yet, and would be tried again for ever)."""
+    written = Path(source) / "config.json"
+    if written.is_file():
+        try:
+            json.loads(written.read_bytes())
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+            raise ConfigError(f"checkpoint {source!r}: its config.json is not valid JSON ({e})") from None
     config = AutoConfig.from_pretrained(source, **common)
     if config.model_type not in model_types:
         raise ConfigError(
