@@ -361,6 +361,11 @@ async def test_a_token_limited_to_some_models_is_refused_the_others(tls_channel:
         grpc.StatusCode.PERMISSION_DENIED,
         "token 'bert-caller' may not use model 'roberta'",
     )
+    # ListModels shows a token the models it may use, as GetModel does, and all of them to the others.
+    listed = await models.ListModels(model_service_pb2.ListModelsRequest(), metadata=md)
+    assert [m.name for m in listed.models] == ["bert"]
+    everything = await models.ListModels(model_service_pb2.ListModelsRequest(), metadata=_bearer(INFERENCE_TOKEN))
+    assert {"bert", "roberta"} <= {m.name for m in everything.models}
     # An admin token limited to bert manages bert alone, including what LoadModel's entry names.
     md = _bearer(BERT_ADMIN_TOKEN)
     for shown, call in (

@@ -32,6 +32,7 @@ __all__ = [
     "LocalAdminOnly",
     "Principal",
     "TokenTable",
+    "may_see",
     "require_model",
 ]
 
@@ -52,6 +53,12 @@ def require_model(model: str) -> None:
     principal = _principal.get()
     if principal is not None and not principal.may_use(model):
         raise PermissionDenied(f"token {principal.name!r} may not use model {quoted(model)}")
+
+
+def may_see(model: str) -> bool:
+    """Whether the current call's token may use model (ListModels shows a token its own models)."""
+    principal = _principal.get()
+    return principal is None or principal.may_use(model)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from bertserve import __version__
 from bertserve.api import ModelSpec
 from bertserve.domain import CallLimits
 from bertserve.edge import call_facts, codecs
-from bertserve.edge.auth import require_model
+from bertserve.edge.auth import may_see, require_model
 from bertserve.edge.drain import CallGate
 from bertserve.edge.parsing import Unparsable
 from bertserve.edge.status import abort_with, grpc_errors, internal_error, status_of
@@ -203,7 +203,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     ) -> model_service_pb2.ListModelsResponse:
         default = self._router.default_model
         return model_service_pb2.ListModelsResponse(
-            models=[codecs.model_proto(h, is_default=h.name == default) for h in self._router],
+            models=[codecs.model_proto(h, is_default=h.name == default) for h in self._router if may_see(h.name)],
             server_version=__version__,
         )
 
