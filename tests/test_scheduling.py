@@ -99,3 +99,12 @@ def test_the_passes_of_two_workers_are_planned_to_end_apart() -> None:
     # It ends at 80: the whole limit would end only 20 after it, and a step after it is past the
     # limit, so this one ends a step before it, at 30.
     assert pass_ms(100.0, 2, [1080.0], now_ms=1000.0) == 30.0
+
+
+def test_a_draining_server_takes_the_oldest_requests_sequences_first() -> None:
+    live = [Seq(2, 10), Seq(3, 10), Seq(1, 10), Seq(1, 10), Seq(2, 10), Seq(1, 10), Seq(3, 10)]
+    assert [r for r, _ in _choose(live, last_turn=1, max_batch_size=4, first_come=True)] == [1, 1, 1, 2]
+    in_turns_now = [r for r, _ in _choose(live, last_turn=1, max_batch_size=4)]
+    assert in_turns_now[:3] == [2, 3, 1]  # what it does while serving: a turn each
+    choice = _decide([Seq(5, 10), Seq(5, 10, "answer"), Seq(4, 10, "answer")], first_come=True)
+    assert choice.turn == 4 and [c for c in choice.taken] == [2, 1]  # the oldest request's operation

@@ -26,15 +26,18 @@ TEXTS = [f"{i} an in-flight call that takes a while to answer " * 8 for i in ran
 def serve(tmp_path: Path) -> Iterator[object]:
     started: list[Served] = []
 
-    def start(grace_period_s: float, drain_delay_s: float = 0) -> Served:
+    def start(grace_period_s: float, drain_delay_s: float = 0, processes: int = 1) -> Served:
         config = tmp_path / "c.yaml"
         config.write_text(
-            "server: {address: 127.0.0.1, port: 0, "
+            f"server: {{address: 127.0.0.1, port: 0, processes: {processes}, "
             f"grace_period_s: {grace_period_s}, drain_delay_s: {drain_delay_s}}}\n"
             f"models:\n  - {{name: slow, {SLOW}}}\n"
         )
         served = Served(config)
-        served.wait_for("model 'slow' ready")
+        if processes == 1:
+            served.wait_for("model 'slow' ready")
+        else:  # each front end, once the engine has loaded it
+            served.wait_for("model 'slow': tokenizer ready", count=processes)
         started.append(served)
         return served
 
@@ -104,6 +107,39 @@ def test_a_call_in_flight_is_answered_within_the_grace_period(serve: object) -> 
     assert isinstance(result, EmbedResult) and result.embeddings.shape[0] == len(texts)
     assert ended > terminated + 0.5, "the call was still in flight when the signal landed"  # type: ignore[operator]
     assert served.process.wait(30) == 0, "exits once the calls in flight are answered, not after the grace period"
+
+
+@pytest.mark.parametrize("processes", [1, 2], ids=["one process", "front ends and an engine"])
+def test_a_drain_answers_the_calls_in_flight_in_the_order_they_came(serve: object, processes: int) -> None:
+    """In turns, calls that share the passes all end together, at the grace period's end or after
+    it; a draining server serves them first come, first served, so that as many as may be end."""
+    served: Served = serve(grace_period_s=120, processes=processes)  # type: ignore[operator]
+    texts = _texts_lasting(served, 1.0)
+    ended: dict[int, float] = {}
+    outcomes: dict[int, object] = {}
+
+    def call(index: int) -> None:
+        with Client(f"127.0.0.1:{served.port}", timeout=120, options=NO_RETRIES) as client:
+            try:
+                outcomes[index] = client.embed(texts, model="slow")
+            except BertserveError as e:
+                outcomes[index] = e
+        ended[index] = time.monotonic()
+
+    callers = [threading.Thread(target=call, args=(i,)) for i in range(6)]
+    for caller in callers:  # each call reaches the model after the one before
+        caller.start()
+        time.sleep(0.1)
+    time.sleep(0.3)
+    terminated = time.monotonic()
+    served.process.send_signal(signal.SIGTERM)
+    for caller in callers:
+        caller.join(120)
+    assert all(isinstance(outcomes[i], EmbedResult) for i in range(6)), outcomes
+    took = [ended[i] - terminated for i in range(6)]
+    assert took == sorted(took), took
+    assert took[0] < 0.5 * took[-1], took  # in turns, the first would end about when the last does
+    assert served.process.wait(60) == 0
 
 
 def test_calls_that_come_during_the_drain_are_refused_until_the_calls_in_flight_are_answered(serve: object) -> None:

@@ -307,6 +307,8 @@ class BertServer:
             # their way (see bertserve.edge.drain); calls that come meanwhile are refused.
             self._gate.close()
             log.info("refusing new calls; %d in flight", self._gate.in_flight)
+            for host in self.router:
+                host.batcher.serve_first_come()
             if not await self._gate.wait_idle(grace):
                 # gRPC would cut the calls left with a bare CANCELLED; bertserve answers them
                 # first, with UNAVAILABLE (a retry elsewhere succeeds) and why.

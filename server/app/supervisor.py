@@ -138,6 +138,8 @@ def serve_processes(config: ServerConfig, plan: ProcessPlan, all_cores: int) -> 
                 children[i] = start(i + 1)
         return 0
     finally:
+        for engine in engines:
+            engine.drain()
         _stop_all([p for p, _ in children], config.grace_period_s + config.drain_delay_s)
         for engine in engines:
             engine.stop(config.grace_period_s)
@@ -240,6 +242,16 @@ class _EngineWatch:
             return
         if self._unanswered_since is None:
             self._unanswered_since = now
+
+    def drain(self) -> None:
+        """The server drains: the engine serves the calls in flight in the order they came."""
+        import zmq
+
+        from bertserve.serving import engine_wire as wire
+
+        if self.process is not None and self.process.is_alive():
+            with contextlib.suppress(zmq.ZMQError):
+                self._socket.send_multipart([wire.DRAIN], flags=zmq.NOBLOCK)
 
     def stop(self, grace_period_s: float) -> None:
         """Once the front ends are gone: tell the engine to stop (it leaves SIGTERM sent to the

@@ -130,6 +130,7 @@ class Batcher:
         # When calls last contended: one came while others were queued or running, or a pass was
         # planned over several.
         self._contended_ns = -CONTENTION_MEMORY_NS
+        self._first_come = False  # the server drains: requests go in the order they came, not in turns
 
     @property
     def tokens_per_s(self) -> float:
@@ -160,6 +161,12 @@ class Batcher:
     def _gauge_queue(self) -> None:
         metrics.child(metrics.QUEUE_SEQUENCES, self.name).set(len(self._pending))
         metrics.child(metrics.QUEUE_TOKENS, self.name).set(self._queued_tokens)
+
+    def serve_first_come(self) -> None:
+        """The server drains: from now on the oldest request's sequences go first, so that as many
+        calls as may be end within the grace period (in turns, calls that shared the passes would
+        all end together, at its end or after it)."""
+        self._first_come = True
 
     def abandon(self, error: BertserveError) -> None:
         """Stop waiting for the work queued or in flight: each of its calls fails with error now, and
@@ -406,6 +413,7 @@ class Batcher:
             packed=self._packed,
             lately_contended=time.monotonic_ns() - self._contended_ns < CONTENTION_MEMORY_NS,
             budget=self._budget(),
+            first_come=self._first_come,
         )
         if choice.contended:
             self._contended_ns = time.monotonic_ns()

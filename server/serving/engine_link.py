@@ -251,6 +251,9 @@ class EnginePasses:
     def abandon(self, error: BertserveError) -> None:
         self._link.abandon(self.name, error)
 
+    def serve_first_come(self) -> None:
+        """Nothing to change here: the supervisor tells the engine that the server drains."""
+
     async def submit(
         self, op: Op[Any], items: Sequence[Encoding], costs: Sequence[int], *, deadline: float | None = None
     ) -> list[Completed[Any]]:

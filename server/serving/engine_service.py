@@ -159,6 +159,10 @@ class EngineService:
             self._send(peer, wire.encode_small(wire.PONG, self._oldest_pass_s()))
         elif kind == wire.STOP:
             self._on_stop()
+        elif kind == wire.DRAIN:
+            log.info("the server drains: calls are served in the order they came")
+            for host in self._router:
+                host.batcher.serve_first_come()
 
     def _keep(self, task: asyncio.Task[Any]) -> None:
         self._tasks.add(task)

@@ -52,6 +52,7 @@ def choose_batch(
     packed: Callable[[Hashable], bool],
     lately_contended: bool,
     budget: int,
+    first_come: bool = False,
 ) -> Choice:
     """The next pass: one sequence of the request whose turn it is, and the sequences that plan
     well with it, taken in turns from every request of its operation.
@@ -60,7 +61,12 @@ def choose_batch(
     of the next passes, and a large call is spread over passes between other work. With several
     workers idle, the pass takes only its share of the pending work, so that a large request runs
     on all of them rather than on one. budget: the tokens a contended pass may compute.
+
+    first_come: the server drains, and what counts is how many calls end within the grace period:
+    the oldest request's sequences go first, then the next request's, and passes are full.
     """
+    if first_come:
+        return _first_come(live, idle_workers, max_batch_size, max_batch_tokens, packed)
     turn = min((s.request for s in live if s.request > last_turn), default=live[0].request)
     anchor = next(s for s in live if s.request == turn)
     # Plan over the anchor's operation only, the requests interleaved from its own on, and over a
@@ -94,6 +100,19 @@ def choose_batch(
         # The anchor's group runs first: the plan cuts padding, the turns keep it fair.
         picked = next(g for g in groups if 0 in g)
     return Choice([candidates[k] for k in picked], turn, contended)
+
+
+def _first_come(
+    live: Sequence[S], idle_workers: int, max_batch_size: int, max_batch_tokens: int, packed: Callable[[Hashable], bool]
+) -> Choice:
+    oldest = min(live, key=lambda s: s.request)
+    same_op = sorted((i for i, s in enumerate(live) if s.op == oldest.op), key=lambda i: live[i].request)
+    candidates = same_op[: 4 * max_batch_size]
+    size = min(max_batch_size, -(-len(candidates) // max(1, idle_workers)))
+    costs = [live[i].cost for i in candidates]
+    picked = shared_pass(costs, 1, size, packed=packed(oldest.op), limit=max_batch_tokens, budget=max_batch_tokens)
+    taken = [candidates[k] for k in picked]
+    return Choice(taken, oldest.request, len({live[i].request for i in taken}) > 1)
 
 
 def shared_pass(costs: Sequence[int], in_round: int, size: int, *, packed: bool, limit: int, budget: int) -> list[int]:
