@@ -98,3 +98,20 @@ def test_the_named_results_are_batches(kind: type[Batch[object]]) -> None:
     results = kind([[], []], model="tiny", usage=usage)
     assert isinstance(results, Batch) and issubclass(kind, list)
     assert results == [[], []] and results.model == "tiny" and results.usage is usage
+
+
+@pytest.mark.parametrize("token", ["two words", "line\nbreak", "caf\u00e9", "tab\there"])
+def test_a_token_no_header_can_carry_is_refused_when_the_client_is_made(token: str) -> None:
+    """gRPC would fail every call with INTERNAL "Invalid metadata" instead."""
+    with pytest.raises(ValueError, match="the token holds characters a gRPC header cannot carry"):
+        Client("localhost:1", token=token)
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf")])
+def test_a_deadline_that_is_no_number_of_seconds_is_refused(timeout: float) -> None:
+    """gRPC would take it as expired, and the call would fail with DEADLINE_EXCEEDED."""
+    message = "timeout must be a number of seconds above 0, or None"
+    with pytest.raises(ValueError, match=message):
+        Client("localhost:1", timeout=timeout)
+    with Client("localhost:1") as client, pytest.raises(ValueError, match=message):
+        client.embed("x", timeout=timeout)

@@ -242,16 +242,23 @@ def test_a_rotation_to_files_that_cannot_serve_is_refused_and_said(
         served.process.wait(30)
 
 
-def test_plaintext_off_loopback_is_warned_about(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+def test_plaintext_off_loopback_and_reflection_protected_without_tokens_are_warned_about(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
     config = tmp_path / "c.yaml"
     config.write_text(
-        "server: {address: 0.0.0.0, port: 0}\n"
+        "server: {address: 0.0.0.0, port: 0, auth: {protect_reflection: true}}\n"
         f"models:\n  - {{name: bert, plugin: bert, source: '{tiny_models['bert']}'}}\n"
     )
     served = Served(config)
     try:
         [line] = served.wait_for("serving plaintext on")
         assert "WARNING" in line and "0.0.0.0, which is not a loopback address: set server.tls" in line
+        [line] = served.wait_for("protect_reflection is set")
+        assert line.rstrip().endswith(
+            "WARNING bertserve.app.server: server.auth.protect_reflection is set, but no tokens are: reflection "
+            "stays open, as every call is (set server.auth.tokens_file or BERTSERVE_TOKENS)"
+        )
     finally:
         served.process.terminate()
         served.process.wait(30)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import math
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -101,6 +102,10 @@ class _Base(Generic[ChannelT]):
         hint, and keepalive notices dead replicas. `health_check` also skips replicas whose
         grpc.health.v1 status is not SERVING (loading, or draining for a rollout).
         """
+        _check_timeout(timeout)
+        token = token if token is not None else os.environ.get(TOKEN_ENV, "")
+        if token and not all(" " < c <= "~" for c in token):  # what a gRPC header value may hold
+            raise ValueError("the token holds characters a gRPC header cannot carry (spaces, control or non-ASCII)")
         if channel is not None:
             if channels != 1:
                 raise ValueError("channels applies to connections the client opens, not to a channel passed in")
@@ -112,7 +117,6 @@ class _Base(Generic[ChannelT]):
             if channels > 1:  # gRPC shares one connection between equal channels unless told otherwise
                 opts.append(("grpc.use_local_subchannel_pool", 1))
             self._channels = [self._open_channel(target, credentials, opts) for _ in range(channels)]
-        token = token if token is not None else os.environ.get(TOKEN_ENV, "")
         # Sent with every call: a server with token auth refuses calls without it.
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._owns_channel = channel is None
@@ -164,7 +168,16 @@ class _Base(Generic[ChannelT]):
 
     def _call_options(self, timeout: Timeout) -> dict[str, Any]:
         """The deadline and metadata of one stub call."""
+        if timeout is not DEFAULT:
+            _check_timeout(timeout)
         return {"timeout": self._timeout if timeout is DEFAULT else timeout, "metadata": self._metadata}
+
+
+def _check_timeout(timeout: float | None) -> None:
+    """A deadline is a finite number of seconds above zero, or None: gRPC takes any other as
+    already expired, and the call fails with DEADLINE_EXCEEDED for the caller's slip."""
+    if timeout is not None and not 0 < timeout < math.inf:
+        raise ValueError(f"timeout must be a number of seconds above 0, or None; got {timeout!r}")
 
 
 def _like(method: F, define: Callable[..., Call[Any]], owner: str) -> F:

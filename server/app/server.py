@@ -252,7 +252,12 @@ class BertServer:
             )
         if config.auth.enabled:
             log.info("token auth on: %d tokens", len(config.auth.tokens))
-        elif config.admin.allow_remote_without_auth:
+        elif config.auth.protect_reflection:
+            log.warning(
+                "server.auth.protect_reflection is set, but no tokens are: reflection stays open, as every "
+                "call is (set server.auth.tokens_file or BERTSERVE_TOKENS)"
+            )
+        if not config.auth.enabled and config.admin.allow_remote_without_auth:
             log.warning(
                 "admin calls (LoadModel, UnloadModel, ReloadModel) are open to every peer without auth "
                 "(server.admin.allow_remote_without_auth): anyone who reaches %s can change the models",
