@@ -13,6 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bertserve_client import BertserveError, Client, EmbedResult
+from bertserve_client.v1 import encoder_service_pb2, encoder_service_pb2_grpc
 
 from conftest import NO_RETRIES
 from served import Served
@@ -140,6 +141,37 @@ def test_a_drain_answers_the_calls_in_flight_in_the_order_they_came(serve: objec
     assert took == sorted(took), took
     assert took[0] < 0.5 * took[-1], took  # in turns, the first would end about when the last does
     assert served.process.wait(60) == 0
+
+
+def test_a_stream_still_open_when_the_grace_period_ends_is_ended_with_the_reason(serve: object) -> None:
+    """An open EmbedStream holds the drain; once the grace period is over it ends as a call would,
+    with bertserve's UNAVAILABLE and why, not by gRPC cutting it with a message of its own."""
+    served: Served = serve(grace_period_s=1)  # type: ignore[operator]
+
+    def items() -> Iterator[encoder_service_pb2.EmbedStreamRequest]:
+        for i in range(600):  # a minute of items, one every 0.1 s
+            yield encoder_service_pb2.EmbedStreamRequest(
+                request=encoder_service_pb2.EmbedRequest(model="slow", inputs=[f"item {i}"])
+            )
+            time.sleep(0.1)
+
+    with grpc.insecure_channel(f"127.0.0.1:{served.port}", options=NO_RETRIES) as channel:
+        stub = encoder_service_pb2_grpc.EncoderServiceStub(channel)
+        responses = stub.EmbedStream(items(), timeout=60)
+        assert next(responses).HasField("response")
+        terminated = time.monotonic()
+        served.process.send_signal(signal.SIGTERM)
+        with pytest.raises(grpc.RpcError) as info:
+            for _ in responses:
+                pass
+        ended = time.monotonic()
+    assert info.value.code() is grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    assert info.value.details() == (  # type: ignore[attr-defined]
+        "the server is shutting down and the call did not finish within its grace period of 1s (grace_period_s); "
+        "retry it"
+    )
+    assert 1 <= ended - terminated < 10
+    assert served.process.wait(30) == 0
 
 
 def test_calls_that_come_during_the_drain_are_refused_until_the_calls_in_flight_are_answered(serve: object) -> None:

@@ -323,6 +323,7 @@ class BertServer:
                 )
                 for host in self.router:
                     host.batcher.abandon(late)
+                self._gate.expire(late)
                 await self._gate.wait_idle(_ANSWER_LEFTOVERS_S)
             await self._server.stop(_ANSWER_LEFTOVERS_S)  # what is left: health watches, reflection
         if self._loading is not None and not self._loading.done():

@@ -19,8 +19,9 @@ around each call, so the hot path pays for one counter, not for an interceptor o
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
-from bertserve.errors import ModelUnavailable
+from bertserve.errors import BertserveError, ModelUnavailable
 
 __all__ = ["CallGate"]
 
@@ -32,6 +33,8 @@ class CallGate:
         self.in_flight = 0
         self._closed = False
         self._idle: asyncio.Event | None = None  # made on the loop, when a drain waits
+        self.expired: BertserveError | None = None  # set once the grace period ran out
+        self._on_expiry: set[Callable[[], None]] = set()
 
     def enter(self) -> None:
         """Count a call in; ModelUnavailable once the server is stopping."""
@@ -47,6 +50,19 @@ class CallGate:
     def close(self) -> None:
         """Refuse every call from now on; the calls in flight go on."""
         self._closed = True
+
+    def on_expiry(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call callback when the grace period runs out (a stream stops reading then); returns what
+        unregisters it."""
+        self._on_expiry.add(callback)
+        return lambda: self._on_expiry.discard(callback)
+
+    def expire(self, error: BertserveError) -> None:
+        """The grace period ran out: the calls still in flight end with error (streams included,
+        which would otherwise take items until gRPC cuts them with a message of its own)."""
+        self.expired = error
+        for callback in list(self._on_expiry):
+            callback()
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait up to timeout seconds for the calls in flight to end (once closed); whether they all did."""

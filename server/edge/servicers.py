@@ -118,14 +118,18 @@ class EncoderServicer(encoder_service_pb2_grpc.EncoderServiceServicer):
             reader.cancel()
 
         context.add_done_callback(stop_reading)
+        unregister = self._gate.on_expiry(reader.cancel)  # the drain's grace period ran out: read no more
         try:
             while (task := await in_flight.get()) is not None:
                 try:
                     yield await task
                 finally:
                     slots.release()
+            if self._gate.expired is not None:  # the items read were answered: the stream ends as a call would
+                await abort_with(context, self._gate.expired)
             await reader  # surfaces a broken request stream
         finally:  # the client went away or the stream ended: nothing of it may keep running
+            unregister()
             reader.cancel()
             while not in_flight.empty():
                 if (task := in_flight.get_nowait()) is not None:
