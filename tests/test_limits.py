@@ -4,6 +4,7 @@ are sized before compute, calls take turns, and overload is answered by bertserv
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,8 @@ async def limited_server(
         # So short a pass budget that a pass under it holds one sequence.
         # A real model's passes take long enough that two calls at once surely overlap.
         f"  - {{name: short-passes, {MINILM}, max_pass_ms: 0.001, workers: 1}}\n"
+        # One pass a call: while it runs, nothing of the call waits in the model's queue.
+        f"  - {{name: one-pass, {MINILM}, workers: 1}}\n"
     )
     server = BertServer(load_config(config))
     await server.start()
@@ -148,6 +151,29 @@ async def test_calls_past_the_limit_get_resource_exhausted_with_a_bounded_hint(l
         at_limit = "the server is at its limit of 4 calls in flight (max_concurrent_calls); retry in "
         assert err.message.startswith((at_limit, "model 'slow' is at capacity"))
     assert all(np.isfinite(s.embeddings).all() for s in served)  # type: ignore[union-attr]
+
+
+async def test_a_call_refused_at_the_limit_of_calls_is_told_to_wait_about_as_long_as_a_call_takes(
+    limited: str,
+) -> None:
+    """A place among the calls in flight frees when one of them ends: the hint is not the model's
+    queue alone (empty when the calls in flight are past it), which sent retries back at once."""
+    texts = [f"{k} " + "a sentence of a call that takes a while to compute " * 12 for k in range(4)]
+    async with AsyncClient(limited, timeout=60, options=NO_RETRIES) as client:
+        took = []
+        for _ in range(5):  # what a call takes lately, as the server sees it
+            started = time.perf_counter()
+            await client.embed(texts, model="one-pass")
+            took.append(time.perf_counter() - started)
+        calls = [client.embed(texts, model="one-pass") for _ in range(12)]
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    at_limit = [o for o in outcomes if isinstance(o, BertserveError) and "max_concurrent_calls" in o.message]
+    assert at_limit, outcomes
+    for err in at_limit:
+        assert err.retry_after_s is not None and 0.5 * min(took) <= err.retry_after_s <= MAX_RETRY_AFTER_S, (
+            err.retry_after_s,
+            took,
+        )
 
 
 async def test_a_burst_past_the_limit_is_answered_by_bertserve_never_cancelled(limited: str) -> None:

@@ -34,6 +34,7 @@ class CallGate:
         self._closed = False
         self._idle: asyncio.Event | None = None  # made on the loop, when a drain waits
         self.expired: BertserveError | None = None  # set once the grace period ran out
+        self.call_seconds = 0.0  # how long a unary call takes lately (smoothed), for retry hints
         self._on_expiry: set[Callable[[], None]] = set()
 
     def enter(self) -> None:
@@ -42,8 +43,11 @@ class CallGate:
             raise ModelUnavailable("the server is shutting down; retry the call")
         self.in_flight += 1
 
-    def leave(self) -> None:
+    def leave(self, seconds: float | None = None) -> None:
+        """Count a call out; seconds: how long it took (a unary call: what a refused one waits for)."""
         self.in_flight -= 1
+        if seconds is not None:
+            self.call_seconds = seconds if not self.call_seconds else 0.8 * self.call_seconds + 0.2 * seconds
         if self._idle is not None and self.in_flight == 0:
             self._idle.set()
 

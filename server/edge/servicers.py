@@ -27,6 +27,7 @@ from bertserve.edge.status import abort_with, grpc_errors, internal_error, statu
 from bertserve.errors import BertserveError, Overloaded, PreconditionFailed
 from bertserve.observability import metrics
 from bertserve.serving import classify, classify_tokens, embedding, fill_mask, qa, replaced_tokens, rerank, similarity
+from bertserve.serving.batcher import MAX_RETRY_AFTER_S
 from bertserve.serving.flow import Call, Flow, run_flow
 from bertserve.serving.model_host import ModelHost
 from bertserve.serving.model_manager import ModelChanges
@@ -74,16 +75,19 @@ class EncoderServicer(encoder_service_pb2_grpc.EncoderServiceServicer):
                 retry, known = host.retry_after_s(), host.name
             except BertserveError:
                 retry, known = 1.0, "-"  # a name no model has: not a label of its own
+            # A place frees when a call ends: not sooner, whatever the model's queue holds.
+            retry = min(MAX_RETRY_AFTER_S, max(retry, self._gate.call_seconds))
             metrics.REFUSED.labels(known, "max_concurrent_calls").inc()
             raise Overloaded(
                 f"the server is at its limit of {limit} calls in flight (max_concurrent_calls); retry in {retry:.2f}s",
                 retry_after_s=retry,
             )
         self._gate.enter()
+        started = time.perf_counter()
         try:
             yield
         finally:
-            self._gate.leave()
+            self._gate.leave(time.perf_counter() - started)
 
     async def EmbedStream(
         self, request_iterator: AsyncIterator[encoder_service_pb2.EmbedStreamRequest], context: grpc.aio.ServicerContext
