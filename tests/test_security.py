@@ -4,12 +4,13 @@ loopback, with certificates made at test time."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -125,9 +126,11 @@ async def test_mutual_tls_requires_a_client_certificate(pki: Pki, tiny_models: d
         await server.stop(grace=1)
 
 
-def test_a_certificate_rotated_by_sighup_is_served_to_new_connections(
+@contextlib.contextmanager
+def _served_from_live_files(
     pki: Pki, tiny_models: dict[str, Path], tmp_path: Path
-) -> None:
+) -> Iterator[tuple[Served, Path, Path]]:
+    """A TLS server, ready, whose certificate and key are copies in files a test may replace."""
     live = tmp_path / "live"
     live.mkdir()
     cert, key = live / "server.pem", live / "server.key"
@@ -141,6 +144,17 @@ def test_a_certificate_rotated_by_sighup_is_served_to_new_connections(
     served = Served(config)
     try:
         served.wait_for("model 'bert' ready")
+        yield served, cert, key
+    finally:
+        served.process.terminate()
+        served.process.wait(30)
+
+
+def test_a_certificate_rotated_by_sighup_is_served_to_new_connections(
+    pki: Pki, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    with _served_from_live_files(pki, tiny_models, tmp_path) as (served, cert, key):
+        live = cert.parent
         address = f"127.0.0.1:{served.port}"
         with Client(address, credentials=_tls(pki), timeout=10) as old:
             old.embed("before the rotation", model="bert")
@@ -161,9 +175,6 @@ def test_a_certificate_rotated_by_sighup_is_served_to_new_connections(
             assert info.value.code is grpc.StatusCode.UNAVAILABLE
         served.wait_for("TLS certificates re-read from")
         assert subject_of(cert.read_bytes()) == "rotated server"
-    finally:
-        served.process.terminate()
-        served.process.wait(30)
 
 
 def test_tls_files_that_cannot_serve_fail_the_start_naming_the_file(pki: Pki, tmp_path: Path) -> None:
@@ -213,21 +224,9 @@ def test_tls_files_that_cannot_serve_fail_the_start_naming_the_file(pki: Pki, tm
 def test_a_rotation_to_files_that_cannot_serve_is_refused_and_said(
     pki: Pki, tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:
-    live = tmp_path / "live"
-    live.mkdir()
-    cert, key = live / "server.pem", live / "server.key"
-    shutil.copy(pki.server.cert, cert)
-    shutil.copy(pki.server.key, key)
-    config = tmp_path / "c.yaml"
-    config.write_text(
-        f"server: {{address: 127.0.0.1, port: 0, tls: {{cert_file: '{cert}', key_file: '{key}'}}}}\n"
-        f"models:\n  - {{name: bert, plugin: bert, source: '{tiny_models['bert']}'}}\n"
-    )
-    served = Served(config)
-    try:
-        served.wait_for("model 'bert' ready")
-        shutil.copy(pki.client.key, live / "next.key")  # a key that is not the certificate's
-        (live / "next.key").replace(key)
+    with _served_from_live_files(pki, tiny_models, tmp_path) as (served, cert, key):
+        shutil.copy(pki.client.key, cert.parent / "next.key")  # a key that is not the certificate's
+        (cert.parent / "next.key").replace(key)
         served.process.send_signal(signal.SIGHUP)
         with Client(f"127.0.0.1:{served.port}", credentials=_tls(pki), timeout=10) as client:
             assert client.embed("served on the certificate in use", model="bert").embeddings.shape[0] == 1
@@ -237,9 +236,6 @@ def test_a_rotation_to_files_that_cannot_serve_is_refused_and_said(
             "certificates in use stay"
         )
         assert not [line for line in served.log if "TLS certificates re-read from" in line]
-    finally:
-        served.process.terminate()
-        served.process.wait(30)
 
 
 def test_plaintext_off_loopback_and_reflection_protected_without_tokens_are_warned_about(
