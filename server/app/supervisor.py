@@ -243,26 +243,28 @@ class _EngineWatch:
         if self._unanswered_since is None:
             self._unanswered_since = now
 
-    def drain(self) -> None:
-        """The server drains: the engine serves the calls in flight in the order they came."""
+    def _tell(self, kind: bytes) -> bool:
+        """Send the engine a message of its own kind, if it lives; whether it does."""
         import zmq
 
+        if self.process is None or not self.process.is_alive():
+            return False
+        with contextlib.suppress(zmq.ZMQError):
+            self._socket.send_multipart([kind], flags=zmq.NOBLOCK)
+        return True
+
+    def drain(self) -> None:
+        """The server drains: the engine serves the calls in flight in the order they came."""
         from bertserve.serving import engine_wire as wire
 
-        if self.process is not None and self.process.is_alive():
-            with contextlib.suppress(zmq.ZMQError):
-                self._socket.send_multipart([wire.DRAIN], flags=zmq.NOBLOCK)
+        self._tell(wire.DRAIN)
 
     def stop(self, grace_period_s: float) -> None:
         """Once the front ends are gone: tell the engine to stop (it leaves SIGTERM sent to the
         whole group to this), and kill it if it has not within the grace period."""
-        import zmq
-
         from bertserve.serving import engine_wire as wire
 
-        if self.process is not None and self.process.is_alive():
-            with contextlib.suppress(zmq.ZMQError):
-                self._socket.send_multipart([wire.STOP], flags=zmq.NOBLOCK)
+        if self.process is not None and self._tell(wire.STOP):
             self.process.join(grace_period_s + 5)
             if self.process.is_alive():
                 log.warning("the %s did not stop within the grace period; killing it", self.label)

@@ -15,12 +15,12 @@ import contextlib
 from collections.abc import Callable
 
 from bertserve.api import ModelSpec
-from bertserve.errors import InvalidRequest, ModelExists, ModelNotFound, PreconditionFailed, quoted
+from bertserve.errors import InvalidRequest, ModelExists, ModelNotFound, PreconditionFailed
 from bertserve.serving.engine_link import EngineLink
 from bertserve.serving.engine_wire import ModelEntry, Table
 from bertserve.serving.front_host import FrontEndHost
 from bertserve.serving.model_host import Drained, ModelHost, ModelState
-from bertserve.serving.model_manager import note_outcome, reloaded_name, unloaded_name
+from bertserve.serving.model_manager import reloaded_name, start_change, unloaded_name
 from bertserve.serving.name_locks import NameLocks
 from bertserve.serving.router import Router
 
@@ -79,7 +79,7 @@ class EngineModels:
         for entry in table.models:
             current = self._current(entry.spec.name)
             if current is not None and current.device != device:
-                continue  # the same name on another engine (loads hold the name: should not be): the first keeps it
+                continue  # the same name on another engine: the first keeps it (loads hold the name, so only a fault)
             if current is not None and current.is_instance(table.engine, entry):
                 current.follow(entry)
                 if entry.state == ModelState.READY.value and current.state is not ModelState.READY:
@@ -155,11 +155,7 @@ class EngineModels:
                 name: str = await self._engine_for(spec).admin("load", spec)
                 return name
 
-        task = asyncio.create_task(decided(), name=f"model-change:{quoted(spec.name)}")
-        self._loads.add(task)
-        task.add_done_callback(self._loads.discard)
-        task.add_done_callback(note_outcome)
-        name = await asyncio.shield(task)
+        name = await asyncio.shield(start_change(self._loads, spec.name, decided()))
         host = self._router.get(name)
         host.ready()
         return host

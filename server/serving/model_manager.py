@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol, TypeVar
 
 from bertserve.api import ModelSpec
 from bertserve.errors import InvalidRequest, ModelExists, ModelFailed, ModelUnavailable, PreconditionFailed, quoted
 from bertserve.serving.model_host import Drained, ModelHost, ModelState
 from bertserve.serving.router import Router
 
-__all__ = ["ModelChanges", "ModelManager", "note_outcome", "reloaded_name", "unloaded_name"]
+__all__ = ["ModelChanges", "ModelManager", "reloaded_name", "start_change", "unloaded_name"]
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class ModelManager:
         #: Models unloaded and still draining, by name: the calls that hold them may still need them.
         self.leaving: dict[str, ModelHost] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._changes: set[asyncio.Task[object]] = set()
+        self._changes: set[asyncio.Task[Any]] = set()
 
     def parse(self, entry: str) -> ModelSpec:
         """The spec of a model entry's text; InvalidRequest naming what is wrong with it."""
@@ -125,10 +125,7 @@ class ModelManager:
             async with lock:
                 return await change()
 
-        task: asyncio.Task[T] = asyncio.create_task(locked(), name=f"model-change:{quoted(name)}")
-        self._changes.add(task)  # type: ignore[arg-type]
-        task.add_done_callback(self._changes.discard)  # type: ignore[arg-type]
-        task.add_done_callback(note_outcome)
+        task = start_change(self._changes, name, locked())
         task.add_done_callback(lambda _: self._ended())
         return await asyncio.shield(task)
 
@@ -213,7 +210,18 @@ class ModelManager:
         return drained
 
 
-def note_outcome(task: asyncio.Task[object]) -> None:
+def start_change(changes: set[asyncio.Task[Any]], name: str, change: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """change of model name as a task of its own, kept in changes while it runs: its caller waits
+    for it shielded, and a caller that leaves does not call it off (what it left half done would
+    be nobody's); its error is logged once."""
+    task = asyncio.create_task(change, name=f"model-change:{quoted(name)}")
+    changes.add(task)
+    task.add_done_callback(changes.discard)
+    task.add_done_callback(_note_outcome)
+    return task
+
+
+def _note_outcome(task: asyncio.Task[object]) -> None:
     """Take a change's error (its caller may have left: a cancelled call does not wait for the
     change it started), so that it is logged as what it is, not as an unretrieved task's."""
     if task.cancelled() or (error := task.exception()) is None:

@@ -66,20 +66,27 @@ def choose_batch(
     the oldest request's sequences go first, then the next request's, and passes are full.
     """
     if first_come:
-        return _first_come(live, idle_workers, max_batch_size, max_batch_tokens, packed)
-    turn = min((s.request for s in live if s.request > last_turn), default=live[0].request)
+        turn = min(s.request for s in live)
+    else:
+        turn = min((s.request for s in live if s.request > last_turn), default=live[0].request)
     anchor = next(s for s in live if s.request == turn)
-    # Plan over the anchor's operation only, the requests interleaved from its own on, and over a
-    # bounded look-ahead.
+    # Plan over the anchor's operation only, the requests interleaved from its own on (or one
+    # after another, first come), and over a bounded look-ahead.
     same_op = [i for i, s in enumerate(live) if s.op == anchor.op]
-    candidates = in_turns(same_op, lambda i: live[i].request, turn)[: 4 * max_batch_size]
+    if first_come:
+        ordered = sorted(same_op, key=lambda i: live[i].request)
+    else:
+        ordered = in_turns(same_op, lambda i: live[i].request, turn)
+    candidates = ordered[: 4 * max_batch_size]
     share = -(-len(candidates) // max(1, idle_workers))
     size = min(max_batch_size, share)
     is_packed = packed(anchor.op)
     costs = [live[i].cost for i in candidates]
     requests = len({live[i].request for i in candidates})  # candidates come in turns: one round of each first
     contended = requests > 1
-    if contended:
+    if first_come:  # full passes, in the order the calls came
+        picked = shared_pass(costs, 1, size, packed=is_packed, limit=max_batch_tokens, budget=max_batch_tokens)
+    elif contended:
         picked = shared_pass(costs, requests, size, packed=is_packed, limit=max_batch_tokens, budget=budget)
     elif lately_contended:
         # One request waits, but others came lately: the next one should not wait long for this
@@ -100,19 +107,6 @@ def choose_batch(
         # The anchor's group runs first: the plan cuts padding, the turns keep it fair.
         picked = next(g for g in groups if 0 in g)
     return Choice([candidates[k] for k in picked], turn, contended)
-
-
-def _first_come(
-    live: Sequence[S], idle_workers: int, max_batch_size: int, max_batch_tokens: int, packed: Callable[[Hashable], bool]
-) -> Choice:
-    oldest = min(live, key=lambda s: s.request)
-    same_op = sorted((i for i, s in enumerate(live) if s.op == oldest.op), key=lambda i: live[i].request)
-    candidates = same_op[: 4 * max_batch_size]
-    size = min(max_batch_size, -(-len(candidates) // max(1, idle_workers)))
-    costs = [live[i].cost for i in candidates]
-    picked = shared_pass(costs, 1, size, packed=packed(oldest.op), limit=max_batch_tokens, budget=max_batch_tokens)
-    taken = [candidates[k] for k in picked]
-    return Choice(taken, oldest.request, len({live[i].request for i in taken}) > 1)
 
 
 def shared_pass(costs: Sequence[int], in_round: int, size: int, *, packed: bool, limit: int, budget: int) -> list[int]:
