@@ -2,7 +2,7 @@
 
     python bench/frontend.py [--seconds 12] [--concurrency 64] [--processes 1] [--front-ends 1 2] [--rounds 1]
                              [--slices 3] [--server-options "torch_threads: 1"] [--model-options "workers: 1"]
-                             [--layers] [--threads]
+                             [--layers] [--threads] [--with "access_log: false"]
 
 A near-free model (one layer, hidden size 32, all-MiniLM-L6-v2's real tokenizer) makes the
 forward pass cost almost nothing, so what bertserve spends on a single-sentence Embed is its own
@@ -22,6 +22,9 @@ memory of all the server's processes.
 costs: "edge" answers a fixed result once the call has passed the interceptors, the access log,
 the metrics, the codec and the router; "tokenize" also tokenizes the input; "full" is the server
 as it is. (One process: the cut flow is set in the served process before it starts.)
+
+--with "SETTINGS" (repeatable) also measures one process with those server settings, against the
+bare server like every row: --with "access_log: false" shows what the access log costs a call.
 
 --threads also prints, under each row, the CPU microseconds per call of each thread of the server's
 processes that spent 5 or more: the event loop, the device workers, the engine's loop and zmq's.
@@ -228,16 +231,23 @@ def _engine_pid(server: Server) -> int:
 
 
 def _bertserve(
-    model: Path, tmp: Path, processes: int, engine: bool, options: argparse.Namespace, layer: str = "full"
+    model: Path,
+    tmp: Path,
+    processes: int,
+    engine: bool,
+    options: argparse.Namespace,
+    layer: str = "full",
+    setting: str = "",
 ) -> Server:
-    config = tmp / f"frontend-{processes}-{engine}-{layer}.yaml"
+    """setting: server settings of this set-up alone, over --server-options (YAML flow mapping items)."""
+    config = tmp / f"frontend-{processes}-{engine}-{layer}-{abs(hash(setting))}.yaml"
     server = (
         f"address: 127.0.0.1, port: 0, processes: {processes}, engine: {str(engine).lower()}, access_log: true, "
         "metrics_port: 0"
     )
     entry = f"name: near-free, plugin: bert, source: '{model}'"
     config.write_text(
-        f"server: {{{', '.join(filter(None, [server, options.server_options]))}}}\n"
+        f"server: {{{', '.join(filter(None, [server, options.server_options, setting]))}}}\n"
         f"models:\n  - {{{', '.join(filter(None, [entry, options.model_options]))}}}\n"
     )
     ready = processes + 1 if engine else processes  # the engine's model and each front end's tokenizer
@@ -295,6 +305,14 @@ def main() -> int:
     parser.add_argument("--model-options", default="", help="more settings of the model's entry, likewise")
     parser.add_argument("--layers", action="store_true", help="also measure a call cut short after each layer")
     parser.add_argument("--threads", action="store_true", help="also print the CPU per call of each busy thread")
+    parser.add_argument(
+        "--with",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="SETTINGS",
+        help="also measure one process with these server settings (YAML flow mapping items); repeatable",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         tmp = Path(scratch)
@@ -310,14 +328,15 @@ def main() -> int:
             bare_target = f"127.0.0.1:{port_file.read_text()}"
             rows: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
             # Each row: one bertserve set-up, and the bare server measured just before it.
-            setups = [(f"bertserve, processes: {n}", n, False, "full") for n in args.processes]
-            setups += [(f"bertserve, {n} front end(s)+engine", n, True, "full") for n in args.front_ends]
+            setups = [(f"bertserve, processes: {n}", n, False, "full", "") for n in args.processes]
+            setups += [(f"bertserve, {n} front end(s)+engine", n, True, "full", "") for n in args.front_ends]
             layers = ("edge", "tokenize") if args.layers else ()
-            setups += [(f"  cut after: {layer}", 1, False, layer) for layer in layers]
+            setups += [(f"  cut after: {layer}", 1, False, layer, "") for layer in layers]
+            setups += [(f"  with {setting}", 1, False, "full", setting) for setting in args.settings]
             part = args.seconds / args.slices
             for _ in range(args.rounds):
-                for name, processes, engine, layer in setups:
-                    server = _bertserve(model, tmp, processes, engine, args, layer)
+                for name, processes, engine, layer, setting in setups:
+                    server = _bertserve(model, tmp, processes, engine, args, layer, setting)
                     bare_slices, our_slices = [], []
                     try:
                         target = f"127.0.0.1:{server.port}"
