@@ -4,6 +4,8 @@ log and error messages together."""
 from __future__ import annotations
 
 import json
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -198,3 +200,44 @@ def test_a_callers_model_name_cannot_forge_a_line_or_swell_one(text_logging: Ser
     assert " model='a b\\x1b[2J' code=NOT_FOUND " in line
     [line] = served.wait_for("request_id=similar-1")
     assert " rpc=Similarity model=bert code=OK inputs=3 " in line
+
+
+def test_calls_that_end_together_are_each_logged_once_stamped_with_their_end_even_as_the_server_stops(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Lines are logged a loop turn at a time: none is lost or repeated when many calls end in one
+    turn and the server stops straight after, and each line's time is its call's end."""
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "server: {address: 127.0.0.1, port: 0, log_format: json, drain_delay_s: 0}\n"
+        f"models:\n  - {{name: bert, plugin: bert, source: '{tiny_models['bert']}'}}\n"
+    )
+    served = Served(config)
+    try:
+        served.wait_for("model 'bert' ready")
+        ended: dict[str, float] = {}
+        with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+            stub = encoder_service_pb2_grpc.EncoderServiceStub(channel)
+            request = encoder_service_pb2.EmbedRequest(model="bert", inputs=["a few words"])
+            started = time.time()
+            calls = {
+                f"together-{i}": stub.Embed.future(request, metadata=(("x-request-id", f"together-{i}"),), timeout=60)
+                for i in range(48)
+            }
+            for request_id, call in calls.items():
+                call.result()
+                ended[request_id] = time.time()
+        served.process.send_signal(signal.SIGTERM)
+        assert served.process.wait(60) == 0
+        served.wait_for("bertserve stopped")
+    finally:
+        if served.process.poll() is None:
+            served.process.kill()
+    lines = [json.loads(line) for line in served.log if '"request_id": "together-' in line]
+    assert sorted(line["request_id"] for line in lines) == sorted(ended)
+    for line in lines:
+        assert line["rpc"] == "Embed" and line["code"] == "OK"
+        stamp = str(line["time"])
+        at = time.mktime(time.strptime(stamp[:19], "%Y-%m-%d %H:%M:%S")) + int(stamp[20:23]) / 1000
+        # asctime counts whole milliseconds: a stamp may read up to 1 ms before the instant it names
+        assert started - 0.002 <= at <= ended[str(line["request_id"])] + 0.001, (stamp, started)

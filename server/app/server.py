@@ -126,6 +126,9 @@ class BertServer:
             self.models = models
         self.health = health.aio.HealthServicer()
         self._gate = CallGate()  # the encoder service's calls in flight, which a drain waits for
+        self._access_log = AccessLog(
+            _methods(_SERVICE_DESCRIPTORS), self.router, self.router.default_model, lines=config.access_log
+        )
         self._server: grpc.aio.Server | None = None
         self._loading: asyncio.Task[None] | None = None
         self._health_tasks: set[asyncio.Task[None]] = set()
@@ -216,14 +219,7 @@ class BertServer:
         """The access log and call metrics outermost (refused calls count too): it reads each call's
         facts as the call starts and closes a stream's handlers before the call ends. Then the trace
         span where tracing is on, then token auth, or without tokens the admin RPCs' loopback rule."""
-        interceptors: list[grpc.aio.ServerInterceptor] = [
-            AccessLog(
-                _methods(_SERVICE_DESCRIPTORS),
-                self.router,
-                self.router.default_model,
-                lines=self.config.access_log,
-            )
-        ]
+        interceptors: list[grpc.aio.ServerInterceptor] = [self._access_log]
         provider = telemetry.tracer_provider()
         if provider is not None:
             # Probes call health every few seconds: their spans would drown the calls' own.
@@ -326,6 +322,7 @@ class BertServer:
                 self._gate.expire(late)
                 await self._gate.wait_idle(_ANSWER_LEFTOVERS_S)
             await self._server.stop(_ANSWER_LEFTOVERS_S)  # what is left: health watches, reflection
+            self._access_log.write_lines()  # the last calls' lines, before anything below can fail
         if self._loading is not None and not self._loading.done():
             self._loading.cancel()
         await asyncio.gather(*(host.stop() for host in self.router), return_exceptions=True)
@@ -347,6 +344,7 @@ class BertServer:
         def on_signal(signum: int) -> None:
             if stop.is_set():  # a second signal: the caller will not wait for the drain
                 log.warning("second %s: exiting now", signal.Signals(signum).name)
+                self._access_log.write_lines()
                 logging.shutdown()
                 os._exit(128 + signum)
             stop.set()

@@ -2,7 +2,16 @@
 
 The line names the RPC, model, status code, inputs, tokens, queue and inference milliseconds,
 the whole call's milliseconds, the peer, the token's name (never the token) and the request id.
-It goes to the ``bertserve.access`` logger: text or JSON as ``server.log_format`` says.
+It goes to the ``bertserve.access`` logger: text or JSON as ``server.log_format`` says, stamped
+with the time the call ended.
+
+The lines of the calls that end in one turn of the event loop are made and logged together, once
+the turn's callbacks have run, not one by one inside each call as it ends. Measured on the
+near-free bench model (bench/frontend.py's set-up, 64 callers, two servers alternated in one run,
+six slices of 5 s): 687-712 us of the server's CPU a call against 771-777 with each line made as
+its call ended, where a server without lines took 652. The same lines, made in a row, run on
+code and data already in cache; written while a call ends, each line's work competed with the
+call's own.
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Container
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -43,6 +53,7 @@ class AccessLog(grpc.aio.ServerInterceptor):
         self._models = models
         self._default_model = default_model
         self._lines = lines
+        self._waiting: list[_Ended] = []  # the calls ended in this loop turn whose lines are to write
 
     async def intercept_service(
         self,
@@ -80,9 +91,43 @@ class AccessLog(grpc.aio.ServerInterceptor):
             metrics.child(metrics.CALLS, facts.rpc, label, code).inc()
             metrics.child(metrics.CALL_SECONDS, facts.rpc, label).observe(seconds)
             if self._lines and log.isEnabledFor(logging.INFO):
-                _line(facts, model, request, response, code, seconds, items=items)
+                self._later(_Ended(facts, model, request, response, code, seconds, items, time.time()))
         except Exception:
             log.exception("cannot record a %s call", facts.rpc)
+
+    def _later(self, ended: _Ended) -> None:
+        """Log the call's line at the end of this loop turn, with the others ended in it."""
+        if not self._waiting:
+            try:
+                asyncio.get_running_loop().call_soon(self.write_lines)
+            except RuntimeError:  # no loop runs on this thread: nothing would call back
+                _line(ended)
+                return
+        self._waiting.append(ended)
+
+    def write_lines(self) -> None:
+        """Log the lines of the calls ended and not yet logged, in the order they ended (the server
+        calls it as it stops, after its last call)."""
+        waiting, self._waiting = self._waiting, []
+        for ended in waiting:
+            try:
+                _line(ended)
+            except Exception:
+                log.exception("cannot log a %s call", ended.facts.rpc)
+
+
+@dataclass(frozen=True, slots=True)
+class _Ended:
+    """A call ended, as its access-log line tells it."""
+
+    facts: CallFacts
+    model: str
+    request: Any
+    response: Any
+    code: str
+    seconds: float
+    items: int | None  # a stream's messages answered; None for a unary call
+    at: float  # when it ended, in time.time()
 
 
 def _begin(details: grpc.HandlerCallDetails, context: grpc.aio.ServicerContext) -> CallFacts:
@@ -180,27 +225,33 @@ async def _close(responses: Any) -> None:
         log.exception("a stream's handler failed as it closed")
 
 
-def _line(
-    facts: CallFacts, model: str, request: Any, response: Any, code: str, seconds: float, *, items: int | None
-) -> None:
+def _line(ended: _Ended) -> None:
+    facts, response = ended.facts, ended.response
     usage = None
     if response is not None and "usage" in response.DESCRIPTOR.fields_by_name and response.HasField("usage"):
         usage = response.usage
     fields: dict[str, Any] = {
         "rpc": facts.rpc,
-        "model": shown(model),
-        "code": code,
-        "inputs": _inputs_of(request) if items is None else items,
+        "model": shown(ended.model),
+        "code": ended.code,
+        "inputs": _inputs_of(ended.request) if ended.items is None else ended.items,
         "tokens": usage.tokens if usage else 0,
         "queue_ms": round(usage.queue_time_ns / 1e6, 3) if usage else 0.0,
         "inference_ms": round(usage.inference_time_ns / 1e6, 3) if usage else 0.0,
-        "ms": round(seconds * 1000, 3),
+        "ms": round(ended.seconds * 1000, 3),
         "peer": facts.peer or "-",
         "token_name": facts.token_name or "-",
         "request_id": facts.request_id,
         "retry_after_ms": facts.retry_after_ms,
     }
-    log.info(" ".join(f"{k}={v}" for k, v in fields.items()), extra=fields)
+    message = " ".join(f"{k}={v}" for k, v in fields.items())
+    # As log.info makes its record (no caller's file: logs.configure_logging turns that off), but
+    # stamped with the call's end, not with the end of the loop turn that logs it.
+    record = log.makeRecord(log.name, logging.INFO, "(unknown file)", 0, message, (), None, extra=fields)
+    late = record.created - ended.at
+    record.created, record.msecs = ended.at, int((ended.at - int(ended.at)) * 1000) + 0.0
+    record.relativeCreated -= late * 1000
+    log.handle(record)
 
 
 def _code_of(facts: CallFacts, raised: BaseException | None) -> str:
