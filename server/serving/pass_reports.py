@@ -59,11 +59,11 @@ class PassHealth:
 def observe_pass(name: str, sequences: Sequence[Reported], started_ns: int, elapsed_ns: int) -> None:
     """A pass that succeeded, in the metrics: its time, size, tokens and each sequence's wait."""
     tokens = sum(s.cost for s in sequences)
-    metrics.INFERENCE_SECONDS.labels(name).observe(elapsed_ns / 1e9)
-    metrics.PASS_SEQUENCES.labels(name).observe(len(sequences))
-    metrics.PASS_TOKENS.labels(name).observe(tokens)
-    metrics.TOKENS.labels(name).inc(tokens)
-    queue_seconds = metrics.QUEUE_SECONDS.labels(name)
+    metrics.child(metrics.INFERENCE_SECONDS, name).observe(elapsed_ns / 1e9)
+    metrics.child(metrics.PASS_SEQUENCES, name).observe(len(sequences))
+    metrics.child(metrics.PASS_TOKENS, name).observe(tokens)
+    metrics.child(metrics.TOKENS, name).inc(tokens)
+    queue_seconds = metrics.child(metrics.QUEUE_SECONDS, name)
     for s in sequences:
         queue_seconds.observe((started_ns - s.enqueued_ns) / 1e9)
 
