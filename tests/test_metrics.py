@@ -4,10 +4,7 @@ move by what the traffic did, in one process and summed over two."""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import subprocess
-import sys
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -170,34 +167,3 @@ async def test_admin_calls_are_counted_under_the_model_they_name_or_dash(
     assert moved("UnloadModel", "later", "OK") == 1, "the model it named, served when the call began"
     assert moved("LoadModel", "-", "INVALID_ARGUMENT") == 1
     assert moved("LoadModel", "metered", "INVALID_ARGUMENT") == 0
-
-
-_FORKED_WRITES = """
-import os, sys
-from bertserve.observability import metrics
-metrics.TOKENS.labels("m").inc(3)
-child = os.fork()
-if child == 0:
-    metrics.TOKENS.labels("m").inc(5)
-    os._exit(0)
-os.waitpid(child, 0)
-metrics.TOKENS.labels("m").inc(1)
-print(os.getpid(), child)
-"""
-
-
-def test_a_forked_process_writes_its_samples_to_files_of_its_own(tmp_path: Path) -> None:
-    """In multiprocess mode each process writes its samples to files named by its process id, which
-    bertserve keeps rather than asking the system at every update: a forked child still gets its
-    own files, from its own first sample on, and the parent's files keep the parent's alone."""
-    from prometheus_client.mmap_dict import MmapedDict
-
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-c", _FORKED_WRITES], env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    parent, child = map(int, done.stdout.split())
-    totals = {}
-    for path in tmp_path.glob("counter_*.db"):
-        entries = MmapedDict.read_all_values_from_file(str(path))  # type: ignore[no-untyped-call]
-        totals[int(path.stem.split("_")[1])] = sum(v for key, v, *_ in entries if '"bertserve_tokens_total"' in key)
-    assert totals == {parent: 4.0, child: 5.0}

@@ -14,16 +14,7 @@ import os
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import (
-    REGISTRY,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    multiprocess,
-    start_http_server,
-    values,
-)
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server
 
 __all__ = [
     "CALLS",
@@ -42,26 +33,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-class _ProcessId:
-    """This process's id, asked of the system once and again in a forked child. prometheus_client's
-    multiprocess values ask their process identifier at every update (to notice a fork), and
-    os.getpid is a system call each time: about ten a call in an engine."""
-
-    def __init__(self) -> None:
-        self._pid = os.getpid()
-        os.register_at_fork(after_in_child=self._forked)
-
-    def _forked(self) -> None:
-        self._pid = os.getpid()
-
-    def __call__(self) -> int:
-        return self._pid
-
-
-if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # set before the supervisor starts its processes
-    values.ValueClass = values.MultiProcessValue(process_identifier=_ProcessId())  # type: ignore[no-untyped-call]
 
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
