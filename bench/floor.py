@@ -52,7 +52,6 @@ _KINDS = ("encode", "tokenize", "minimal")
 
 def _serve(kind: str, model: str, port_file: str, worker_threads: int) -> None:
     """A server of the given kind (see the module's docstring), its port written to port_file."""
-    import grpc
     import numpy as np
     import torch
     from tokenizers import Tokenizer
@@ -113,15 +112,7 @@ def _serve(kind: str, model: str, port_file: str, worker_threads: int) -> None:
                 vectors = np.stack([await f for f in futures])
             return reply(vectors, [len(e) for e in encodings])
 
-    async def serve() -> None:
-        server = grpc.aio.server()
-        encoder_service_pb2_grpc.add_EncoderServiceServicer_to_server(Servicer(), server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        Path(port_file).write_text(str(port))  # noqa: ASYNC240 (once, before serving)
-        await server.wait_for_termination()
-
-    asyncio.run(serve())
+    frontend.serve_encoder_service(Servicer(), port_file)
 
 
 def _start(argv: list[str], port_file: Path) -> tuple[subprocess.Popen[bytes], int]:

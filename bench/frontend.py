@@ -73,7 +73,6 @@ def near_free_model(into: Path) -> Path:
 
 def _bare_server(port_file: str, hidden: int) -> None:
     """A grpc.aio server whose Embed answers a fixed reply of a one-sentence Embed's size."""
-    import grpc
     import numpy as np
 
     from bertserve_client.v1 import common_pb2, encoder_service_pb2, encoder_service_pb2_grpc
@@ -90,9 +89,19 @@ def _bare_server(port_file: str, hidden: int) -> None:
         async def Embed(self, request: Any, context: Any) -> Any:
             return reply
 
+    serve_encoder_service(Bare(), port_file)
+
+
+def serve_encoder_service(servicer: Any, port_file: str) -> None:
+    """Serve an EncoderService servicer with grpc.aio as generated code registers it, on a free
+    loopback port written to port_file, until the process is stopped."""
+    import grpc
+
+    from bertserve_client.v1 import encoder_service_pb2_grpc
+
     async def serve() -> None:
         server = grpc.aio.server()
-        encoder_service_pb2_grpc.add_EncoderServiceServicer_to_server(Bare(), server)
+        encoder_service_pb2_grpc.add_EncoderServiceServicer_to_server(servicer, server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         Path(port_file).write_text(str(port))  # noqa: ASYNC240 (once, before serving)
