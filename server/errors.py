@@ -25,6 +25,7 @@ __all__ = [
     "BertserveError",
     "CapabilityNotSupported",
     "ConfigError",
+    "DeadlineExceeded",
     "InputTooLong",
     "InternalFailure",
     "InvalidRequest",
@@ -76,6 +77,11 @@ class CapabilityNotSupported(BertserveError):
 
 class ModelUnavailable(BertserveError):
     """The model is configured but cannot serve now: loading or shutting down; a retry may succeed."""
+
+
+class DeadlineExceeded(BertserveError):
+    """The call's deadline passed before its work ran (an engine dropped it unrun); what gRPC says
+    of a call past its deadline, so that a front end answers as one process does."""
 
 
 class ModelExists(BertserveError):

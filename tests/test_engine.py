@@ -10,6 +10,7 @@ import signal
 import time
 import urllib.request
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +182,48 @@ async def test_metrics_are_summed_over_the_processes(engine_served: Served) -> N
     assert passes and float(passes[0]) >= 1  # counted by the engine, which runs the passes
 
 
+async def test_a_call_whose_deadline_passes_in_the_engines_queue_ends_as_deadline_exceeded(
+    engine_served: Served,
+) -> None:
+    """As in one process: DEADLINE_EXCEEDED, whether the front end's gRPC deadline comes first or
+    the engine's batcher, dropping the call unrun, does (UNAVAILABLE would invite a retry)."""
+    busy = enc.EmbedRequest(model="minilm", inputs=["a sentence that keeps the model busy a while " * 20] * 4)
+    statuses: list[tuple[grpc.StatusCode, str]] = []
+    stop = asyncio.Event()
+    address = f"127.0.0.1:{engine_served.port}"
+    async with (
+        grpc.aio.insecure_channel(address, options=OWN_CONNECTION) as flooding,
+        grpc.aio.insecure_channel(address, options=OWN_CONNECTION) as probing,
+    ):
+
+        async def flood() -> None:
+            while not stop.is_set():
+                await enc_rpc.EncoderServiceStub(flooding).Embed(busy, timeout=60)
+
+        async def probe(deadline_s: float) -> None:
+            try:
+                await enc_rpc.EncoderServiceStub(probing).Embed(
+                    enc.EmbedRequest(model="minilm", inputs=["probe"]), timeout=deadline_s
+                )
+            except grpc.aio.AioRpcError as e:
+                statuses.append((e.code(), e.details() or ""))
+
+        floods = [asyncio.create_task(flood()) for _ in range(16)]
+        await asyncio.sleep(1)
+        for _ in range(25):
+            await asyncio.gather(*(probe(s) for s in (0.02, 0.04, 0.06, 0.08)))
+        stop.set()
+        await asyncio.gather(*floods)
+    assert len(statuses) >= 20, "the probes were not held up: the model was not busy"
+    # gRPC's own words where its deadline came first ("Deadline Exceeded", "Stream removed (Deadline
+    # Exceeded)"), the engine's where it dropped the call first.
+    engines = "the call's deadline passed before model 'minilm' ran it"
+    assert all(
+        code is grpc.StatusCode.DEADLINE_EXCEEDED and (details == engines or "Deadline Exceeded" in details)
+        for code, details in statuses
+    ), {*statuses}
+
+
 async def test_admission_and_retry_hints_are_the_engines_across_front_ends(engine_served: Served) -> None:
     """The engine's batcher admits the calls of every front end against one queue: a burst over
     it is refused at once with the retry hint, and a request larger than the queue is invalid."""
@@ -333,10 +376,10 @@ async def _until_serving(port: int, timeout: float = 90) -> None:
     raise AssertionError("the server did not serve again")
 
 
-async def _calls_while(port: int, act: Any, *, count: int = 64) -> list[tuple[str, float]]:
+async def _calls_while(port: int, act: Any, *, count: int = 64, connections: int = 4) -> list[tuple[str, float]]:
     """count slow calls on several connections; act() once they are in flight. Each call's status
     (and message) with the seconds it took from act."""
-    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTION) for _ in range(4)]
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTION) for _ in range(connections)]
     acted = asyncio.Event()
     started = 0.0
     outcomes: list[tuple[str, float]] = []
@@ -464,6 +507,41 @@ async def test_a_front_end_killed_is_restarted_and_the_others_serve_on(engine_se
     assert _engine_pid(engine_served) == engine
 
 
+async def test_the_calls_of_a_front_end_that_died_are_dropped_by_the_engine_at_once(engine_served: Served) -> None:
+    """Its calls queued in the engine have no one to answer: the supervisor tells the engine, which
+    drops them rather than computes them (on 2 cores, seconds of passes that would slow every
+    other call). Sixteen connections: the kernel puts some on each front end (all on one: 1 in 32,768)."""
+    port = engine_served.port
+    await _until_serving(port)
+    engine = _engine_pid(engine_served)
+    victim = next(pid for pid in engine_served.servers() if pid != engine)
+    tokenizers = len(engine_served.wait_for(_MINILM_TOKENIZER_READY))
+    exits, drops = (
+        r"process (\d) exited \(exit status -9\)",
+        r"\[engine\] .*dropped (\d+) calls: front-end-(\d) is gone",
+    )
+    exits_before, drops_before = (
+        len([line for line in engine_served.log if re.search(p, line)]) for p in (exits, drops)
+    )
+    outcomes = await _calls_while(port, lambda: os.kill(victim, signal.SIGKILL), connections=16)
+    failed = [status for status, _ in outcomes if status != "OK"]
+    assert failed and all(status.startswith("UNAVAILABLE: ") for status in failed), failed
+    exited = engine_served.wait_for(exits, exits_before + 1)[-1]
+    dropped = engine_served.wait_for(drops, drops_before + 1, timeout=10)[-1]
+    [(calls, gone)] = re.findall(drops, dropped)
+    assert gone == re.findall(exits, exited)[0] and int(calls) >= 1
+    assert 0 <= _logged_at(dropped) - _logged_at(exited) < 5  # as the supervisor sees it die
+    # The front end comes back, as before; the engine served on.
+    await asyncio.to_thread(engine_served.wait_for, _MINILM_TOKENIZER_READY, tokenizers + 1)
+    assert _engine_pid(engine_served) == engine
+
+
+def _logged_at(line: str) -> float:
+    """A log line's time stamp (logging's asctime), in seconds."""
+    stamp = re.findall(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}", line)[0]
+    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
 def test_sigterm_drains_the_front_ends_then_stops_the_engine(engine_served: Served) -> None:
     """The last test of the module: calls in flight at SIGTERM finish, then every process ends."""
     port = engine_served.port
@@ -479,3 +557,45 @@ def test_sigterm_drains_the_front_ends_then_stops_the_engine(engine_served: Serv
     assert not [pid for pid in children if Path(f"/proc/{pid}").exists()]
     stopped = engine_served.wait_for(r"bertserve stopped|engine stopped", count=3)
     assert "engine stopped" in stopped[-1]
+
+
+def test_work_left_past_the_grace_period_is_dropped_and_the_engine_stops_by_itself(tmp_path: Path) -> None:
+    """SIGTERM with more queued than the grace period allows: the front ends fail what is left at
+    its end and stop, and the engine drops the calls it still holds rather than computes them for
+    no one, so it stops by itself and the server exits soon after the grace period (it would
+    otherwise compute on until the supervisor kills it, the grace period again and 5 s later)."""
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "server: {address: 127.0.0.1, port: 0, processes: 2, grace_period_s: 1}\n"
+        f"models:\n  - {{name: minilm, {MINILM}}}\n"
+    )
+    served = Served(config)
+    served.wait_for(_MINILM_TOKENIZER_READY, count=2, timeout=180)
+    # 768 sequences of 256 tokens: some 15 s of passes on 2 cores, and within the queue's limits.
+    request = enc.EmbedRequest(model="minilm", inputs=["words that fill the window " * 60] * 32, truncate=True)
+
+    async def run() -> list[str]:
+        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{served.port}", options=OWN_CONNECTION) for _ in range(8)]
+
+        async def one(i: int) -> str:
+            try:
+                await enc_rpc.EncoderServiceStub(channels[i % 8]).Embed(request, timeout=120)
+                return "OK"
+            except grpc.aio.AioRpcError as e:
+                return f"{e.code().name}: {e.details()}"
+
+        calls = [asyncio.create_task(one(i)) for i in range(24)]
+        await asyncio.sleep(1.5)
+        served.process.send_signal(signal.SIGTERM)
+        outcomes = await asyncio.gather(*calls)
+        for channel in channels:
+            await channel.close()
+        return outcomes
+
+    outcomes = asyncio.run(run())
+    assert served.process.wait(60) == 0
+    late = [status for status in outcomes if status != "OK"]
+    assert late and all(s.startswith("UNAVAILABLE: ") and "grace period" in s for s in late), set(late)
+    served.wait_for(r"\[engine\] .*dropped \d+ calls: the front ends have stopped")
+    served.wait_for(r"\[engine\] .*engine stopped")
+    assert not [line for line in served.log if "did not stop within the grace period" in line]

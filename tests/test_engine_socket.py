@@ -1,5 +1,6 @@
-"""The link's sockets driven by the event loop: zmq's descriptor is edge-triggered, so a message
-that comes while the loop sends, or while it reads others, must still be read, in order."""
+"""The link's sockets driven by the event loop (zmq's descriptor is edge-triggered, so a message
+that comes while the loop sends, or while it reads others, must still be read, in order), and the
+engine's errors as they cross the link."""
 
 from __future__ import annotations
 
@@ -9,10 +10,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 import zmq
 
+from bertserve.edge.status import status_of
+from bertserve.errors import BertserveError, DeadlineExceeded, ModelUnavailable, Overloaded
+from bertserve.serving import engine_wire as wire
 from bertserve.serving.engine_socket import LoopSocket, is_packed, pack, unpack
 
 MESSAGES = 20_000
@@ -299,3 +304,22 @@ async def test_a_pack_cut_short_is_logged_and_the_messages_after_it_are_read(
     finally:
         side_b.close()
         context.destroy(linger=0)
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (DeadlineExceeded("the call's deadline passed before model 'm' ran it"), grpc.StatusCode.DEADLINE_EXCEEDED),
+        (ModelUnavailable("model 'm' is still loading"), grpc.StatusCode.UNAVAILABLE),
+        (Overloaded("model 'm' is at capacity", retry_after_s=0.25), grpc.StatusCode.RESOURCE_EXHAUSTED),
+    ],
+)
+def test_an_engines_error_reaches_the_front_end_as_the_same_status_message_and_hint(
+    error: BertserveError, code: grpc.StatusCode
+) -> None:
+    """What a front end answers for an error of the engine's is what one process answers for it."""
+    [kind, payload] = wire.encode_error(7, error)
+    call, crossed = wire.decode_error([kind, payload])
+    assert call == 7 and type(crossed) is type(error) and str(crossed) == str(error)
+    assert status_of(crossed) is code
+    assert getattr(crossed, "retry_after_s", None) == getattr(error, "retry_after_s", None)

@@ -114,6 +114,9 @@ class Engine:
         )
         loading = asyncio.create_task(self._load_all(), name="load-models")
         await stop.wait()
+        # The front ends are gone (the supervisor says stop once they have drained): work still
+        # queued has no one to answer, and is dropped rather than computed.
+        self.service.drop_calls("the front ends have stopped")
         loading.cancel()
         await self.models.stop()
         await asyncio.gather(*(host.stop() for host in self.router), return_exceptions=True)

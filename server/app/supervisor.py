@@ -133,6 +133,8 @@ def serve_processes(config: ServerConfig, plan: ProcessPlan, all_cores: int) -> 
                 if process.is_alive() or stopping:
                     continue
                 log.error("process %d exited (exit status %s); restarting it", i + 1, process.exitcode)
+                for engine in engines:  # its calls are nobody's: the engines drop them now
+                    engine.front_end_gone(_front_end_identity(i + 1))
                 _forget_samples_of(process)
                 time.sleep(_RESTART_DELAY_S)
                 children[i] = start(i + 1)
@@ -243,15 +245,24 @@ class _EngineWatch:
         if self._unanswered_since is None:
             self._unanswered_since = now
 
-    def _tell(self, kind: bytes) -> bool:
+    def _tell(self, kind: bytes, *values: Any) -> bool:
         """Send the engine a message of its own kind, if it lives; whether it does."""
         import zmq
+
+        from bertserve.serving import engine_wire as wire
 
         if self.process is None or not self.process.is_alive():
             return False
         with contextlib.suppress(zmq.ZMQError):
-            self._socket.send_multipart([kind], flags=zmq.NOBLOCK)
+            self._socket.send_multipart(wire.encode_small(kind, *values) if values else [kind], flags=zmq.NOBLOCK)
         return True
+
+    def front_end_gone(self, identity: str) -> None:
+        """A front end died: the engine drops the calls it had queued for it, at once rather than
+        when the restarted one says hello, and passes no longer compute answers no one reads."""
+        from bertserve.serving import engine_wire as wire
+
+        self._tell(wire.GONE, identity)
 
     def drain(self) -> None:
         """The server drains: the engine serves the calls in flight in the order they came."""
@@ -355,8 +366,13 @@ def _serve_one(
     from bertserve.observability.telemetry import configure_tracing
 
     configure_tracing()
-    links = [EngineAddress(address, f"front-end-{index}", device) for address, device in engines]
+    links = [EngineAddress(address, _front_end_identity(index), device) for address, device in engines]
     serve_one_process(config, cores, share_port=True, engines=links, on_listening=listening.set)
+
+
+def _front_end_identity(index: int) -> str:
+    """The name front end index (from 1) connects to its engines under; a restarted one keeps it."""
+    return f"front-end-{index}"
 
 
 def _serve_engine(

@@ -19,6 +19,7 @@ from bertserve.edge.parsing import Unparsable
 from bertserve.errors import (
     BertserveError,
     CapabilityNotSupported,
+    DeadlineExceeded,
     InternalFailure,
     InvalidRequest,
     ModelExists,
@@ -51,6 +52,7 @@ STATUS_OF: dict[type[BertserveError], grpc.StatusCode] = {
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
     CapabilityNotSupported: grpc.StatusCode.UNIMPLEMENTED,
     ModelUnavailable: grpc.StatusCode.UNAVAILABLE,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     ModelExists: grpc.StatusCode.ALREADY_EXISTS,
     PreconditionFailed: grpc.StatusCode.FAILED_PRECONDITION,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,

@@ -22,7 +22,7 @@ from typing import Any
 import zmq
 
 from bertserve.api import ModelSpec
-from bertserve.errors import BertserveError, InternalFailure, ModelUnavailable
+from bertserve.errors import BertserveError, DeadlineExceeded, InternalFailure
 from bertserve.observability import request_ids, telemetry
 from bertserve.serving import engine_wire as wire
 from bertserve.serving.engine_socket import LoopSocket
@@ -141,6 +141,9 @@ class EngineService:
             if (running := self._calls.get((peer, call))) is not None:
                 running.cancel()
         elif kind == wire.HELLO:
+            # A front end's first word: the calls of one that had its name before are nobody's
+            # now (it died), and its call numbers start over.
+            self.drop_calls(f"{peer.decode(errors='replace')} started over", peer)
             self._peers[peer] = 0
             self._send(peer, wire.encode_pickled(wire.TABLE, self._table()))
         elif kind == wire.TABLE_SEEN:
@@ -157,12 +160,24 @@ class EngineService:
             self._keep(asyncio.create_task(self._admin(peer, call, action, args)))
         elif kind == wire.PING:
             self._send(peer, wire.encode_small(wire.PONG, self._oldest_pass_s()))
+        elif kind == wire.GONE:
+            (identity,) = wire.decode_small(frames)
+            self.drop_calls(f"{identity} is gone", identity.encode())
         elif kind == wire.STOP:
             self._on_stop()
         elif kind == wire.DRAIN:
             log.info("the server drains: calls are served in the order they came")
             for host in self._router:
                 host.batcher.serve_first_come()
+
+    def drop_calls(self, why: str, peer: bytes | None = None) -> None:
+        """Cancel the calls of front end peer (of every front end: None): no one is left to hear
+        their answers. Their sequences never reach a pass; a pass already running finishes, unheard."""
+        dropped = [task for (owner, _), task in self._calls.items() if peer is None or owner == peer]
+        for task in dropped:
+            task.cancel()
+        if dropped:
+            log.info("dropped %d calls: %s", len(dropped), why)
 
     def _keep(self, task: asyncio.Task[Any]) -> None:
         self._tasks.add(task)
@@ -183,7 +198,7 @@ class EngineService:
                 raise
             # The batcher dropped it: its deadline passed before a pass took it.
             reply = wire.encode_error(
-                request.call, ModelUnavailable(f"the call's deadline passed before model {request.model!r} ran it")
+                request.call, DeadlineExceeded(f"the call's deadline passed before model {request.model!r} ran it")
             )
         except BertserveError as e:
             reply = wire.encode_error(request.call, e)

@@ -59,6 +59,7 @@ ADMIN = b"a"  # load, unload or reload a model
 TABLE_SEEN = b"s"  # the front end applied the table of this version
 PING = b"p"  # is the engine's loop answering, and is a pass stuck? (the supervisor asks)
 STOP = b"x"  # the front ends have drained: stop (the supervisor says)
+GONE = b"g"  # a front end died: drop its calls (the supervisor says)
 DRAIN = b"z"  # the server drains: serve calls in the order they came (the supervisor says)
 # Engine -> front end.
 TABLE = b"t"  # the models the engine serves now
