@@ -80,8 +80,8 @@ class ModelUnavailable(BertserveError):
 
 
 class DeadlineExceeded(BertserveError):
-    """The call's deadline passed before its work ran (an engine dropped it unrun); what gRPC says
-    of a call past its deadline, so that a front end answers as one process does."""
+    """The call's deadline passed before its work ran: the batcher dropped it unrun. What gRPC says
+    of a call past its deadline, whichever of the two notices first, in one process or an engine."""
 
 
 class ModelExists(BertserveError):

@@ -27,7 +27,14 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from bertserve.errors import BertserveError, InternalFailure, InvalidRequest, ModelUnavailable, Overloaded
+from bertserve.errors import (
+    BertserveError,
+    DeadlineExceeded,
+    InternalFailure,
+    InvalidRequest,
+    ModelUnavailable,
+    Overloaded,
+)
 from bertserve.observability import metrics, request_ids, telemetry
 from bertserve.ops import Completed, DevicePass, Op
 from bertserve.serving.pass_reports import FAILURES_BEFORE_UNHEALTHY, PassHealth, observe_pass, trace_pass
@@ -395,8 +402,9 @@ class Batcher:
             if p.future.done() or (p.deadline is not None and now >= p.deadline):
                 self._queued_tokens -= p.cost
                 self.stats.dropped += 1
-                if not p.future.done():
-                    p.future.cancel()
+                if not p.future.done():  # its caller may still be there to hear why
+                    message = f"the call's deadline passed before model {self.name!r} ran it"
+                    p.future.set_exception(DeadlineExceeded(message))
             else:
                 live.append(p)
         self._pending = live

@@ -22,7 +22,7 @@ from typing import Any
 import zmq
 
 from bertserve.api import ModelSpec
-from bertserve.errors import BertserveError, DeadlineExceeded, InternalFailure
+from bertserve.errors import BertserveError, InternalFailure
 from bertserve.observability import request_ids, telemetry
 from bertserve.serving import engine_wire as wire
 from bertserve.serving.engine_socket import LoopSocket
@@ -192,15 +192,7 @@ class EngineService:
             reply = wire.encode_results(
                 request.call, results, tokens_per_s=host.tokens_per_s, retry_after_s=host.retry_after_s()
             )
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():  # the front end called it off
-                raise
-            # The batcher dropped it: its deadline passed before a pass took it.
-            reply = wire.encode_error(
-                request.call, DeadlineExceeded(f"the call's deadline passed before model {request.model!r} ran it")
-            )
-        except BertserveError as e:
+        except BertserveError as e:  # DeadlineExceeded too: the batcher dropped it unrun
             reply = wire.encode_error(request.call, e)
         except Exception:
             log.exception("a call of model %r failed in the engine (request id %s)", request.model, request.request_id)
