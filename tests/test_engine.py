@@ -567,7 +567,9 @@ def test_work_left_past_the_grace_period_is_dropped_and_the_engine_stops_by_itse
     config = tmp_path / "c.yaml"
     config.write_text(
         "server: {address: 127.0.0.1, port: 0, processes: 2, grace_period_s: 1}\n"
-        f"models:\n  - {{name: minilm, {MINILM}}}\n"
+        # Passes of 8 sequences: the one running when the engine stops ends within a second even
+        # on a busy machine (a drain's passes are otherwise full, 64 sequences, several seconds).
+        f"models:\n  - {{name: minilm, {MINILM}, max_batch_tokens: 2048}}\n"
     )
     served = Served(config)
     served.wait_for(_MINILM_TOKENIZER_READY, count=2, timeout=180)
