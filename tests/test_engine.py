@@ -561,9 +561,10 @@ def test_sigterm_drains_the_front_ends_then_stops_the_engine(engine_served: Serv
 
 def test_work_left_past_the_grace_period_is_dropped_and_the_engine_stops_by_itself(tmp_path: Path) -> None:
     """SIGTERM with more queued than the grace period allows: the front ends fail what is left at
-    its end and stop, and the engine drops the calls it still holds rather than computes them for
-    no one, so it stops by itself and the server exits soon after the grace period (it would
-    otherwise compute on until the supervisor kills it, the grace period again and 5 s later)."""
+    its end, cancel it in the engine, and stop, and the engine drops any call it still holds rather
+    than compute it for no one, so it stops by itself and the server exits soon after the grace
+    period (it would otherwise compute on until the supervisor kills it, the grace period again and
+    5 s later)."""
     config = tmp_path / "c.yaml"
     config.write_text(
         "server: {address: 127.0.0.1, port: 0, processes: 2, grace_period_s: 1}\n"
@@ -598,6 +599,6 @@ def test_work_left_past_the_grace_period_is_dropped_and_the_engine_stops_by_itse
     assert served.process.wait(60) == 0
     late = [status for status in outcomes if status != "OK"]
     assert late and all(s.startswith("UNAVAILABLE: ") and "grace period" in s for s in late), set(late)
-    served.wait_for(r"\[engine\] .*dropped \d+ calls: the front ends have stopped")
+    # The front ends cancel what they abandon, and the engine drops what is left at its stop.
     served.wait_for(r"\[engine\] .*engine stopped")
     assert not [line for line in served.log if "did not stop within the grace period" in line]

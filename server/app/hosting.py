@@ -68,7 +68,7 @@ class Hosting:
     def front_end_host(self, entry: ModelEntry, engine: str, device: str, link: EngineLink) -> FrontEndHost:
         """A front end's host of one instance of the models of the engine of device."""
         factory = self.registry.get(entry.spec.plugin)
-        passes = EnginePasses(link, entry.spec.name, healthy=entry.healthy)
+        passes = EnginePasses(link, entry.spec.name, entry.generation, healthy=entry.healthy)
         return FrontEndHost(entry, engine, device, factory, passes, self.tokenizer_pool, self.loaders)
 
     def parse_entry(self, text: str) -> ModelSpec:

@@ -56,8 +56,10 @@ class EngineLink:
         self._socket: LoopSocket | None = None
         self._monitor: LoopSocket | None = None
         self._calls = itertools.count(1)
-        self._pending: dict[int, tuple[asyncio.Future[Any], str]] = {}  # call -> (future, model)
+        self._pending: dict[int, tuple[asyncio.Future[Any], str, int]] = {}  # call -> (future, model, generation)
         self._connected = False
+        #: How many times the engine went away: an instance's passes are of the engine it came from.
+        self.engine_starts_seen = 0
         self.connected_event = asyncio.Event()  # set while connected (for start-up and tests)
         self._tasks: list[asyncio.Task[None]] = []
         self._tables: asyncio.Queue[wire.Table] = asyncio.Queue()
@@ -92,20 +94,22 @@ class EngineLink:
         self._context.destroy(linger=0)  # the socket and its monitor with it
 
     async def run(
-        self, model: str, op: Op[Any], encodings: Sequence[Encoding], *, deadline: float | None
+        self, model: str, generation: int, op: Op[Any], encodings: Sequence[Encoding], *, deadline: float | None
     ) -> wire.Results:
-        """One call's sequences through the engine's batcher of model; its results in order."""
+        """One call's sequences through the engine's batcher of model's instance generation; its
+        results in order."""
         call = next(self._calls)
         frames = wire.encode_run(
             call,
             model,
+            generation,
             op,
             encodings,
             deadline=deadline,
             request_id=request_ids.current.get(),
             trace=telemetry.carrier(),
         )
-        result: wire.Results = await self._ask(call, model, frames)
+        result: wire.Results = await self._ask(call, model, frames, generation)
         return result
 
     async def admin(self, action: str, *args: Any) -> Any:
@@ -114,12 +118,12 @@ class EngineLink:
         call = next(self._calls)
         return await self._ask(call, "", wire.encode_pickled(wire.ADMIN, (call, action, args)))
 
-    async def _ask(self, call: int, model: str, frames: list[bytes | memoryview]) -> Any:
+    async def _ask(self, call: int, model: str, frames: list[bytes | memoryview], generation: int = 0) -> Any:
         socket = self._socket
         if not self._connected or socket is None:
             raise _engine_gone(model)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[call] = (future, model)
+        self._pending[call] = (future, model, generation)
         try:
             try:
                 socket.send(frames)
@@ -134,11 +138,15 @@ class EngineLink:
         finally:
             self._pending.pop(call, None)
 
-    def abandon(self, model: str, error: BertserveError) -> None:
-        """Fail the calls of model waiting on the engine now (a drain ran out of time)."""
-        for future, of in list(self._pending.values()):
-            if of == model and not future.done():
+    def abandon(self, model: str, generation: int, error: BertserveError) -> None:
+        """Fail the calls of model's instance generation waiting on the engine now (a drain ran out
+        of time); the engine drops their work."""
+        for call, (future, of, instance) in list(self._pending.items()):
+            if (of, instance) == (model, generation) and not future.done():
                 future.set_exception(error)
+                if self._connected and self._socket is not None:
+                    with contextlib.suppress(zmq.ZMQError):
+                        self._socket.send(wire.encode_small(wire.CANCEL, call))
 
     def _read(self, message: list[memoryview]) -> None:
         frames: list[bytes | memoryview] = [bytes(message[0]), *message[1:]]
@@ -194,13 +202,14 @@ class EngineLink:
                     self._socket.send([wire.HELLO])
         elif event["event"] == zmq.EVENT_DISCONNECTED and self._connected:
             self._connected = False
+            self.engine_starts_seen += 1
             self.connected_event.clear()
             log.error("the engine went away; the calls it had fail, and the models wait for it to come back")
             self._fail_all(None)
             self._on_lost()
 
     def _fail_all(self, error: BertserveError | None) -> None:
-        for future, model in list(self._pending.values()):
+        for future, model, _ in list(self._pending.values()):
             if not future.done():
                 future.set_exception(error or _engine_gone(model))
 
@@ -216,9 +225,13 @@ class EnginePasses:
     """A model's passes run by the engine, as a front end's host sees them: the part of a batcher
     a host uses (bertserve.serving.model_host.Passes), over the link."""
 
-    def __init__(self, link: EngineLink, name: str, *, healthy: bool = True) -> None:
+    def __init__(self, link: EngineLink, name: str, generation: int, *, healthy: bool = True) -> None:
+        """The passes of model name's instance generation on the engine link reaches now."""
         self._link = link
         self.name = name
+        self.generation = generation
+        self._engine_starts_seen = link.engine_starts_seen
+        self._abandoned: BertserveError | None = None
         self.health = PassHealth(name)
         if not healthy:
             self.health.failures_in_a_row = 1_000_000
@@ -249,7 +262,10 @@ class EnginePasses:
         """Nothing to stop here (see start)."""
 
     def abandon(self, error: BertserveError) -> None:
-        self._link.abandon(self.name, error)
+        """Fail this instance's calls waiting on the engine with error now, and every later one:
+        as a batcher's abandon, since a call between passes (a long Answer's parts) comes back."""
+        self._abandoned = error
+        self._link.abandon(self.name, self.generation, error)
 
     def serve_first_come(self) -> None:
         """Nothing to change here: the supervisor tells the engine that the server drains."""
@@ -257,6 +273,10 @@ class EnginePasses:
     async def submit(
         self, op: Op[Any], items: Sequence[Encoding], costs: Sequence[int], *, deadline: float | None = None
     ) -> list[Completed[Any]]:
-        results = await self._link.run(self.name, op, items, deadline=deadline)
+        if self._abandoned is not None:
+            raise self._abandoned
+        if self._link.engine_starts_seen != self._engine_starts_seen:  # its engine died: the instance with it
+            raise _engine_gone(self.name)
+        results = await self._link.run(self.name, self.generation, op, items, deadline=deadline)
         self._tokens_per_s, self._retry_after_s = results.tokens_per_s, results.retry_after_s
         return results.completed

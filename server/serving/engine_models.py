@@ -11,8 +11,7 @@ loaded, as within one process. A model the table no longer lists is gone here to
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from bertserve.api import ModelSpec
 from bertserve.errors import InvalidRequest, ModelExists, ModelNotFound, PreconditionFailed
@@ -20,7 +19,7 @@ from bertserve.serving.engine_link import EngineLink
 from bertserve.serving.engine_wire import ModelEntry, Table
 from bertserve.serving.front_host import FrontEndHost
 from bertserve.serving.model_host import Drained, ModelHost, ModelState
-from bertserve.serving.model_manager import reloaded_name, start_change, unloaded_name
+from bertserve.serving.model_manager import late_error, reloaded_name, start_change, unloaded_name
 from bertserve.serving.name_locks import NameLocks
 from bertserve.serving.router import Router
 
@@ -64,18 +63,21 @@ class EngineModels:
         """Make the router's models of device's engine what its table says: new instances get
         hosts (their tokenizers loaded before they take over from a ready one), gone models leave.
 
-        Returns once the calls on the models that left have ended (or the grace period ran out):
-        for each, the calls that finished and those still running. The engine's unload waits for
-        that, and serves those calls' passes meanwhile."""
+        Returns once the calls on the instances that left (unloaded, or replaced by a reload) have
+        ended, or the grace period ran out and those still running were failed, as within one
+        process: by name, the calls that finished and those abandoned. The engine's change waits
+        for that, and meanwhile runs those calls' passes on the instance they started on."""
         listed = {entry.spec.name for entry in table.models}
-        gone: list[tuple[FrontEndHost, int]] = []
+        leaving: list[tuple[FrontEndHost, str]] = []
         for host in list(self._router):
             if isinstance(host, FrontEndHost) and host.device == device and host.name not in listed:
                 self._router.remove(host.name)
-                gone.append((host, host.calls))
+                leaving.append((host, "unloaded"))
                 self._retire(host)
                 self._removed(host.name)
-        loads = []
+        loads: list[Awaitable[None]] = []
+        take_overs: list[Awaitable[FrontEndHost | None]] = []
+        replaced: list[FrontEndHost] = []
         for entry in table.models:
             current = self._current(entry.spec.name)
             if current is not None and current.device != device:
@@ -87,17 +89,24 @@ class EngineModels:
                 continue
             new = self._new_host(entry, table.engine, device)
             if entry.state == ModelState.READY.value and current is not None and current.state is ModelState.READY:
-                loads.append(self._take_over_when_loaded(current, new))
+                take_overs.append(self._take_over_when_loaded(current, new))
             else:
                 self._take_over(current, new)
+                if current is not None:
+                    replaced.append(current)
                 if entry.state == ModelState.READY.value:
                     loads.append(new.load(retry=False))
-        await asyncio.gather(*loads)
-        if gone:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._grace_period_s):
-                    await asyncio.gather(*(host.idle() for host, _ in gone))
-        return {host.name: (held - host.calls, host.calls) for host, held in gone}
+        done = await asyncio.gather(*take_overs, *loads)
+        replaced += [host for host in done[: len(take_overs)] if host is not None]
+        # An instance the same engine replaced was reloaded; one of an engine gone went with it.
+        leaving += [(host, "reloaded") for host in replaced if host.engine == table.engine]
+        drained = await asyncio.gather(*(self._drain(host, what) for host, what in leaving))
+        return {host.name: (each.finished, each.abandoned) for (host, _), each in zip(leaving, drained, strict=True)}
+
+    async def _drain(self, host: FrontEndHost, what: str) -> Drained:
+        """Wait for the calls on an instance that left to end, up to the grace period; then fail
+        those still running, as a drain within one process does."""
+        return await host.drain(self._grace_period_s, late_error(host.name, what, self._grace_period_s))
 
     def lost(self, device: str) -> None:
         """device's engine went away: its models wait for it."""
@@ -111,10 +120,13 @@ class EngineModels:
         host = self._router.get(name)
         return host if isinstance(host, FrontEndHost) else None
 
-    async def _take_over_when_loaded(self, old: FrontEndHost, new: FrontEndHost) -> None:
+    async def _take_over_when_loaded(self, old: FrontEndHost, new: FrontEndHost) -> FrontEndHost | None:
+        """new takes over from old once its tokenizer is loaded; old, when it did."""
         await new.load(retry=False)
         if self._current(new.name) is old:
             self._take_over(old, new)
+            return old
+        return None
 
     def _take_over(self, old: FrontEndHost | None, new: FrontEndHost) -> None:
         if old is not None:

@@ -22,7 +22,7 @@ from typing import Any
 import zmq
 
 from bertserve.api import ModelSpec
-from bertserve.errors import BertserveError, InternalFailure
+from bertserve.errors import BertserveError, InternalFailure, ModelUnavailable
 from bertserve.observability import request_ids, telemetry
 from bertserve.serving import engine_wire as wire
 from bertserve.serving.engine_socket import LoopSocket
@@ -186,7 +186,7 @@ class EngineService:
     async def _run(self, peer: bytes, request: wire.RunRequest) -> None:
         request_ids.current.set(request.request_id)
         try:
-            host = self._host_of(request.model)
+            host = self._host_of(request.model, request.generation)
             with telemetry.attached(request.trace), host.held():
                 results = await host.run(request.op, request.encodings, deadline=request.deadline)
             reply = wire.encode_results(
@@ -200,15 +200,24 @@ class EngineService:
             reply = wire.encode_error(request.call, error)
         self._post(peer, reply)
 
-    def _host_of(self, name: str) -> ModelHost:
-        """The model a call names: one of the router's, or one being unloaded, which the calls that
-        the front ends admitted before it left still reach."""
-        leaving = self._manager.leaving.get(name) if name and name not in self._router else None
-        return leaving if leaving is not None else self._router.get(name)
+    def _host_of(self, name: str, generation: int) -> ModelHost:
+        """The instance a call holds: the router's, or one being unloaded or replaced, which the
+        calls that the front ends admitted before it left still reach. The parts of one call (a
+        long Answer's windows) so all run on the instance it started on."""
+        if name in self._router and (current := self._router.get(name)).generation == generation:
+            return current
+        if (leaving := self._manager.leaving.get((name, generation))) is not None:
+            return leaving
+        if name not in self._router:
+            return self._router.get(name)  # raises ModelNotFound with the router's message
+        raise ModelUnavailable(
+            f"model {name!r} was reloaded and the instance this call started on is gone; retry the call"
+        )
 
     async def _settle(self, name: str) -> Drained:
-        """Once model name has left the router: every front end applies the table without it, and
-        acknowledges it once its own calls on it have ended or its grace period ran out."""
+        """Once an instance of model name has left the router (unloaded, or replaced by a reload):
+        every front end applies the table without it, and acknowledges it once its own calls on
+        it have ended or its grace period ran out."""
         self._departed[name] = [0, 0]
         try:
             await self._table_seen_by_all(self._manager.grace_period_s + TABLE_SEEN_WAIT_S)

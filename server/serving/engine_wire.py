@@ -78,6 +78,7 @@ class RunRequest:
 
     call: int  # the front end's number for the call; the reply carries it
     model: str
+    generation: int  # the instance of model the call holds (ModelEntry.generation)
     op: Op[Any]
     encodings: list[Encoding]
     deadline: float | None  # time.monotonic(): one clock for every process of the machine
@@ -88,6 +89,7 @@ class RunRequest:
 def encode_run(
     call: int,
     model: str,
+    generation: int,
     op: Op[Any],
     encodings: Sequence[Encoding],
     *,
@@ -96,14 +98,14 @@ def encode_run(
     trace: dict[str, str],
 ) -> list[bytes | memoryview]:
     lengths = [len(e.ids) for e in encodings]
-    header = _encoder.encode([call, model, _op_fields(op), deadline, request_id, trace, lengths])
+    header = _encoder.encode([call, model, generation, _op_fields(op), deadline, request_id, trace, lengths])
     ids = np.fromiter((i for e in encodings for i in e.ids), dtype=np.int32, count=sum(lengths))
     types = np.fromiter((t for e in encodings for t in e.type_ids), dtype=np.int8, count=sum(lengths))
     return [RUN, header, ids.data, types.data]
 
 
 def decode_run(frames: Sequence[bytes | memoryview]) -> RunRequest:
-    call, model, op, deadline, request_id, trace, lengths = _decoder.decode(frames[1])
+    call, model, generation, op, deadline, request_id, trace, lengths = _decoder.decode(frames[1])
     ids = np.frombuffer(frames[2], dtype=np.int32).tolist()
     types = np.frombuffer(frames[3], dtype=np.int8).tolist()
     encodings, start = [], 0
@@ -111,7 +113,7 @@ def decode_run(frames: Sequence[bytes | memoryview]) -> RunRequest:
         part = slice(start, start + n)
         encodings.append(Encoding(ids[part], [], types[part], [], [], [], [], n))
         start += n
-    return RunRequest(call, model, _op_of(op), encodings, deadline, request_id, trace)
+    return RunRequest(call, model, generation, _op_of(op), encodings, deadline, request_id, trace)
 
 
 def _op_fields(op: Op[Any]) -> list[Any]:

@@ -19,7 +19,7 @@ from bertserve.errors import InvalidRequest, ModelExists, ModelFailed, ModelUnav
 from bertserve.serving.model_host import Drained, ModelHost, ModelState
 from bertserve.serving.router import Router
 
-__all__ = ["ModelChanges", "ModelManager", "reloaded_name", "start_change", "unloaded_name"]
+__all__ = ["ModelChanges", "ModelManager", "late_error", "reloaded_name", "start_change", "unloaded_name"]
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +81,12 @@ class ModelManager:
         self._ended = ended
         self.grace_period_s = grace_period_s
         #: Where calls on a model are also held elsewhere (an engine's front ends): called once an
-        #: unloaded model has left the router, it returns when those calls have ended, and how.
+        #: instance has left the router (unloaded, or replaced by a reload), it returns when those
+        #: calls have ended, and how.
         self.settle: Callable[[str], Awaitable[Drained]] | None = None
-        #: Models unloaded and still draining, by name: the calls that hold them may still need them.
-        self.leaving: dict[str, ModelHost] = {}
+        #: Instances unloaded or replaced and still draining, by name and generation: the calls
+        #: that hold them may still need them.
+        self.leaving: dict[tuple[str, int], ModelHost] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._changes: set[asyncio.Task[Any]] = set()
 
@@ -148,14 +150,7 @@ class ModelManager:
         self._router.remove(host.name)
         host.unpublish()
         self._removed(host.name)
-        self.leaving[host.name] = host
-        try:
-            elsewhere = await self.settle(host.name) if self.settle is not None else None
-            drained = await self._retire(host, "unloaded")
-        finally:
-            self.leaving.pop(host.name, None)
-        # Where the calls are held elsewhere, the passes here were theirs: the calls are counted there.
-        drained = elsewhere or drained
+        drained = await self._drain_out(host, "unloaded")
         log.info(
             "model %r unloaded: %d calls in flight finished, %d abandoned", name, drained.finished, drained.abandoned
         )
@@ -179,7 +174,7 @@ class ModelManager:
                 f"model {name!r} was not reloaded: {new.failure_reason}; the instance loaded before keeps serving"
             )
         self._take_over(old, new)
-        drained = await self._retire(old, "reloaded")
+        drained = await self._drain_out(old, "reloaded")
         log.info(
             "model %r reloaded: the old instance's %d calls in flight finished, %d abandoned",
             name,
@@ -194,20 +189,38 @@ class ModelManager:
         self._router.put(new)
         self._published(new)
 
+    async def _drain_out(self, host: ModelHost, what: str) -> Drained:
+        """Drain an instance that has left the router (what: unloaded, reloaded), where its calls
+        are held too (settle), then here, and free its model."""
+        key = (host.name, host.generation)
+        self.leaving[key] = host
+        try:
+            elsewhere = await self.settle(host.name) if self.settle is not None else None
+            drained = await self._retire(host, what)
+        finally:
+            self.leaving.pop(key, None)
+        # Where the calls are held elsewhere, the passes here were theirs: the calls are counted there.
+        return elsewhere or drained
+
     async def _retire(self, host: ModelHost, what: str) -> Drained:
         """Drain a host that no call can reach any more, then free its model."""
         host.retire()
-        grace = self.grace_period_s
-
-        def late() -> ModelUnavailable:
-            return ModelUnavailable(
-                f"model {host.name!r} was {what} and the call did not finish within the grace period of {grace:g}s "
-                "(grace_period_s); retry it"
-            )
-
-        drained = await host.drain(grace, late)
+        drained = await host.drain(self.grace_period_s, late_error(host.name, what, self.grace_period_s))
         await host.stop()
         return drained
+
+
+def late_error(name: str, what: str, grace_s: float) -> Callable[[], ModelUnavailable]:
+    """The error of a call still running on an instance that was what (unloaded, reloaded) when
+    the grace period of its drain ran out."""
+
+    def late() -> ModelUnavailable:
+        return ModelUnavailable(
+            f"model {name!r} was {what} and the call did not finish within the grace period of {grace_s:g}s "
+            "(grace_period_s); retry it"
+        )
+
+    return late
 
 
 def start_change(changes: set[asyncio.Task[Any]], name: str, change: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
