@@ -21,6 +21,8 @@ from bertserve.edge import codecs
 from bertserve.edge.codecs.codec import OFF_LOOP_PARTS
 from bertserve.serving.batcher import MAX_RETRY_AFTER_S
 from bertserve_client import AsyncClient, BertserveError
+from bertserve_client.v1 import encoder_service_pb2 as enc
+from bertserve_client.v1 import encoder_service_pb2_grpc as enc_rpc
 
 from conftest import NO_RETRIES, TINY, start_server
 
@@ -151,6 +153,36 @@ async def test_calls_past_the_limit_get_resource_exhausted_with_a_bounded_hint(l
         at_limit = "the server is at its limit of 4 calls in flight (max_concurrent_calls); retry in "
         assert err.message.startswith((at_limit, "model 'slow' is at capacity"))
     assert all(np.isfinite(s.embeddings).all() for s in served)  # type: ignore[union-attr]
+
+
+async def test_an_open_stream_counts_against_the_limit_of_calls_and_one_past_it_is_refused(limited: str) -> None:
+    """Streams are calls in flight: they may not fill the server past max_concurrent_calls and
+    starve the unary calls, and one past the limit is refused as a unary call is."""
+    async with grpc.aio.insecure_channel(limited, options=NO_RETRIES) as channel:
+        stub = enc_rpc.EncoderServiceStub(channel)
+        item = enc.EmbedStreamRequest(request=enc.EmbedRequest(model="bert", inputs=["an open stream"]))
+        streams = []
+        for _ in range(4):  # the limit: each answered its first item, and stays open
+            stream = stub.EmbedStream(timeout=60)
+            await stream.write(item)
+            assert (await stream.read()).HasField("response")
+            streams.append(stream)
+        at_limit = "the server is at its limit of 4 calls in flight (max_concurrent_calls); retry in "
+        past = stub.EmbedStream(timeout=60)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await past.write(item)
+            await past.read()
+        assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert refused.value.details().startswith(at_limit)
+        with pytest.raises(grpc.aio.AioRpcError) as unary:
+            await stub.Embed(enc.EmbedRequest(model="bert", inputs=["a unary call"]), timeout=60)
+        assert unary.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert unary.value.details().startswith(at_limit)
+        for stream in streams:
+            await stream.done_writing()
+            assert await stream.read() is grpc.aio.EOF
+        reply = await stub.Embed(enc.EmbedRequest(model="bert", inputs=["a unary call"]), timeout=60)
+        assert len(reply.token_counts) == 1
 
 
 async def test_a_call_refused_at_the_limit_of_calls_is_told_to_wait_about_as_long_as_a_call_takes(

@@ -64,24 +64,30 @@ class EncoderServicer(encoder_service_pb2_grpc.EncoderServiceServicer):
         self._limits = limits or CallLimits()
         self._gate = gate or CallGate()
 
+    def _refuse_when_full(self, model: str | None) -> None:
+        """RESOURCE_EXHAUSTED, with the retry hint of model (None: a stream, whose items name
+        theirs), when the calls in flight are at the limit: an overloaded server answers the
+        caller itself, it does not leave it to the transport."""
+        limit = self._limits.max_concurrent_calls
+        if self._gate.in_flight < limit:
+            return
+        host = None
+        if model is not None:
+            with contextlib.suppress(BertserveError):  # a name no model has: not a label of its own
+                host = self._router.get(model)
+        retry, known = (host.retry_after_s(), host.name) if host is not None else (1.0, "-")
+        # A place frees when a call ends: not sooner, whatever the model's queue holds.
+        retry = min(MAX_RETRY_AFTER_S, max(retry, self._gate.call_seconds))
+        metrics.REFUSED.labels(known, "max_concurrent_calls").inc()
+        raise Overloaded(
+            f"the server is at its limit of {limit} calls in flight (max_concurrent_calls); retry in {retry:.2f}s",
+            retry_after_s=retry,
+        )
+
     @contextlib.contextmanager
     def _slot(self, model: str) -> Iterator[None]:
-        """A place among the calls in flight, or RESOURCE_EXHAUSTED with the model's retry hint: an
-        overloaded server answers the caller itself, it does not leave it to the transport."""
-        limit = self._limits.max_concurrent_calls
-        if self._gate.in_flight >= limit:
-            try:
-                host = self._router.get(model)
-                retry, known = host.retry_after_s(), host.name
-            except BertserveError:
-                retry, known = 1.0, "-"  # a name no model has: not a label of its own
-            # A place frees when a call ends: not sooner, whatever the model's queue holds.
-            retry = min(MAX_RETRY_AFTER_S, max(retry, self._gate.call_seconds))
-            metrics.REFUSED.labels(known, "max_concurrent_calls").inc()
-            raise Overloaded(
-                f"the server is at its limit of {limit} calls in flight (max_concurrent_calls); retry in {retry:.2f}s",
-                retry_after_s=retry,
-            )
+        """A place among the calls in flight, or RESOURCE_EXHAUSTED with the model's retry hint."""
+        self._refuse_when_full(model)
         self._gate.enter()
         started = time.perf_counter()
         try:
@@ -97,7 +103,8 @@ class EncoderServicer(encoder_service_pb2_grpc.EncoderServiceServicer):
         At most stream_max_in_flight items are in flight per stream; past that the stream stops
         reading, and gRPC flow control pushes back on the sender.
         """
-        try:
+        try:  # an open stream is a call in flight: it counts against the limit, and is refused past it
+            self._refuse_when_full(None)
             self._gate.enter()
         except BertserveError as e:
             await abort_with(context, e)
@@ -144,7 +151,7 @@ class EncoderServicer(encoder_service_pb2_grpc.EncoderServiceServicer):
         self, item: encoder_service_pb2.EmbedStreamRequest | Unparsable, deadline: float | None
     ) -> encoder_service_pb2.EmbedStreamResponse:
         if isinstance(item, Unparsable):
-            error = encoder_service_pb2.ItemError(code=grpc.StatusCode.INVALID_ARGUMENT.value[0], message=str(item))
+            error = encoder_service_pb2.ItemError(code=item.code.value[0], message=str(item))
             return encoder_service_pb2.EmbedStreamResponse(error=error)
         try:
             call = Call(deadline, self._limits.max_reply_bytes)
