@@ -354,11 +354,16 @@ async def test_a_token_limited_to_some_models_is_refused_the_others(tls_channel:
         grpc.StatusCode.PERMISSION_DENIED,
         "token 'bert-caller' may not use model 'roberta'",
     )
-    items = [pb.EmbedStreamRequest(request=pb.EmbedRequest(model=m, inputs=["x"])) for m in ("bert", "roberta")]
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        _ = [r async for r in encoder.EmbedStream(iter(items), metadata=md)]
-    assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
-    assert info.value.details() == "token 'bert-caller' may not use model 'roberta'"
+    # In a stream, as any failing item, the refused one gets its own error and the stream goes on.
+    streamed = ("bert", "roberta", "bert", "")
+    items = [pb.EmbedStreamRequest(request=pb.EmbedRequest(model=m, inputs=["x"])) for m in streamed]
+    replies = [r async for r in encoder.EmbedStream(iter(items), metadata=md)]
+    assert [r.WhichOneof("result") for r in replies] == ["response", "error", "response", "response"]
+    assert (replies[1].error.code, replies[1].error.message) == (
+        grpc.StatusCode.PERMISSION_DENIED.value[0],
+        "token 'bert-caller' may not use model 'roberta'",
+    )
+    assert [r.response.model for r in replies if r.HasField("response")] == ["bert", "bert", "bert"]
     models = model_service_pb2_grpc.ModelServiceStub(tls_channel)
     assert await _code_of(models.GetModel(model_service_pb2.GetModelRequest(name="roberta"), metadata=md)) == (
         grpc.StatusCode.PERMISSION_DENIED,

@@ -21,6 +21,7 @@ import grpc
 
 from bertserve.edge import call_facts
 from bertserve.edge.handlers import replace_behaviour
+from bertserve.edge.parsing import Unparsable
 from bertserve.edge.status import abort
 from bertserve.errors import PermissionDenied, quoted
 
@@ -217,8 +218,10 @@ def _with_principal(
         async def checked() -> AsyncIterator[Any]:
             async for request in requests:
                 if (refusal := refusal_of(principal, request)) is not None:
-                    await abort(context, refusal.code, refusal.message)
-                yield request
+                    # An item of a stream: refused alone, the stream goes on (see EmbedStream).
+                    yield Unparsable(refusal.message, refusal.code)
+                else:
+                    yield request
 
         async with contextlib.aclosing(inner(checked(), context)) as responses:
             async for response in responses:

@@ -20,9 +20,12 @@ __all__ = ["Unparsable", "add_generic_only", "add_servicer"]
 
 @dataclass(frozen=True)
 class Unparsable:
-    """A request message refused as it arrived, in place of the message: why, for the caller."""
+    """A request message refused as it arrived, in place of the message: why, for the caller, and
+    the status that says so (a message that does not parse is INVALID_ARGUMENT; an EmbedStream item
+    that names a model its token may not use is PERMISSION_DENIED, an error of its own)."""
 
     reason: str
+    code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT
 
     def __str__(self) -> str:
         return self.reason

@@ -78,7 +78,7 @@ def grpc_errors(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
         if isinstance(request, Unparsable):
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(request))
+            await abort(context, request.code, str(request))
         try:
             return await handler(self, request, context)
         except grpc.aio.AbortError:
