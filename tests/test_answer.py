@@ -143,6 +143,11 @@ async def test_usage_reports_window_tokens(client: AsyncClient) -> None:
         ({}, ("", SEED_CONTEXT), "question 0 is empty"),
         ({}, (SEED_QUESTION, "   "), "context 0 is empty"),
         ({"doc_stride": 64, "max_seq_len": 64}, None, "doc_stride (64) must be smaller than max_seq_len (64)"),
+        (
+            {"doc_stride": 200},  # under the requested 384, over the model's window
+            None,
+            "doc_stride (200) must be smaller than max_seq_len (128, the most model 'spanbert-qa' takes)",
+        ),
         ({"max_answer_len": 0}, None, "max_answer_len must be at least 1, got 0"),
         ({"top_k": 0}, None, "top_k must be at least 1, got 0"),
         (

@@ -44,6 +44,11 @@ _Window = tuple[int, Encoding]  # (pair index, window)
 async def _answer(work: Work, query: AnswerQuery) -> AnswerResult:
     _validate(query, work.name, work.spec.max_context_bytes)
     max_seq_len = min(query.max_seq_len, work.info.max_input_tokens)
+    if query.doc_stride is not None and query.doc_stride >= max_seq_len:  # the window as it really is
+        raise InvalidRequest(
+            f"doc_stride ({query.doc_stride}) must be smaller than max_seq_len ({max_seq_len}, the most model "
+            f"{work.name!r} takes)"
+        )
     # The pipeline's default overlap, from the window as it really is (capped at the model's limit).
     doc_stride = query.doc_stride if query.doc_stride is not None else min(128, max_seq_len // 2)
     windows = await work.timed(work.off_loop(_windows, work.plugin, query, max_seq_len, doc_stride))
