@@ -99,6 +99,12 @@ async def test_health_overall_and_per_model(channel: grpc.aio.Channel) -> None:
         assert response.status == serving, service
     response = await stub.Check(health_pb2.HealthCheckRequest(service="missing"))
     assert response.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    listed = {name: each.status for name, each in (await stub.List(health_pb2.HealthListRequest())).statuses.items()}
+    assert {name: listed[name] for name in ("", "bertserve.v1.EncoderService", "minilm", "albert")} == dict.fromkeys(
+        ("", "bertserve.v1.EncoderService", "minilm", "albert"), serving
+    )
+    assert listed["missing"] == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert "never-configured" not in listed
     try:
         await stub.Check(health_pb2.HealthCheckRequest(service="never-configured"))
     except grpc.aio.AioRpcError as e:

@@ -29,6 +29,7 @@ from bertserve.edge.access_log import AccessLog
 from bertserve.edge.auth import ADMIN, ANY_SCOPE, INFERENCE, AuthInterceptor, LocalAdminOnly, Principal, TokenTable
 from bertserve.edge.drain import CallGate
 from bertserve.edge.grpc_logs import quiet_grpc_logs
+from bertserve.edge.health import HealthServicer
 from bertserve.edge.parsing import add_generic_only, add_servicer
 from bertserve.edge.reflection import METHODS as REFLECTION_METHODS
 from bertserve.edge.reflection import enable_reflection
@@ -124,7 +125,7 @@ class BertServer:
                 )
             models.links = self._links
             self.models = models
-        self.health = health.aio.HealthServicer()
+        self.health = HealthServicer()
         self._gate = CallGate()  # the encoder service's calls in flight, which a drain waits for
         self._access_log = AccessLog(
             _methods(_SERVICE_DESCRIPTORS), self.router, self.router.default_model, lines=config.access_log
