@@ -31,9 +31,10 @@ class ModelServiceStub:
 
     The three management RPCs need the admin scope when token auth is on (and a token limited
     to some models may manage only those). Their changes last as long as the server process: a
-    restarted server has the models of its configuration file. A server run with several
-    processes on one port (server.processes) refuses them with FAILED_PRECONDITION, as a call
-    would change the models of one process only.
+    restarted server has the models of its configuration file. With several processes on one
+    port, the front ends of an engine (the default) all apply a change before it answers; a server
+    of whole, independent processes (server.engine false) refuses the three with
+    FAILED_PRECONDITION, as a call would change the models of one process only.
     """
 
     def __init__(self, channel):
@@ -75,9 +76,10 @@ class ModelServiceServicer:
 
     The three management RPCs need the admin scope when token auth is on (and a token limited
     to some models may manage only those). Their changes last as long as the server process: a
-    restarted server has the models of its configuration file. A server run with several
-    processes on one port (server.processes) refuses them with FAILED_PRECONDITION, as a call
-    would change the models of one process only.
+    restarted server has the models of its configuration file. With several processes on one
+    port, the front ends of an engine (the default) all apply a change before it answers; a server
+    of whole, independent processes (server.engine false) refuses the three with
+    FAILED_PRECONDITION, as a call would change the models of one process only.
     """
 
     def ListModels(self, request, context):
@@ -169,9 +171,10 @@ class ModelService:
 
     The three management RPCs need the admin scope when token auth is on (and a token limited
     to some models may manage only those). Their changes last as long as the server process: a
-    restarted server has the models of its configuration file. A server run with several
-    processes on one port (server.processes) refuses them with FAILED_PRECONDITION, as a call
-    would change the models of one process only.
+    restarted server has the models of its configuration file. With several processes on one
+    port, the front ends of an engine (the default) all apply a change before it answers; a server
+    of whole, independent processes (server.engine false) refuses the three with
+    FAILED_PRECONDITION, as a call would change the models of one process only.
     """
 
     @staticmethod
