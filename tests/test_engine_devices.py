@@ -100,7 +100,9 @@ async def test_the_cpu_engine_serves_on_while_the_gpu_engine_is_killed(served: S
     os.kill(_engine_pid(served, "cuda:0"), signal.SIGKILL)
     await asyncio.to_thread(served.wait_for, r"the engine cuda:0 exited \(exit status -9\); restarting it")
     await asyncio.to_thread(served.wait_for, r"\[engine cuda:0\] .*engine serving on", 2)
-    await asyncio.sleep(0.5)
+    # Both front ends have it back (zmq retries the connection at up to 1 s apart): the tests after
+    # this one change its models.
+    await asyncio.to_thread(served.wait_for, r"the engine at \S+engine-cuda-0 is reachable again", 2)
     stop.set()
     await asyncio.gather(*callers)
     for channel in channels:

@@ -197,6 +197,8 @@ class EngineLink:
         if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self._connected = True
             self.connected_event.set()
+            if self.engine_starts_seen:
+                log.info("the engine at %s is reachable again", self.address)
             if self._socket is not None:
                 with contextlib.suppress(zmq.ZMQError):
                     self._socket.send([wire.HELLO])
@@ -204,7 +206,10 @@ class EngineLink:
             self._connected = False
             self.engine_starts_seen += 1
             self.connected_event.clear()
-            log.error("the engine went away; the calls it had fail, and the models wait for it to come back")
+            log.error(
+                "the engine at %s went away; the calls it had fail, and the models wait for it to come back",
+                self.address,
+            )
             self._fail_all(None)
             self._on_lost()
 
