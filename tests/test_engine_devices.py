@@ -173,7 +173,9 @@ async def test_two_loads_of_one_name_on_two_engines_let_one_win(served: Served, 
                 assert [w.model.name for w in won] == ["twin"]
                 failed = []
             others = [(e.code(), e.details()) for e in refused if e not in failed]
-            assert others == [(grpc.StatusCode.ALREADY_EXISTS, exists)] * 3
+            assert others == [(grpc.StatusCode.ALREADY_EXISTS, exists)] * 3, [
+                line for line in served.log if "ERROR" in line or "engine" in line
+            ]
             await models.UnloadModel(mod.UnloadModelRequest(name="twin"), timeout=60)
             await asyncio.sleep(0.5)  # any other engine's table would have come by now
             for channel in channels:
