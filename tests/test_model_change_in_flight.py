@@ -46,7 +46,9 @@ def served(
         f"  - {_entry('qa-after', 'roberta', after)}\n"
     )
     served = Served(config)
-    served.wait_for("model 'qa-after': tokenizer ready" if processes > 1 else "model 'qa-after' ready", timeout=180)
+    # Each model on each front end (their tokenizers), or in the one process.
+    ready = r"model '[\w-]+': tokenizer ready" if processes > 1 else r"model '[\w-]+' ready in"
+    served.wait_for(ready, count=3 * processes, timeout=180)
     yield served
     served.process.send_signal(signal.SIGTERM)
     served.process.wait(60)
@@ -158,3 +160,26 @@ async def test_a_call_past_the_grace_period_of_a_change_fails_as_unavailable(
         assert GRACE_S <= ended - changed < GRACE_S + 3  # type: ignore[operator]
         if change == "reloaded":
             await models.UnloadModel(mod.UnloadModelRequest(name="leaving"), timeout=60)
+
+
+async def test_a_reload_answers_with_the_instance_it_made_though_an_unload_came_while_it_drained(
+    served: Served, tiny_models: dict[str, Path]
+) -> None:
+    """An unload sent while a reload waits for a call on the old instance runs after it; the
+    reload still answers with the instance it made, not NOT_FOUND."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}", options=NO_RETRIES) as channel:
+        models = mod_rpc.ModelServiceStub(channel)
+        entry = _entry("racing", "spanbert", tiny_models["spanbert-qa"])
+        await models.LoadModel(mod.LoadModelRequest(entry=entry), timeout=60)
+        call = await _in_flight(channel, "racing", *await _work_lasting(channel, 2.5))
+        reload = asyncio.ensure_future(models.ReloadModel(mod.ReloadModelRequest(name="racing"), timeout=60))
+        await asyncio.sleep(0.6)
+        assert not reload.done(), "the reload waits for the call in flight"
+        unload = await models.UnloadModel(mod.UnloadModelRequest(name="racing"), timeout=60)
+        reloaded = await reload
+        assert (reloaded.model.name, reloaded.model.state) == ("racing", mod.MODEL_STATE_READY)
+        assert (unload.drained_calls, unload.abandoned_calls) == (0, 0)
+        answer, _ = await call
+        assert isinstance(answer, list)
+        listed = await models.ListModels(mod.ListModelsRequest(), timeout=10)
+        assert "racing" not in {m.name for m in listed.models}

@@ -53,7 +53,10 @@ class EngineModels:
         self._device_of = device_of
         self._grace_period_s = grace_period_s
         self._names = names
-        self._loads: set[asyncio.Task[str]] = set()
+        self._loads: set[asyncio.Task[tuple[str, int]]] = set()
+        #: The instance that last took each name: what a load or reload made, to answer with even
+        #: when another change has replaced or unloaded it before the engine's answer came.
+        self._latest: dict[str, FrontEndHost] = {}
         self.links: dict[str, EngineLink] = {}  # by device; set once made: the links call apply and lost
         self._stopping: set[asyncio.Task[None]] = set()
 
@@ -133,6 +136,7 @@ class EngineModels:
             old.unpublish()
             self._retire(old)
         self._router.put(new)
+        self._latest[new.name] = new
         self._published(new)
 
     def _retire(self, host: ModelHost) -> None:
@@ -160,15 +164,16 @@ class EngineModels:
         answered (see bertserve.serving.name_locks), however the call ends: a caller gone while its
         engine loads must not let a load of the same name go to another engine meanwhile."""
 
-        async def decided() -> str:
+        async def decided() -> tuple[str, int]:
             async with self._names.held(spec.name):
                 if spec.name in self._router:  # perhaps on another engine than the one this entry's device picks
                     raise ModelExists(f"a model named {spec.name!r} is already loaded; ReloadModel replaces it")
-                name: str = await self._engine_for(spec).admin("load", spec)
-                return name
+                link = self._engine_for(spec)
+                made: tuple[str, int] = await link.admin("load", spec)
+                return made
 
-        name = await asyncio.shield(start_change(self._loads, spec.name, decided()))
-        host = self._router.get(name)
+        name, generation = await asyncio.shield(start_change(self._loads, spec.name, decided()))
+        host = self._instance(self._engine_for(spec), name, generation)
         host.ready()
         return host
 
@@ -185,10 +190,20 @@ class EngineModels:
                 f"model {name!r} runs on {self._device_at(link)}, and the new entry puts it on "
                 f"{self._device_of(spec)}: a reload keeps a model on its device; unload it, then load the new entry"
             )
-        name = await link.admin("reload", name, spec)
-        host = self._router.get(name)
+        name, generation = await link.admin("reload", name, spec)
+        host = self._instance(link, name, generation)
         host.ready()
         return host
+
+    def _instance(self, link: EngineLink, name: str, generation: int) -> FrontEndHost:
+        """The host of the instance of name that a change made (generation, on link's engine), as
+        the change's answer: the one serving, or, where a later change already replaced or unloaded
+        it, the one it was (as one process answers with the host its change made)."""
+        for host in (self._current(name), self._latest.get(name)):
+            if host is not None and host.generation == generation and self.links.get(host.device) is link:
+                return host
+        self._router.get(name)  # raises ModelNotFound with the router's message
+        raise ModelNotFound(f"model {name!r} is not served here")
 
     async def stop(self) -> None:
         """Stop waiting for the engines' answers to loads (the changes themselves are the engines')."""

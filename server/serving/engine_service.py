@@ -239,12 +239,14 @@ class EngineService:
         self._send(peer, wire.encode_pickled(wire.ADMIN_DONE, (call, failure, value)))
 
     async def _change(self, action: str, *args: Any) -> Any:
-        if action == "load":
+        if action == "load":  # the instance made, which the front end answers with
             spec: ModelSpec = args[0]
-            return (await self._manager.load(spec)).name
+            host = await self._manager.load(spec)
+            return host.name, host.generation
         if action == "reload":
             name, spec = args
-            return (await self._manager.reload(name, spec)).name
+            host = await self._manager.reload(name, spec)
+            return host.name, host.generation
         if action == "unload":
             return await self._manager.unload(args[0])
         raise ValueError(f"unknown change {action!r}")
