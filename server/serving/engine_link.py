@@ -59,7 +59,7 @@ class EngineLink:
         self._pending: dict[int, tuple[asyncio.Future[Any], str, int]] = {}  # call -> (future, model, generation)
         self._connected = False
         #: How many times the engine went away: an instance's passes are of the engine it came from.
-        self.engine_starts_seen = 0
+        self.engine_losses = 0
         self.connected_event = asyncio.Event()  # set while connected (for start-up and tests)
         self._tasks: list[asyncio.Task[None]] = []
         self._tables: asyncio.Queue[wire.Table] = asyncio.Queue()
@@ -131,9 +131,8 @@ class EngineLink:
                 raise _engine_gone(model) from None
             return await future
         except asyncio.CancelledError:
-            if self._connected and model:  # the caller went away: the engine drops what has not run
-                with contextlib.suppress(zmq.ZMQError):
-                    socket.send(wire.encode_small(wire.CANCEL, call))
+            if model:  # the caller went away: the engine drops what has not run
+                self._call_off(call)
             raise
         finally:
             self._pending.pop(call, None)
@@ -144,9 +143,13 @@ class EngineLink:
         for call, (future, of, instance) in list(self._pending.items()):
             if (of, instance) == (model, generation) and not future.done():
                 future.set_exception(error)
-                if self._connected and self._socket is not None:
-                    with contextlib.suppress(zmq.ZMQError):
-                        self._socket.send(wire.encode_small(wire.CANCEL, call))
+                self._call_off(call)
+
+    def _call_off(self, call: int) -> None:
+        """Tell the engine that no one waits for call any more: it drops what has not run."""
+        if self._connected and self._socket is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self._socket.send(wire.encode_small(wire.CANCEL, call))
 
     def _read(self, message: list[memoryview]) -> None:
         frames: list[bytes | memoryview] = [bytes(message[0]), *message[1:]]
@@ -197,14 +200,14 @@ class EngineLink:
         if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self._connected = True
             self.connected_event.set()
-            if self.engine_starts_seen:
+            if self.engine_losses:
                 log.info("the engine at %s is reachable again", self.address)
             if self._socket is not None:
                 with contextlib.suppress(zmq.ZMQError):
                     self._socket.send([wire.HELLO])
         elif event["event"] == zmq.EVENT_DISCONNECTED and self._connected:
             self._connected = False
-            self.engine_starts_seen += 1
+            self.engine_losses += 1
             self.connected_event.clear()
             log.error(
                 "the engine at %s went away; the calls it had fail, and the models wait for it to come back",
@@ -235,7 +238,7 @@ class EnginePasses:
         self._link = link
         self.name = name
         self.generation = generation
-        self._engine_starts_seen = link.engine_starts_seen
+        self._engine_losses = link.engine_losses
         self._abandoned: BertserveError | None = None
         self.health = PassHealth(name)
         if not healthy:
@@ -280,7 +283,7 @@ class EnginePasses:
     ) -> list[Completed[Any]]:
         if self._abandoned is not None:
             raise self._abandoned
-        if self._link.engine_starts_seen != self._engine_starts_seen:  # its engine died: the instance with it
+        if self._link.engine_losses != self._engine_losses:  # its engine died: the instance with it
             raise _engine_gone(self.name)
         results = await self._link.run(self.name, self.generation, op, items, deadline=deadline)
         self._tokens_per_s, self._retry_after_s = results.tokens_per_s, results.retry_after_s

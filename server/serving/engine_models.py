@@ -199,9 +199,9 @@ class EngineModels:
         """The host of the instance of name that a change made (generation, on link's engine), as
         the change's answer: the one serving, or, where a later change already replaced or unloaded
         it, the one it was (as one process answers with the host its change made)."""
-        for host in (self._current(name), self._latest.get(name)):
-            if host is not None and host.generation == generation and self.links.get(host.device) is link:
-                return host
+        host = self._latest.get(name)  # the one serving, if any: every host takes its name through _take_over
+        if host is not None and host.generation == generation and self.links.get(host.device) is link:
+            return host
         self._router.get(name)  # raises ModelNotFound with the router's message
         raise ModelNotFound(f"model {name!r} is not served here")
 

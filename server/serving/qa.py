@@ -45,9 +45,9 @@ async def _answer(work: Work, query: AnswerQuery) -> AnswerResult:
     _validate(query, work.name, work.spec.max_context_bytes)
     max_seq_len = min(query.max_seq_len, work.info.max_input_tokens)
     if query.doc_stride is not None and query.doc_stride >= max_seq_len:  # the window as it really is
+        capped = f", the most model {work.name!r} takes" if max_seq_len < query.max_seq_len else ""
         raise InvalidRequest(
-            f"doc_stride ({query.doc_stride}) must be smaller than max_seq_len ({max_seq_len}, the most model "
-            f"{work.name!r} takes)"
+            f"doc_stride ({query.doc_stride}) must be smaller than max_seq_len ({max_seq_len}{capped})"
         )
     # The pipeline's default overlap, from the window as it really is (capped at the model's limit).
     doc_stride = query.doc_stride if query.doc_stride is not None else min(128, max_seq_len // 2)
@@ -184,5 +184,3 @@ def _validate(query: AnswerQuery, model: str, max_context_bytes: int) -> None:
         raise InvalidRequest(f"max_question_len must be at least 1, got {query.max_question_len}")
     if query.max_seq_len < 1:
         raise InvalidRequest(f"max_seq_len must be at least 1, got {query.max_seq_len}")
-    if query.doc_stride is not None and query.doc_stride >= query.max_seq_len:
-        raise InvalidRequest(f"doc_stride ({query.doc_stride}) must be smaller than max_seq_len ({query.max_seq_len})")
